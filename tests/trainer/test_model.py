@@ -1,0 +1,88 @@
+"""Training really updates the hub module's embeddings, sparsely, and resumes."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from conftest import small_config
+from trainer import inputs
+from trainer import model
+from trainer import pipeline
+from trainer.model import ModelConfig
+
+
+def initial_module_embeddings(module_path):
+  import tensorflow_hub as hub
+  with tf.Graph().as_default():
+    module = hub.Module(module_path)
+    with tf.compat.v1.Session() as session:
+      session.run(tf.compat.v1.global_variables_initializer())
+      (embeddings,) = [v for v in module.variables if v.name.endswith("embeddings:0")]
+      return session.run(embeddings)
+
+
+def trained_module_embeddings(job_dir):
+  reader = tf.train.load_checkpoint(job_dir)
+  (name,) = [n for n in reader.get_variable_to_shape_map() if n.endswith("module/embeddings")]
+  return reader.get_tensor(name)
+
+
+def train_small(tmp_path, **model_overrides):
+  config = small_config(tmp_path / "job", train_steps=30,
+                        model=ModelConfig(hidden_units=(16,), **model_overrides))
+  train, evaluation = pipeline.load_data(config)
+  return pipeline.train(config, train, evaluation)
+
+
+def test_training_updates_the_module_embeddings(tmp_path):
+  result = train_small(tmp_path)
+  before = initial_module_embeddings(result.module_path)
+  after = trained_module_embeddings(str(tmp_path / "job"))
+  changed_rows = np.any(before != after, axis=1)
+  assert changed_rows.sum() > 100
+  assert not changed_rows.all(), "rows of n-grams never seen in a batch must stay untouched"
+
+
+def test_frozen_embeddings_stay_at_their_initial_values(tmp_path):
+  result = train_small(tmp_path, train_embeddings=False)
+  np.testing.assert_array_equal(initial_module_embeddings(result.module_path),
+                                trained_module_embeddings(str(tmp_path / "job")))
+
+
+def test_embedding_update_is_a_sparse_apply(tmp_path):
+  config = small_config(tmp_path / "job")
+  train, _ = pipeline.load_data(config)
+  module_path = pipeline.ensure_text_module(config, [e.text for e in train])
+  estimator = pipeline.make_estimator(config, module_path, inputs.label_vocabulary(train))
+  with tf.Graph().as_default() as graph:
+    dataset = inputs.make_input_fn(train[:8], 8, shuffle=False)()
+    features, labels = tf.compat.v1.data.make_one_shot_iterator(dataset).get_next()
+    estimator.model_fn(features, labels, tf.estimator.ModeKeys.TRAIN, estimator.config)
+    op_types = {op.type for op in graph.get_operations()}
+  assert "ResourceSparseApplyAdagrad" in op_types
+  assert "ResourceApplyAdagrad" not in op_types
+
+
+def test_invalid_model_config_names_the_setting():
+  with pytest.raises(ValueError, match="embedding_optimizer"):
+    ModelConfig(embedding_optimizer="Adam")
+  with pytest.raises(ValueError, match="dropout"):
+    ModelConfig(dropout=1.5)
+
+
+def test_rerunning_a_job_resumes_from_its_latest_checkpoint(tmp_path):
+  job = tmp_path / "job"
+  first = small_config(job, train_steps=20, save_checkpoints_steps=10)
+  train, evaluation = pipeline.load_data(first)
+  pipeline.train(first, train, evaluation)
+  module_files = sorted(tf.io.gfile.listdir(str(job / "hub_module")))
+  first_run_checkpoint = (job / "model.ckpt-20.index").stat().st_mtime_ns
+  second = small_config(job, train_steps=30, save_checkpoints_steps=10)
+  result = pipeline.train(second, train, evaluation)
+  assert result.checkpoint_path.endswith("model.ckpt-30")
+  state = tf.train.get_checkpoint_state(str(job))
+  steps = [int(p.rsplit("-", 1)[1]) for p in state.all_model_checkpoint_paths]
+  assert steps == [10, 20, 30]
+  assert (job / "model.ckpt-20.index").stat().st_mtime_ns == first_run_checkpoint, \
+      "the second run trained from scratch instead of resuming at step 20"
+  assert sorted(tf.io.gfile.listdir(str(job / "hub_module"))) == module_files

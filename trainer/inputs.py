@@ -1,0 +1,211 @@
+"""Reads intent data sets through `tf.io.gfile` and feeds them to the estimator.
+
+Formats: CSV with a header (`text,intent`, or `text,category` as Banking77 ships it),
+JSON Lines (`{"text": ..., "intent": ...}`) and CLINC150-style JSON
+(`{"train": [[text, intent], ...], "val": ..., "test": ...}`, one split per read).
+Every problem is reported with the file and line or record at fault; nothing is
+skipped silently.
+"""
+
+import csv
+import dataclasses
+import io
+import json
+from typing import Dict, List, Sequence, Tuple
+
+import tensorflow as tf
+
+from trainer.model import TEXT_FEATURE
+
+CSV = "csv"
+JSONL = "jsonl"
+CLINC_JSON = "clinc_json"
+FORMATS = (CSV, JSONL, CLINC_JSON)
+_LABEL_FIELDS = ("intent", "category", "label")
+_EXTENSIONS = {".csv": CSV, ".jsonl": JSONL, ".ndjson": JSONL, ".json": CLINC_JSON}
+
+
+class DataError(ValueError):
+  """A data file that cannot be trained or evaluated on as it is."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Example:
+  text: str
+  intent: str
+  source: str  # "file:line" or "file:split[record]", for error messages
+
+
+def expand_patterns(patterns) -> List[str]:
+  """Comma-separated and/or listed glob patterns to a sorted, de-duplicated file list."""
+  if isinstance(patterns, str):
+    patterns = [patterns]
+  files = []
+  for pattern in (p.strip() for group in patterns for p in group.split(",")):
+    if not pattern:
+      continue
+    matched = tf.io.gfile.glob(pattern)
+    if not matched:
+      raise DataError(f"{pattern}: no file matches this pattern")
+    files.extend(m for m in sorted(matched) if m not in files)
+  if not files:
+    raise DataError(f"no data file given (patterns: {patterns!r})")
+  return files
+
+
+def detect_format(path: str) -> str:
+  for extension, data_format in _EXTENSIONS.items():
+    if path.lower().endswith(extension):
+      return data_format
+  raise DataError(f"{path}: cannot tell the format from the file name; "
+                  f"pass one of {', '.join(FORMATS)} explicitly")
+
+
+def read_examples(patterns, data_format: str = "auto", split: str = "train") -> List[Example]:
+  """Reads every file the patterns match; `split` picks the CLINC-style JSON split."""
+  if data_format != "auto" and data_format not in FORMATS:
+    raise DataError(f"unknown data format {data_format!r}; use auto or one of {FORMATS}")
+  examples = []
+  for path in expand_patterns(patterns):
+    file_format = detect_format(path) if data_format == "auto" else data_format
+    text = _read_text(path)
+    if file_format == CSV:
+      examples.extend(_parse_csv(path, text))
+    elif file_format == JSONL:
+      examples.extend(_parse_jsonl(path, text))
+    else:
+      examples.extend(_parse_clinc(path, text, split))
+  return examples
+
+
+def _read_text(path: str) -> str:
+  try:
+    with tf.io.gfile.GFile(path, "rb") as f:
+      raw = f.read()
+  except tf.errors.OpError as e:
+    raise DataError(f"{path}: cannot read file: {e.message}") from e
+  try:
+    return raw.decode("utf-8-sig")
+  except UnicodeDecodeError as e:
+    line = raw[:e.start].count(b"\n") + 1
+    raise DataError(f"{path}:{line}: not valid UTF-8 ({e.reason} at byte {e.start})") from e
+
+
+def _checked(path_line: str, text, intent) -> Example:
+  if not isinstance(text, str) or not text.strip():
+    raise DataError(f"{path_line}: empty or missing text")
+  if not isinstance(intent, str) or not intent.strip():
+    raise DataError(f"{path_line}: empty or missing intent label")
+  return Example(text.strip(), intent.strip(), path_line)
+
+
+def _parse_csv(path: str, content: str) -> List[Example]:
+  reader = csv.reader(io.StringIO(content, newline=""), strict=True)
+  try:
+    header = next(reader, None)
+    if header is None:
+      raise DataError(f"{path}: empty file, expected a header such as text,intent")
+    columns = [h.strip().lower() for h in header]
+    if "text" not in columns:
+      raise DataError(f"{path}:1: header {header} has no 'text' column")
+    label_columns = [c for c in _LABEL_FIELDS if c in columns]
+    if not label_columns:
+      raise DataError(f"{path}:1: header {header} has no label column "
+                      f"(one of {', '.join(_LABEL_FIELDS)})")
+    text_index, label_index = columns.index("text"), columns.index(label_columns[0])
+    examples = []
+    for row in reader:
+      where = f"{path}:{reader.line_num}"
+      if not row or row == [""]:
+        continue
+      if len(row) != len(columns):
+        raise DataError(f"{where}: expected {len(columns)} fields ({','.join(columns)}), "
+                        f"found {len(row)}; quote texts that contain commas")
+      examples.append(_checked(where, row[text_index], row[label_index]))
+  except csv.Error as e:
+    raise DataError(f"{path}:{reader.line_num}: unreadable CSV: {e}") from e
+  if not examples:
+    raise DataError(f"{path}: no examples after the header")
+  return examples
+
+
+def _parse_jsonl(path: str, content: str) -> List[Example]:
+  examples = []
+  for number, line in enumerate(content.splitlines(), start=1):
+    if not line.strip():
+      continue
+    where = f"{path}:{number}"
+    try:
+      record = json.loads(line)
+    except json.JSONDecodeError as e:
+      raise DataError(f"{where}: not valid JSON: {e.msg}") from e
+    if not isinstance(record, dict):
+      raise DataError(f"{where}: expected an object with 'text' and 'intent'")
+    label = next((record[k] for k in _LABEL_FIELDS if k in record), None)
+    examples.append(_checked(where, record.get("text"), label))
+  if not examples:
+    raise DataError(f"{path}: no examples")
+  return examples
+
+
+def _parse_clinc(path: str, content: str, split: str) -> List[Example]:
+  try:
+    document = json.loads(content)
+  except json.JSONDecodeError as e:
+    raise DataError(f"{path}:{e.lineno}: not valid JSON: {e.msg}") from e
+  if not isinstance(document, dict) or split not in document:
+    found = sorted(document) if isinstance(document, dict) else type(document).__name__
+    raise DataError(f"{path}: no split {split!r} (found {found})")
+  records = document[split]
+  if not isinstance(records, list) or not records:
+    raise DataError(f"{path}: split {split!r} is not a non-empty list of [text, intent] pairs")
+  examples = []
+  for index, record in enumerate(records):
+    where = f"{path}:{split}[{index}]"
+    if not isinstance(record, list) or len(record) != 2:
+      raise DataError(f"{where}: expected a [text, intent] pair, got {record!r}")
+    examples.append(_checked(where, record[0], record[1]))
+  return examples
+
+
+def label_vocabulary(examples: Sequence[Example]) -> List[str]:
+  return sorted({e.intent for e in examples})
+
+
+def check_eval_labels(train: Sequence[Example], evaluation: Sequence[Example],
+                      drop_unseen: bool) -> Tuple[List[Example], Dict[str, int]]:
+  """Eval labels must have been seen in training; optionally drop those that were not.
+
+  Returns the eval examples to use and a count of dropped examples per unseen label.
+  """
+  known = {e.intent for e in train}
+  unseen = [e for e in evaluation if e.intent not in known]
+  if unseen and not drop_unseen:
+    first = unseen[0]
+    raise DataError(
+        f"{first.source}: eval label {first.intent!r} never appears in the training data "
+        f"({len(unseen)} eval examples have unseen labels); pass --drop_unseen_eval_labels "
+        f"to drop them")
+  dropped: Dict[str, int] = {}
+  for e in unseen:
+    dropped[e.intent] = dropped.get(e.intent, 0) + 1
+  kept = [e for e in evaluation if e.intent in known]
+  if not kept:
+    raise DataError("no eval example has a label seen in training")
+  return kept, dropped
+
+
+def make_input_fn(examples: Sequence[Example], batch_size: int, shuffle: bool,
+                  num_epochs=None, seed: int = 0):
+  """An estimator input_fn; `num_epochs=None` repeats forever (bounded by train steps)."""
+  texts = [e.text for e in examples]
+  labels = [e.intent for e in examples]
+
+  def input_fn():
+    dataset = tf.data.Dataset.from_tensor_slices(({TEXT_FEATURE: texts}, labels))
+    if shuffle:
+      dataset = dataset.shuffle(len(texts), seed=seed, reshuffle_each_iteration=True)
+    dataset = dataset.repeat(num_epochs)
+    return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+  return input_fn

@@ -1,0 +1,120 @@
+"""The intent model: a canned `tf.estimator.DNNClassifier` over a hub text embedding."""
+
+import dataclasses
+from typing import Sequence, Tuple
+
+import tensorflow as tf
+import tensorflow_hub as hub
+
+TEXT_FEATURE = "text"
+
+_OPTIMIZERS = {
+    "Adam": tf.keras.optimizers.legacy.Adam,
+    "Adagrad": tf.keras.optimizers.legacy.Adagrad,
+    "SGD": tf.keras.optimizers.legacy.SGD,
+    "RMSProp": tf.keras.optimizers.legacy.RMSprop,
+    "Ftrl": tf.keras.optimizers.legacy.Ftrl,
+}
+# Optimizers whose update for a gathered embedding (IndexedSlices gradient) touches only
+# the rows in the batch. Adam decays its moment slots over the whole table on every
+# step, which makes it the slowest part of training a large embedding. These are the
+# graph-mode optimizers: hub module variables lack what Keras optimizers expect.
+_SPARSE_OPTIMIZERS = {
+    "Adagrad": tf.compat.v1.train.AdagradOptimizer,
+    "SGD": tf.compat.v1.train.GradientDescentOptimizer,
+    "Ftrl": tf.compat.v1.train.FtrlOptimizer,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  hidden_units: Tuple[int, ...] = (256,)
+  dropout: float = 0.0
+  batch_norm: bool = False
+  optimizer: str = "Adam"
+  learning_rate: float = 0.003
+  train_embeddings: bool = True
+  embedding_optimizer: str = "Adagrad"
+  embedding_learning_rate: float = 0.2
+
+  def __post_init__(self):
+    problems = []
+    if not self.hidden_units or any(u < 1 for u in self.hidden_units):
+      problems.append(f"hidden_units must be positive layer sizes, got {self.hidden_units}")
+    if not 0.0 <= self.dropout < 1.0:
+      problems.append(f"dropout must be in [0, 1), got {self.dropout}")
+    if self.optimizer not in _OPTIMIZERS:
+      problems.append(f"optimizer must be one of {sorted(_OPTIMIZERS)}, got {self.optimizer!r}")
+    if self.embedding_optimizer not in _SPARSE_OPTIMIZERS:
+      problems.append(f"embedding_optimizer must be one of {sorted(_SPARSE_OPTIMIZERS)} "
+                      f"(sparse updates), got {self.embedding_optimizer!r}")
+    for name in ("learning_rate", "embedding_learning_rate"):
+      if getattr(self, name) <= 0:
+        problems.append(f"{name} must be > 0, got {getattr(self, name)}")
+    if problems:
+      raise ValueError("Invalid model config: " + "; ".join(problems))
+
+
+class ModuleAwareOptimizer(tf.keras.optimizers.legacy.Optimizer):
+  """Also trains the trainable variables the canned estimator leaves out.
+
+  `DNNClassifier` (v2) asks its optimizer to update only its own Keras layers, so a
+  trainable hub module would silently stay at its initial values. This optimizer
+  updates those layers with `dense` and every other trainable variable of the graph
+  (the module's embedding table) with `sparse`, from one backward pass.
+  """
+
+  def __init__(self, dense, sparse, name="ModuleAwareOptimizer"):
+    super().__init__(name)
+    self._dense = dense
+    self._sparse = sparse
+
+  @property
+  def iterations(self):
+    return self._dense.iterations
+
+  @iterations.setter
+  def iterations(self, variable):
+    # The estimator hands over the global step here; only `dense` advances it.
+    self._dense.iterations = variable
+
+  def get_updates(self, loss, params):
+    own = {p.ref() for p in params}
+    others = [v for v in tf.compat.v1.trainable_variables() if v.ref() not in own]
+    grads = tf.gradients(loss, list(params) + others)
+    updates = [self._dense.apply_gradients(zip(grads[:len(params)], params))]
+    module_pairs = [(g, v) for g, v in zip(grads[len(params):], others) if g is not None]
+    if module_pairs:
+      updates.append(self._sparse.apply_gradients(module_pairs))
+    return [tf.group(*updates)]
+
+  def get_config(self):
+    return {"name": self._name, "dense": self._dense.get_config(),
+            "sparse": type(self._sparse).__name__}
+
+
+def make_optimizer(config: ModelConfig):
+  dense = _OPTIMIZERS[config.optimizer](learning_rate=config.learning_rate)
+  if not config.train_embeddings:
+    return dense
+  sparse = _SPARSE_OPTIMIZERS[config.embedding_optimizer](
+      learning_rate=config.embedding_learning_rate)
+  return ModuleAwareOptimizer(dense, sparse)
+
+
+def text_feature_column(module_path: str, trainable: bool):
+  return hub.text_embedding_column(TEXT_FEATURE, module_path, trainable=trainable)
+
+
+def build_estimator(config: ModelConfig, module_path: str, label_vocabulary: Sequence[str],
+                    run_config: tf.estimator.RunConfig) -> tf.estimator.DNNClassifier:
+  """Labels are the intent names, so the `classes` output carries intent strings."""
+  return tf.estimator.DNNClassifier(
+      hidden_units=list(config.hidden_units),
+      feature_columns=[text_feature_column(module_path, config.train_embeddings)],
+      n_classes=len(label_vocabulary),
+      label_vocabulary=list(label_vocabulary),
+      optimizer=lambda: make_optimizer(config),
+      dropout=config.dropout or None,
+      batch_norm=config.batch_norm,
+      config=run_config)

@@ -1,0 +1,172 @@
+"""Builds the default text-embedding module in TF1 Hub format, offline.
+
+The module maps a string batch `[batch]` to a float `[batch, dim]` embedding, the
+contract `hub.text_embedding_column` expects. All tokenization happens inside the
+graph (lower-casing, punctuation, word n-grams, optional character n-grams), so the
+exported servable needs nothing but raw text. Tokens become ids either through a
+vocabulary drawn from the training corpus plus OOV hash buckets (the vocabulary file
+travels as a module asset) or through hashing alone.
+"""
+
+import collections
+import dataclasses
+import functools
+import math
+from typing import Iterable, List, Tuple
+
+import tensorflow as tf
+import tensorflow_hub as hub
+
+from export import artifact_io
+
+VOCABULARY = "vocabulary"
+HASHED = "hashed"
+_VOCAB_FILENAME = "ngram_vocabulary.txt"
+_CHAR_NGRAM_MARK = "~"
+
+
+@dataclasses.dataclass(frozen=True)
+class TextModuleConfig:
+  """How text becomes tokens and tokens become one embedding."""
+
+  embedding_dim: int = 64
+  word_ngrams: Tuple[int, ...] = (1, 2)
+  char_ngrams: Tuple[int, ...] = ()
+  id_mode: str = VOCABULARY
+  max_vocabulary_size: int = 200_000
+  min_count: int = 1
+  oov_buckets: int = 1000
+  hash_buckets: int = 1 << 18
+  combiner: str = "sqrtn"
+
+  @property
+  def output_dim(self) -> int:
+    """One `embedding_dim` bag per token group (word n-grams, character n-grams)."""
+    return self.embedding_dim * (bool(self.word_ngrams) + bool(self.char_ngrams))
+
+  def __post_init__(self):
+    problems = []
+    if self.embedding_dim < 1:
+      problems.append(f"embedding_dim must be >= 1, got {self.embedding_dim}")
+    if not self.word_ngrams and not self.char_ngrams:
+      problems.append("at least one of word_ngrams / char_ngrams is needed")
+    for name in ("word_ngrams", "char_ngrams"):
+      if any(n < 1 for n in getattr(self, name)):
+        problems.append(f"{name} must hold positive widths, got {getattr(self, name)}")
+    if self.id_mode not in (VOCABULARY, HASHED):
+      problems.append(f"id_mode must be {VOCABULARY!r} or {HASHED!r}, got {self.id_mode!r}")
+    if self.min_count < 1:
+      problems.append(f"min_count must be >= 1, got {self.min_count}")
+    if self.oov_buckets < 1:
+      problems.append(f"oov_buckets must be >= 1, got {self.oov_buckets}")
+    if self.hash_buckets < 1:
+      problems.append(f"hash_buckets must be >= 1, got {self.hash_buckets}")
+    if self.max_vocabulary_size < 1:
+      problems.append(f"max_vocabulary_size must be >= 1, got {self.max_vocabulary_size}")
+    if self.combiner not in ("sum", "mean", "sqrtn"):
+      problems.append(f"combiner must be sum, mean or sqrtn, got {self.combiner!r}")
+    if problems:
+      raise ValueError("Invalid text module config: " + "; ".join(problems))
+
+
+def ngram_token_groups(texts: tf.Tensor, config: TextModuleConfig) -> List[tf.RaggedTensor]:
+  """Turns a `[batch]` string tensor into ragged `[batch, (tokens)]` n-gram strings.
+
+  One group for word n-grams, one for character n-grams; each becomes its own bag of
+  embeddings, so the many character n-grams of a text do not drown out its words. The
+  same function builds the vocabulary (eagerly) and runs inside the module, so what the
+  vocabulary counts is exactly what the servable looks up.
+  """
+  normalized = tf.strings.lower(texts, encoding="utf-8")
+  normalized = tf.strings.regex_replace(normalized, r"[^\p{L}\p{N}\s]+", " ")
+  words = tf.strings.split(normalized)
+  groups = []
+  if config.word_ngrams:
+    groups.append(tf.strings.ngrams(words, list(config.word_ngrams), separator=" "))
+  if config.char_ngrams:
+    marked = tf.ragged.map_flat_values(
+        lambda w: tf.strings.join(["<", w, ">"]), words)
+    chars = tf.strings.unicode_split(marked, "UTF-8")
+    grams = tf.strings.ngrams(chars, list(config.char_ngrams), separator="")
+    groups.append(tf.ragged.map_flat_values(
+        lambda g: tf.strings.join([_CHAR_NGRAM_MARK, g]), grams.merge_dims(1, 2)))
+  return groups
+
+
+def build_vocabulary(texts: Iterable[str], config: TextModuleConfig,
+                     batch_size: int = 4096):
+  """Counts n-grams over the corpus; keeps those seen `min_count` times, most frequent first."""
+  counts = collections.Counter()
+  batch = []
+
+  def count(batch):
+    for group in ngram_token_groups(tf.constant(batch), config):
+      counts.update(t.decode("utf-8") for t in group.flat_values.numpy())
+
+  for text in texts:
+    batch.append(text)
+    if len(batch) == batch_size:
+      count(batch)
+      batch = []
+  if batch:
+    count(batch)
+  kept = [(t, c) for t, c in counts.items() if c >= config.min_count]
+  kept.sort(key=lambda tc: (-tc[1], tc[0]))
+  return [t for t, _ in kept[:config.max_vocabulary_size]]
+
+
+def _module_fn(config: TextModuleConfig, vocabulary_file: str, vocabulary_size: int):
+  texts = tf.compat.v1.placeholder(tf.string, shape=[None], name="text")
+  if config.id_mode == VOCABULARY:
+    table = tf.compat.v1.lookup.StaticVocabularyTable(
+        tf.compat.v1.lookup.TextFileInitializer(
+            vocabulary_file, tf.string, tf.compat.v1.lookup.TextFileIndex.WHOLE_LINE,
+            tf.int64, tf.compat.v1.lookup.TextFileIndex.LINE_NUMBER),
+        num_oov_buckets=config.oov_buckets)
+    to_ids = table.lookup
+    rows = vocabulary_size + config.oov_buckets
+  else:
+    to_ids = functools.partial(tf.strings.to_hash_bucket_fast, num_buckets=config.hash_buckets)
+    rows = config.hash_buckets
+  embeddings = tf.compat.v1.get_variable(
+      "embeddings", shape=[rows, config.embedding_dim],
+      initializer=tf.compat.v1.random_normal_initializer(
+          stddev=1.0 / math.sqrt(config.embedding_dim)))
+  bags = [tf.nn.safe_embedding_lookup_sparse(
+      embeddings, tf.ragged.map_flat_values(to_ids, tokens).to_sparse(),
+      combiner=config.combiner)
+          for tokens in ngram_token_groups(texts, config)]
+  embedding = bags[0] if len(bags) == 1 else tf.concat(bags, axis=1)
+  hub.add_signature(inputs=texts, outputs=embedding)
+
+
+def build_text_module(texts: Iterable[str], config: TextModuleConfig, output_dir: str,
+                      seed: int = 0) -> str:
+  """Writes a TF1-Hub-format text-embedding module to `output_dir` and returns it.
+
+  The module is assembled in a sibling temporary directory and renamed into place,
+  so an interrupted build never leaves a half-written module behind.
+  """
+  vocabulary = build_vocabulary(texts, config) if config.id_mode == VOCABULARY else []
+  if config.id_mode == VOCABULARY and not vocabulary:
+    raise ValueError("The training texts produced no tokens; cannot build a vocabulary.")
+  with artifact_io.staging_dir(output_dir) as staging:
+    # Hub copies asset files by base name, so the vocabulary gets its final name here.
+    vocabulary_dir = staging + ".vocabulary"
+    tf.io.gfile.makedirs(vocabulary_dir)
+    vocabulary_file = vocabulary_dir + "/" + _VOCAB_FILENAME
+    with tf.io.gfile.GFile(vocabulary_file, "w") as f:
+      f.write("".join(token + "\n" for token in vocabulary))
+    try:
+      spec = hub.create_module_spec(
+          functools.partial(_module_fn, config, vocabulary_file, len(vocabulary)))
+      with tf.Graph().as_default():
+        tf.compat.v1.set_random_seed(seed)
+        module = hub.Module(spec)
+        with tf.compat.v1.Session() as session:
+          session.run([tf.compat.v1.global_variables_initializer(),
+                       tf.compat.v1.tables_initializer()])
+          module.export(staging, session)
+    finally:
+      tf.io.gfile.rmtree(vocabulary_dir)
+  return output_dir
