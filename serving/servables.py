@@ -1,0 +1,69 @@
+"""Loads a SavedModel version the way TF Serving does and runs its signatures in-process.
+
+TF Serving loads the `serve` meta graph with TensorFlow's SavedModel loader, which
+restores the variables and runs the main op (table initializers included). This is the
+same loader, so an answer from here is the in-process reference for a served model.
+"""
+
+from typing import Dict, Mapping
+
+import numpy as np
+import tensorflow as tf
+from tensorflow.core.protobuf import meta_graph_pb2
+
+SERVE_TAG = "serve"
+
+
+class ServableError(RuntimeError):
+  """A version directory that cannot be loaded or a request it cannot answer."""
+
+
+class SessionServable:
+  """One loaded version: its graph, a session, and its signatures."""
+
+  def __init__(self, version_dir: str):
+    self.version_dir = version_dir
+    self._graph = tf.Graph()
+    self._session = tf.compat.v1.Session(graph=self._graph)
+    try:
+      with self._graph.as_default():
+        self._meta_graph = tf.compat.v1.saved_model.load(
+            self._session, [SERVE_TAG], version_dir)
+    except Exception as e:
+      self._session.close()
+      raise ServableError(f"{version_dir}: cannot load the SavedModel: {e}") from e
+
+  @property
+  def signatures(self) -> Mapping[str, meta_graph_pb2.SignatureDef]:
+    return self._meta_graph.signature_def
+
+  def signature(self, name: str) -> meta_graph_pb2.SignatureDef:
+    if name not in self.signatures:
+      raise ServableError(f'Serving signature name: "{name}" not found in signature def '
+                          f"(have: {sorted(self.signatures)})")
+    return self.signatures[name]
+
+  def run(self, signature_name: str, inputs: Mapping[str, object],
+          output_keys=None) -> Dict[str, np.ndarray]:
+    """Feeds `inputs` (by signature input key) and fetches outputs (all by default)."""
+    signature = self.signature(signature_name)
+    missing = set(signature.inputs) - set(inputs)
+    unknown = set(inputs) - set(signature.inputs)
+    if missing or unknown:
+      raise ServableError(f"signature {signature_name!r} takes inputs "
+                          f"{sorted(signature.inputs)}; missing {sorted(missing)}, "
+                          f"unknown {sorted(unknown)}")
+    output_keys = list(output_keys or signature.outputs)
+    feeds = {signature.inputs[k].name: v for k, v in inputs.items()}
+    fetches = [signature.outputs[k].name for k in output_keys]
+    values = self._session.run(fetches, feed_dict=feeds)
+    return dict(zip(output_keys, values))
+
+  def close(self):
+    self._session.close()
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    self.close()
