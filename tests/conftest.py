@@ -21,7 +21,7 @@ def small_config(job_dir, **overrides) -> config_lib.TrainerConfig:
       save_checkpoints_steps=400,
       eval_throttle_secs=0,
       model=ModelConfig(hidden_units=(32,)),
-      text_module=TextModuleConfig(embedding_dim=32, char_ngrams=(3,), oov_buckets=50))
+      text_module=TextModuleConfig(embedding_dim=32, char_ngrams=(3,), oov_buckets=1000))
   settings.update(overrides)
   return config_lib.TrainerConfig(**settings)
 

@@ -17,7 +17,8 @@ def job(tmp_path_factory):
   job_dir = tmp_path_factory.mktemp("e2e") / "job"
   completed = subprocess.run(
       [sys.executable, "-m", "trainer.task", f"--job-dir={job_dir}", "--train_steps=600",
-       "--batch_size=32", "--embedding_dim=32", "--hidden_units=64", "--char_ngrams=3"],
+       "--batch_size=32", "--embedding_dim=32", "--hidden_units=64", "--char_ngrams=3",
+       "--oov_buckets=1000"],
       capture_output=True, text=True, timeout=600, cwd=PROJECT_ROOT)
   assert completed.returncode == 0, completed.stderr[-4000:]
   (servable_line,) = [l for l in completed.stdout.splitlines() if l.startswith("servable ")]

@@ -29,13 +29,13 @@ _SPARSE_OPTIMIZERS = {
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
   hidden_units: Tuple[int, ...] = (256,)
-  dropout: float = 0.0
+  dropout: float = 0.5
   batch_norm: bool = False
   optimizer: str = "Adam"
   learning_rate: float = 0.003
   train_embeddings: bool = True
   embedding_optimizer: str = "Adagrad"
-  embedding_learning_rate: float = 0.2
+  embedding_learning_rate: float = 0.5
 
   def __post_init__(self):
     problems = []

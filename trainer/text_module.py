@@ -12,7 +12,7 @@ import collections
 import dataclasses
 import functools
 import math
-from typing import Iterable, List, Tuple
+from typing import Iterable, Tuple
 
 import tensorflow as tf
 import tensorflow_hub as hub
@@ -29,20 +29,17 @@ _CHAR_NGRAM_MARK = "~"
 class TextModuleConfig:
   """How text becomes tokens and tokens become one embedding."""
 
-  embedding_dim: int = 64
-  word_ngrams: Tuple[int, ...] = (1, 2)
-  char_ngrams: Tuple[int, ...] = ()
+  embedding_dim: int = 128
+  word_ngrams: Tuple[int, ...] = (1, 2, 3)
+  char_ngrams: Tuple[int, ...] = (3, 4, 5)
   id_mode: str = VOCABULARY
   max_vocabulary_size: int = 200_000
-  min_count: int = 1
-  oov_buckets: int = 1000
+  # N-grams seen once share OOV buckets with the unseen ones, so those buckets get
+  # trained; with min_count=1 they stayed random and added noise at test time.
+  min_count: int = 2
+  oov_buckets: int = 50_000
   hash_buckets: int = 1 << 18
   combiner: str = "sqrtn"
-
-  @property
-  def output_dim(self) -> int:
-    """One `embedding_dim` bag per token group (word n-grams, character n-grams)."""
-    return self.embedding_dim * (bool(self.word_ngrams) + bool(self.char_ngrams))
 
   def __post_init__(self):
     problems = []
@@ -69,13 +66,12 @@ class TextModuleConfig:
       raise ValueError("Invalid text module config: " + "; ".join(problems))
 
 
-def ngram_token_groups(texts: tf.Tensor, config: TextModuleConfig) -> List[tf.RaggedTensor]:
+def ngram_tokens(texts: tf.Tensor, config: TextModuleConfig) -> tf.RaggedTensor:
   """Turns a `[batch]` string tensor into ragged `[batch, (tokens)]` n-gram strings.
 
-  One group for word n-grams, one for character n-grams; each becomes its own bag of
-  embeddings, so the many character n-grams of a text do not drown out its words. The
-  same function builds the vocabulary (eagerly) and runs inside the module, so what the
-  vocabulary counts is exactly what the servable looks up.
+  Word n-grams first, then character n-grams (marked, so "car" the word and "car" the
+  trigram stay apart). The same function builds the vocabulary (eagerly) and runs
+  inside the module, so what the vocabulary counts is exactly what the servable looks up.
   """
   normalized = tf.strings.lower(texts, encoding="utf-8")
   normalized = tf.strings.regex_replace(normalized, r"[^\p{L}\p{N}\s]+", " ")
@@ -90,7 +86,7 @@ def ngram_token_groups(texts: tf.Tensor, config: TextModuleConfig) -> List[tf.Ra
     grams = tf.strings.ngrams(chars, list(config.char_ngrams), separator="")
     groups.append(tf.ragged.map_flat_values(
         lambda g: tf.strings.join([_CHAR_NGRAM_MARK, g]), grams.merge_dims(1, 2)))
-  return groups
+  return groups[0] if len(groups) == 1 else tf.concat(groups, axis=1)
 
 
 def build_vocabulary(texts: Iterable[str], config: TextModuleConfig,
@@ -100,8 +96,8 @@ def build_vocabulary(texts: Iterable[str], config: TextModuleConfig,
   batch = []
 
   def count(batch):
-    for group in ngram_token_groups(tf.constant(batch), config):
-      counts.update(t.decode("utf-8") for t in group.flat_values.numpy())
+    tokens = ngram_tokens(tf.constant(batch), config)
+    counts.update(t.decode("utf-8") for t in tokens.flat_values.numpy())
 
   for text in texts:
     batch.append(text)
@@ -132,11 +128,10 @@ def _module_fn(config: TextModuleConfig, vocabulary_file: str, vocabulary_size: 
       "embeddings", shape=[rows, config.embedding_dim],
       initializer=tf.compat.v1.random_normal_initializer(
           stddev=1.0 / math.sqrt(config.embedding_dim)))
-  bags = [tf.nn.safe_embedding_lookup_sparse(
+  tokens = ngram_tokens(texts, config)
+  embedding = tf.nn.safe_embedding_lookup_sparse(
       embeddings, tf.ragged.map_flat_values(to_ids, tokens).to_sparse(),
       combiner=config.combiner)
-          for tokens in ngram_token_groups(texts, config)]
-  embedding = bags[0] if len(bags) == 1 else tf.concat(bags, axis=1)
   hub.add_signature(inputs=texts, outputs=embedding)
 
 
