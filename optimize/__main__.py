@@ -1,0 +1,60 @@
+"""python -m optimize --input_dir EXPORT_VERSION_DIR --output_dir DIR [--transforms ...]"""
+
+import os
+
+# TensorFlow's C++ start-up chatter buries the optimizer's own output.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import app  # noqa: E402
+from absl import flags  # noqa: E402
+
+from optimize import guard  # noqa: E402
+from optimize import optimizer  # noqa: E402
+from optimize import transforms  # noqa: E402
+
+flags.DEFINE_string("input_dir", None, "SavedModel version dir to optimize (never modified).")
+flags.DEFINE_string("output_dir", None, "Where the optimized SavedModel version goes.")
+flags.DEFINE_string("transforms", transforms.DEFAULT_TRANSFORMS,
+                    "Transforms in order, Graph Transform Tool style, e.g. 'freeze "
+                    "strip_unused_nodes remove_nodes(op=Identity) merge_duplicate_nodes "
+                    "fold_constants fold_batch_norms quantize_weights(dtype=int8|float16)'. "
+                    f"Known: {', '.join(transforms.TRANSFORMS)}.")
+flags.DEFINE_string("eval_data", None,
+                    "Evaluation inputs for the accuracy guard: a TFRecord of serialized "
+                    "tf.Example, or a CSV / JSON Lines file whose columns are features. "
+                    "Default: the export's warmup records.")
+flags.DEFINE_float("min_agreement", guard.DEFAULT_MIN_AGREEMENT,
+                   "Lowest top-1 agreement with the original, per signature, to accept.")
+flags.DEFINE_bool("force", False, "Write the optimized model even if the guard refuses it.")
+flags.DEFINE_bool("overwrite", False, "Replace a non-empty --output_dir.")
+flags.DEFINE_string("report_dir", None, "Report location (default: <output_dir>.report).")
+flags.DEFINE_bool("measure", True, "Measure size, load time and latency after every step.")
+flags.mark_flags_as_required(["input_dir", "output_dir"])
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+  if not 0.0 <= FLAGS.min_agreement <= 1.0:
+    raise app.UsageError(f"--min_agreement must be in [0, 1], got {FLAGS.min_agreement}")
+  try:
+    result = optimizer.optimize(
+        FLAGS.input_dir, FLAGS.output_dir, FLAGS.transforms, eval_data=FLAGS.eval_data,
+        min_agreement=FLAGS.min_agreement, force=FLAGS.force, overwrite=FLAGS.overwrite,
+        report_dir=FLAGS.report_dir, measure=FLAGS.measure)
+  except optimizer.OptimizeError as e:
+    print(f"optimize failed: {e}")
+    raise SystemExit(1)
+  for step in result.steps:
+    print(f"{step.step:40s} nodes {step.nodes:5d}  {step.bytes_on_disk / 1e6:8.2f} MB  "
+          f"batch-1 p50 {step.batch1_p50_ms:7.3f} ms  agreement {step.agreement:.4f}")
+  print(f"guard: lowest agreement {result.guard.agreement:.4f} "
+        f"({'passed' if result.guard.passed else 'forced'})")
+  print(f"optimized {result.output_dir}")
+  if result.report_paths:
+    print(f"report {result.report_paths['markdown']}")
+
+
+if __name__ == "__main__":
+  app.run(main)

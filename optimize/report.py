@@ -1,0 +1,119 @@
+"""Per-step figures of an optimization run, written as JSON, Markdown and a PNG chart."""
+
+import dataclasses
+import io
+import json
+import statistics
+import time
+from typing import Dict, List, Mapping, Optional
+
+from export import artifact_io
+from optimize import savedmodel_io
+from serving.servables import SessionServable
+
+
+@dataclasses.dataclass
+class StepFigures:
+  step: str
+  nodes: int
+  op_delta: Dict[str, int]
+  bytes_on_disk: int
+  cold_start_seconds: float  # load + first answer, what a fresh server pays
+  batch1_p50_ms: float
+  batch64_p50_ms: float
+  agreement: Optional[float] = None  # vs the original, lowest over signatures
+
+
+def op_delta(before: Mapping[str, int], after: Mapping[str, int]) -> Dict[str, int]:
+  return {op: after.get(op, 0) - before.get(op, 0)
+          for op in sorted(set(before) | set(after)) if after.get(op, 0) != before.get(op, 0)}
+
+
+def time_runs(servable: SessionServable, signature: str, inputs, repeats: int) -> float:
+  """Median milliseconds of `repeats` runs, after one untimed run."""
+  servable.run(signature, inputs)
+  samples = []
+  for _ in range(repeats):
+    started = time.perf_counter()
+    servable.run(signature, inputs)
+    samples.append((time.perf_counter() - started) * 1000.0)
+  return statistics.median(samples)
+
+
+def measure(version_dir: str, signature: str, batch1, batch64, repeats: int = 30):
+  """(bytes on disk, cold start seconds, batch-1 p50 ms, batch-64 p50 ms)."""
+  started = time.perf_counter()
+  with SessionServable(version_dir) as servable:
+    servable.run(signature, batch1)
+    cold_start = time.perf_counter() - started
+    batch1_ms = time_runs(servable, signature, batch1, repeats)
+    batch64_ms = time_runs(servable, signature, batch64, max(3, repeats // 5))
+  return savedmodel_io.directory_bytes(version_dir), cold_start, batch1_ms, batch64_ms
+
+
+def to_markdown(model: str, steps: List[StepFigures], guard: Mapping) -> str:
+  base = steps[0]
+  lines = [f"# Optimization report: {model}", "",
+           "| step | nodes | size | size x | cold start s | batch-1 p50 ms | x | "
+           "batch-64 p50 ms | x | agreement |",
+           "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+  for s in steps:
+    agreement = "" if s.agreement is None else f"{s.agreement:.4f}"
+    lines.append(
+        f"| {s.step} | {s.nodes} | {s.bytes_on_disk / 1e6:.2f} MB | "
+        f"{s.bytes_on_disk / base.bytes_on_disk:.3f} | {s.cold_start_seconds:.3f} | "
+        f"{s.batch1_p50_ms:.3f} | {s.batch1_p50_ms / base.batch1_p50_ms:.2f} | "
+        f"{s.batch64_p50_ms:.2f} | {s.batch64_p50_ms / base.batch64_p50_ms:.2f} | {agreement} |")
+  slower = [s.step for s in steps[1:] if s.batch1_p50_ms > base.batch1_p50_ms * 1.05]
+  if slower:
+    lines += ["", f"Slower than the original at batch 1 (by more than 5 %): {', '.join(slower)}."]
+  lines += ["", "## Op changes per step", ""]
+  for s in steps[1:]:
+    delta = ", ".join(f"{op} {n:+d}" for op, n in s.op_delta.items()) or "none"
+    lines.append(f"- **{s.step}**: {delta}")
+  lines += ["", "## Accuracy guard", "",
+            f"Minimum top-1 agreement {guard['min_agreement']}: "
+            f"{'passed' if guard['passed'] else 'FAILED'} (lowest {guard['agreement']:.4f}).", "",
+            "| signature | examples | agreement | worst output max abs diff |",
+            "| --- | ---: | ---: | ---: |"]
+  for s in guard["signatures"]:
+    diffs = [o["max_abs_diff"] for o in s["outputs"].values() if o["max_abs_diff"] is not None]
+    lines.append(f"| {s['name']} | {s['examples']} | {s['agreement']:.4f} | "
+                 f"{max(diffs) if diffs else 0:.2e} |")
+  return "\n".join(lines) + "\n"
+
+
+def write_chart(path: str, steps: List[StepFigures]) -> None:
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  panels = [("size (MB)", [s.bytes_on_disk / 1e6 for s in steps]),
+            ("nodes", [s.nodes for s in steps]),
+            ("cold start (s)", [s.cold_start_seconds for s in steps]),
+            ("batch-1 p50 (ms)", [s.batch1_p50_ms for s in steps]),
+            ("batch-64 p50 (ms)", [s.batch64_p50_ms for s in steps])]
+  figure, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 4.5))
+  labels = [s.step for s in steps]
+  for axis, (title, values) in zip(axes, panels):
+    axis.bar(range(len(values)), values, color=["#888888"] + ["#2a7ab9"] * (len(values) - 1))
+    axis.set_title(title)
+    axis.set_xticks(range(len(labels)))
+    axis.set_xticklabels(labels, rotation=60, ha="right", fontsize=7)
+  figure.tight_layout()
+  png = io.BytesIO()
+  figure.savefig(png, format="png", dpi=90)
+  plt.close(figure)
+  artifact_io.write_atomic(path, png.getvalue())
+
+
+def write_report(report_dir: str, model: str, steps: List[StepFigures], guard: Mapping,
+                 extra: Mapping) -> Dict[str, str]:
+  payload = {"model": model, "steps": [dataclasses.asdict(s) for s in steps], "guard": guard,
+             **extra}
+  paths = {"json": artifact_io.join(report_dir, "report.json"),
+           "markdown": artifact_io.join(report_dir, "report.md"),
+           "chart": artifact_io.join(report_dir, "report.png")}
+  artifact_io.write_atomic(paths["json"], json.dumps(payload, indent=2) + "\n")
+  artifact_io.write_atomic(paths["markdown"], to_markdown(model, steps, guard))
+  write_chart(paths["chart"], steps)
+  return paths

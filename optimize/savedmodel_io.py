@@ -1,0 +1,187 @@
+"""Reads a SavedModel's serving meta graph and writes an optimized one back.
+
+The one place the optimizer touches the file system. What TF Serving needs from a
+version dir survives the round trip: every signature, the main op (table
+initializers), asset files and the AssetFileDefs that feed their paths at load time,
+and `assets.extra/` (warmup records).
+"""
+
+import dataclasses
+from typing import Dict, List, Mapping
+
+import numpy as np
+import tensorflow as tf
+from tensorflow.core.framework import graph_pb2
+from tensorflow.core.framework import op_def_pb2
+from tensorflow.core.protobuf import meta_graph_pb2
+from tensorflow.core.protobuf import saved_model_pb2
+
+from tensorflow.python.framework import op_def_registry
+
+from export import artifact_io
+
+SERVE_TAG = "serve"
+MAIN_OP_KEYS = ("saved_model_main_op", "legacy_init_op")
+ASSETS_KEY = "saved_model_assets"
+VARIABLE_OPS = ("VarHandleOp", "VariableV2", "Variable")
+
+
+class SavedModelError(ValueError):
+  """A directory that is not a servable SavedModel we can optimize."""
+
+
+@dataclasses.dataclass
+class Servable:
+  """The parts of one SavedModel version that the optimizer reads and rewrites."""
+
+  source_dir: str
+  meta_graph: meta_graph_pb2.MetaGraphDef
+  variable_values: Dict[str, np.ndarray]  # variable node name -> value
+
+  @property
+  def graph_def(self) -> graph_pb2.GraphDef:
+    return self.meta_graph.graph_def
+
+  @property
+  def main_op(self) -> str:
+    for key in MAIN_OP_KEYS:
+      if key in self.meta_graph.collection_def:
+        return self.meta_graph.collection_def[key].node_list.value[0]
+    return ""
+
+  def asset_file_defs(self) -> List[meta_graph_pb2.AssetFileDef]:
+    """TF2 exports list assets in `asset_file_def`; TF1 builders in a collection."""
+    defs = list(self.meta_graph.asset_file_def)
+    if ASSETS_KEY in self.meta_graph.collection_def:
+      for any_value in self.meta_graph.collection_def[ASSETS_KEY].any_list.value:
+        asset = meta_graph_pb2.AssetFileDef()
+        any_value.Unpack(asset)
+        defs.append(asset)
+    return defs
+
+  def protected_nodes(self) -> List[str]:
+    """Nodes that must keep their names: what signatures, the loader and assets refer to."""
+    names = set()
+    for signature in self.meta_graph.signature_def.values():
+      for info in list(signature.inputs.values()) + list(signature.outputs.values()):
+        names.add(node_name(info.name))
+    if self.main_op:
+      names.add(self.main_op)
+    names.update(node_name(a.tensor_info.name) for a in self.asset_file_defs())
+    return sorted(names)
+
+
+def node_name(tensor_or_node: str) -> str:
+  return tensor_or_node.lstrip("^").split(":")[0]
+
+
+def read_servable(version_dir: str) -> Servable:
+  """Loads the `serve` meta graph and the current value of every variable."""
+  path = artifact_io.join(version_dir, "saved_model.pb")
+  if not tf.io.gfile.exists(path):
+    raise SavedModelError(f"{version_dir}: no saved_model.pb (pass a version directory, "
+                          f"such as export/<model>/<version>)")
+  saved_model = saved_model_pb2.SavedModel()
+  try:
+    with tf.io.gfile.GFile(path, "rb") as f:
+      saved_model.ParseFromString(f.read())
+  except Exception as e:  # protobuf raises its own DecodeError
+    raise SavedModelError(f"{path}: not a SavedModel protocol buffer: {e}") from e
+  serving = [m for m in saved_model.meta_graphs if list(m.meta_info_def.tags) == [SERVE_TAG]]
+  if not serving:
+    tags = [list(m.meta_info_def.tags) for m in saved_model.meta_graphs]
+    raise SavedModelError(f"{version_dir}: no meta graph tagged exactly ['serve'] (found {tags})")
+  meta_graph = serving[0]
+  if not meta_graph.signature_def:
+    raise SavedModelError(f"{version_dir}: the serve meta graph has no signatures")
+  return Servable(version_dir, meta_graph, _variable_values(version_dir, meta_graph))
+
+
+def _variable_values(version_dir: str, meta_graph) -> Dict[str, np.ndarray]:
+  variables = [n for n in meta_graph.graph_def.node if n.op in VARIABLE_OPS]
+  if not variables:
+    return {}
+  graph = tf.Graph()
+  with tf.compat.v1.Session(graph=graph) as session:
+    with graph.as_default():
+      tf.compat.v1.saved_model.load(session, [SERVE_TAG], version_dir)
+      fetches = {}
+      for node in variables:
+        handle = graph.get_tensor_by_name(node.name + ":0")
+        fetches[node.name] = (tf.raw_ops.ReadVariableOp(resource=handle,
+                                                        dtype=node.attr["dtype"].type)
+                              if node.op == "VarHandleOp" else handle)
+    return session.run(fetches)
+
+
+def write_servable(source: Servable, graph_def: graph_pb2.GraphDef, output_dir: str,
+                   overwrite: bool = False) -> str:
+  """Writes `graph_def` with the source's signatures, main op and assets, atomically."""
+  if artifact_io.is_non_empty_dir(output_dir) and not overwrite:
+    raise FileExistsError(f"{output_dir} exists and is not empty; pass overwrite to replace it")
+  source_dir = source.source_dir.rstrip("/")
+  if output_dir.rstrip("/") == source_dir:
+    raise ValueError(f"{output_dir}: refusing to write over the input model")
+  meta_graph = meta_graph_pb2.MetaGraphDef()
+  meta_graph.meta_info_def.CopyFrom(source.meta_graph.meta_info_def)
+  meta_graph.meta_info_def.stripped_op_list.CopyFrom(_stripped_op_list(graph_def))
+  meta_graph.graph_def.CopyFrom(graph_def)
+  for name, signature in source.meta_graph.signature_def.items():
+    meta_graph.signature_def[name].CopyFrom(signature)
+  if source.main_op:
+    meta_graph.collection_def["saved_model_main_op"].node_list.value.append(source.main_op)
+  present = {n.name for n in graph_def.node}
+  assets = [a for a in source.asset_file_defs() if node_name(a.tensor_info.name) in present]
+  meta_graph.asset_file_def.extend(assets)
+
+  saved_model = saved_model_pb2.SavedModel(saved_model_schema_version=1)
+  saved_model.meta_graphs.add().CopyFrom(meta_graph)
+  with artifact_io.staging_dir(output_dir, overwrite=overwrite) as staging:
+    tf.io.gfile.makedirs(artifact_io.join(staging, "variables"))
+    for asset in assets:
+      tf.io.gfile.makedirs(artifact_io.join(staging, "assets"))
+      tf.io.gfile.copy(artifact_io.join(source_dir, "assets", asset.filename),
+                       artifact_io.join(staging, "assets", asset.filename), overwrite=True)
+    extra = artifact_io.join(source_dir, "assets.extra")
+    if tf.io.gfile.isdir(extra):
+      _copy_tree(extra, artifact_io.join(staging, "assets.extra"))
+    with tf.io.gfile.GFile(artifact_io.join(staging, "saved_model.pb"), "wb") as f:
+      f.write(saved_model.SerializeToString())
+  return output_dir
+
+
+def _stripped_op_list(graph_def) -> op_def_pb2.OpList:
+  """The OpDefs the graph uses, as the SavedModel builder records them."""
+  op_list = op_def_pb2.OpList()
+  for op in sorted(ops_used(graph_def)):
+    op_def = op_def_registry.get(op)
+    if op_def is not None:
+      op_list.op.add().CopyFrom(op_def)
+  return op_list
+
+
+def _copy_tree(source: str, destination: str) -> None:
+  for directory, _, files in tf.io.gfile.walk(source):
+    relative = directory[len(source):].lstrip("/")
+    target = artifact_io.join(destination, relative) if relative else destination
+    tf.io.gfile.makedirs(target)
+    for name in files:
+      tf.io.gfile.copy(artifact_io.join(directory, name), artifact_io.join(target, name),
+                       overwrite=True)
+
+
+def ops_used(graph_def: graph_pb2.GraphDef):
+  return ({n.op for n in graph_def.node} |
+          {n.op for f in graph_def.library.function for n in f.node_def})
+
+
+def directory_bytes(path: str) -> int:
+  return sum(tf.io.gfile.stat(artifact_io.join(d, f)).length
+             for d, _, files in tf.io.gfile.walk(path) for f in files)
+
+
+def op_histogram(graph_def: graph_pb2.GraphDef) -> Mapping[str, int]:
+  counts: Dict[str, int] = {}
+  for node in graph_def.node:
+    counts[node.op] = counts.get(node.op, 0) + 1
+  return counts

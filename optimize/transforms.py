@@ -1,0 +1,705 @@
+"""Graph rewrites in the spirit of the Graph Transform Tool: pure GraphDef -> GraphDef.
+
+Every transform takes the graph and a `GraphContext` (the nodes whose names the
+signatures, the loader and the assets refer to, and the variables' values) and returns
+a new graph; none touches the input or the file system. Protected nodes always
+survive under their own names, so signatures stay valid without being rewritten.
+"""
+
+import collections
+import dataclasses
+import re
+from typing import Callable, Dict, FrozenSet, Iterable, List, Mapping, Sequence, Tuple
+
+import numpy as np
+import tensorflow as tf
+from tensorflow.core.framework import attr_value_pb2
+from tensorflow.core.framework import graph_pb2
+from tensorflow.core.framework import node_def_pb2
+from tensorflow.core.protobuf import config_pb2
+from tensorflow.core.protobuf import meta_graph_pb2
+from tensorflow.core.protobuf import rewriter_config_pb2
+from tensorflow.python.framework import convert_to_constants
+from tensorflow.python.framework import op_def_registry
+from tensorflow.python.grappler import tf_optimizer
+
+VARIABLE_OPS = ("VarHandleOp", "VariableV2", "Variable")
+PASS_THROUGH_OPS = ("Identity", "StopGradient", "PreventGradient", "Snapshot", "CheckNumerics")
+DEQUANTIZE_SUFFIX = "/dequantize"
+# Constants holding quantized weights; constant folding must never see them, or it
+# turns the 8-bit or 16-bit constants back into float ones.
+QUANTIZED_SUFFIXES = ("/int8", "/float16")
+
+
+class TransformError(ValueError):
+  """A graph this transform cannot rewrite safely; the message names the node or op."""
+
+
+@dataclasses.dataclass(frozen=True)
+class GraphContext:
+  protected: FrozenSet[str]
+  variable_values: Mapping[str, np.ndarray] = dataclasses.field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------- helpers
+
+
+def node_name(tensor: str) -> str:
+  return tensor.lstrip("^").split(":")[0]
+
+
+def _output_index(tensor: str) -> int:
+  parts = tensor.split(":")
+  return int(parts[1]) if len(parts) > 1 else 0
+
+
+def _copy(graph_def: graph_pb2.GraphDef) -> graph_pb2.GraphDef:
+  result = graph_pb2.GraphDef()
+  result.CopyFrom(graph_def)
+  return result
+
+
+def _with_nodes(graph_def: graph_pb2.GraphDef, nodes: Iterable[node_def_pb2.NodeDef]):
+  result = graph_pb2.GraphDef()
+  result.versions.CopyFrom(graph_def.versions)
+  result.library.CopyFrom(graph_def.library)
+  result.node.extend(nodes)
+  return result
+
+
+def consumers(graph_def: graph_pb2.GraphDef) -> Dict[str, List[Tuple[node_def_pb2.NodeDef, int]]]:
+  """Node name -> [(consumer node, input position)], data and control inputs alike."""
+  result = collections.defaultdict(list)
+  for node in graph_def.node:
+    for position, tensor in enumerate(node.input):
+      result[node_name(tensor)].append((node, position))
+  return result
+
+
+def topological_order(graph_def: graph_pb2.GraphDef) -> List[node_def_pb2.NodeDef]:
+  by_name = {n.name: n for n in graph_def.node}
+  pending = {n.name: len({node_name(i) for i in n.input if node_name(i) in by_name})
+             for n in graph_def.node}
+  users = collections.defaultdict(set)
+  for node in graph_def.node:
+    for tensor in node.input:
+      users[node_name(tensor)].add(node.name)
+  ready = collections.deque(n.name for n in graph_def.node if pending[n.name] == 0)
+  order = []
+  while ready:
+    name = ready.popleft()
+    order.append(by_name[name])
+    for user in sorted(users[name]):
+      pending[user] -= 1
+      if pending[user] == 0:
+        ready.append(user)
+  if len(order) != len(by_name):
+    stuck = sorted(n for n, count in pending.items() if count > 0)[:5]
+    raise TransformError(f"graph has a cycle outside control flow frames near {stuck}")
+  return order
+
+
+def _rename_inputs(node: node_def_pb2.NodeDef, renames: Mapping[str, str]) -> None:
+  """Points inputs at replacement tensors; `renames` maps tensor or '^node' names."""
+  for position, tensor in enumerate(node.input):
+    key = tensor if ":" in tensor or tensor.startswith("^") else tensor + ":0"
+    if key in renames:
+      node.input[position] = renames[key]
+  _fix_colocation(node, renames)
+
+
+def _fix_colocation(node: node_def_pb2.NodeDef, renames: Mapping[str, str]) -> None:
+  if "_class" not in node.attr:
+    return
+  values = []
+  for value in node.attr["_class"].list.s:
+    text = value.decode()
+    target = renames.get("^" + text[len("loc:@"):]) if text.startswith("loc:@") else None
+    values.append(("loc:@" + target[1:]).encode() if target else value)
+  del node.attr["_class"].list.s[:]
+  node.attr["_class"].list.s.extend(values)
+
+
+def _tensor(name: str, index: int) -> str:
+  return name if index == 0 else f"{name}:{index}"
+
+
+def _is_stateful(op: str) -> bool:
+  op_def = op_def_registry.get(op)
+  return op_def is None or op_def.is_stateful
+
+
+def _const_node(name: str, value: np.ndarray, device: str = "") -> node_def_pb2.NodeDef:
+  node = node_def_pb2.NodeDef(name=name, op="Const", device=device)
+  node.attr["dtype"].type = tf.as_dtype(value.dtype).as_datatype_enum
+  node.attr["value"].tensor.CopyFrom(tf.make_tensor_proto(value))
+  return node
+
+
+def _op_node(name: str, op: str, inputs: Sequence[str], device: str = "",
+             **attrs) -> node_def_pb2.NodeDef:
+  node = node_def_pb2.NodeDef(name=name, op=op, device=device)
+  node.input.extend(inputs)
+  for key, value in attrs.items():
+    if isinstance(value, tf.DType):
+      node.attr[key].type = value.as_datatype_enum
+    elif isinstance(value, bool):
+      node.attr[key].b = value
+    elif isinstance(value, int):
+      node.attr[key].i = value
+    else:
+      raise TypeError(f"unsupported attr {key}={value!r}")
+  return node
+
+
+def _const_value(node: node_def_pb2.NodeDef) -> np.ndarray:
+  return tf.make_ndarray(node.attr["value"].tensor)
+
+
+def _prune_library(graph_def: graph_pb2.GraphDef) -> graph_pb2.GraphDef:
+  """Drops functions that no node (or function reachable from one) refers to."""
+  functions = {f.signature.name: f for f in graph_def.library.function}
+  if not functions:
+    return graph_def
+
+  def referenced(nodes):
+    for node in nodes:
+      if node.op in functions:
+        yield node.op
+      for attr in node.attr.values():
+        if attr.HasField("func"):
+          yield attr.func.name
+        for func in attr.list.func:
+          yield func.name
+
+  keep, frontier = set(), list(referenced(graph_def.node))
+  while frontier:
+    name = frontier.pop()
+    if name in keep or name not in functions:
+      continue
+    keep.add(name)
+    frontier.extend(referenced(functions[name].node_def))
+  result = _copy(graph_def)
+  del result.library.function[:]
+  result.library.function.extend(f for n, f in functions.items() if n in keep)
+  kept_gradients = [g for g in graph_def.library.gradient if g.function_name in keep]
+  del result.library.gradient[:]
+  result.library.gradient.extend(kept_gradients)
+  return result
+
+
+# ------------------------------------------------------------------------- transforms
+
+
+class _KnownValues(convert_to_constants._ConverterData):  # pylint: disable=protected-access
+  """TensorFlow's own variable-to-constant converter, fed with values read earlier."""
+
+  def __init__(self, graph_def, values):
+    super().__init__(graph_def)
+    for node in graph_def.node:
+      if node.op in VARIABLE_OPS:
+        if node.name not in values:
+          raise TransformError(f"freeze: no value for variable {node.name!r}")
+        self._tensor_data[node.name] = convert_to_constants._TensorData(  # pylint: disable=protected-access
+            numpy=values[node.name], dtype=node.attr["dtype"].type, index=None)
+
+
+def freeze(graph_def: graph_pb2.GraphDef, context: GraphContext) -> graph_pb2.GraphDef:
+  """Keeps what the signatures and init op need, with variables turned into constants."""
+  needed = strip_unused_nodes(graph_def, context)
+  for node in needed.node:
+    if node.op in ("AssignVariableOp", "Assign", "AssignAddVariableOp", "AssignSubVariableOp"):
+      raise TransformError(f"freeze: node {node.name!r} ({node.op}) writes a variable that a "
+                           f"signature or the init op needs; such a model cannot be frozen")
+  try:
+    frozen, _ = convert_to_constants._replace_variables_by_constants(  # pylint: disable=protected-access
+        converter_data=_KnownValues(needed, context.variable_values))
+  except ValueError as e:
+    raise TransformError(f"freeze: {e}") from e
+  left = [n.name for n in frozen.node if n.op in VARIABLE_OPS]
+  if left:
+    raise TransformError(f"freeze: variables remain after conversion: {left[:5]}")
+  return _prune_library(frozen)
+
+
+def strip_unused_nodes(graph_def: graph_pb2.GraphDef, context: GraphContext) -> graph_pb2.GraphDef:
+  missing = sorted(context.protected - {n.name for n in graph_def.node})
+  if missing:
+    raise TransformError(f"strip_unused_nodes: protected nodes are missing: {missing[:5]}")
+  return _prune_library(
+      tf.compat.v1.graph_util.extract_sub_graph(graph_def, sorted(context.protected)))
+
+
+def remove_nodes(graph_def: graph_pb2.GraphDef, context: GraphContext,
+                 op: str = "Identity") -> graph_pb2.GraphDef:
+  """Bypasses pass-through nodes of type `op`, as GTT's remove_nodes did.
+
+  Kept: protected nodes, nodes with control inputs (they order something), and
+  Identity nodes after a Switch (v1 control flow uses them as branch pivots).
+  """
+  if op not in PASS_THROUGH_OPS:
+    raise TransformError(f"remove_nodes: op={op!r} is not a pass-through op; "
+                         f"supported: {', '.join(PASS_THROUGH_OPS)}")
+  by_name = {n.name: n for n in graph_def.node}
+  renames: Dict[str, str] = {}
+  removed = set()
+  for node in topological_order(graph_def):
+    if node.op != op or node.name in context.protected:
+      continue
+    data_inputs = [i for i in node.input if not i.startswith("^")]
+    if len(data_inputs) != 1 or len(node.input) != 1:
+      continue
+    source = data_inputs[0]
+    if by_name[node_name(source)].op in ("Switch", "RefSwitch"):
+      continue
+    source = renames.get(source if ":" in source else source + ":0", source)
+    renames[node.name + ":0"] = source
+    renames["^" + node.name] = "^" + node_name(source)
+    removed.add(node.name)
+  result = _with_nodes(graph_def, [n for n in graph_def.node if n.name not in removed])
+  for node in result.node:
+    _rename_inputs(node, renames)
+  return _dedupe_control_inputs(result)
+
+
+def _dedupe_control_inputs(graph_def: graph_pb2.GraphDef) -> graph_pb2.GraphDef:
+  """Drops control inputs that repeat, or that duplicate a data input, after bypassing."""
+  for node in graph_def.node:
+    data_sources = {node_name(i) for i in node.input if not i.startswith("^")}
+    seen, kept = set(), []
+    for tensor in node.input:
+      if tensor.startswith("^"):
+        if tensor in seen or tensor[1:] in data_sources or tensor[1:] == node.name:
+          continue
+        seen.add(tensor)
+      kept.append(tensor)
+    if len(kept) != len(node.input):
+      del node.input[:]
+      node.input.extend(kept)
+  return graph_def
+
+
+def merge_duplicate_nodes(graph_def: graph_pb2.GraphDef,
+                          context: GraphContext) -> graph_pb2.GraphDef:
+  """Merges stateless nodes with the same op, inputs, device and attributes."""
+  renames: Dict[str, str] = {}
+  seen: Dict[bytes, str] = {}
+  removed = set()
+  for node in topological_order(graph_def):
+    _rename_inputs(node, renames)
+    if _is_stateful(node.op) or node.op in ("Placeholder", "PlaceholderWithDefault"):
+      continue
+    attrs = node_def_pb2.NodeDef()
+    for key, value in node.attr.items():
+      if key != "_class":
+        attrs.attr[key].CopyFrom(value)
+    key = b"\0".join([node.op.encode(), node.device.encode(),
+                      "\0".join(node.input).encode(),
+                      attrs.SerializeToString(deterministic=True)])
+    if key in seen and node.name not in context.protected:
+      keeper = seen[key]
+      for index in range(_max_outputs(node)):
+        renames[f"{node.name}:{index}"] = _tensor(keeper, index)
+      renames["^" + node.name] = "^" + keeper
+      removed.add(node.name)
+    else:
+      seen.setdefault(key, node.name)
+  ordered = {n.name: n for n in topological_order(graph_def)}
+  result = _with_nodes(graph_def, [ordered[n.name] for n in graph_def.node
+                                   if n.name not in removed])
+  for node in result.node:
+    _rename_inputs(node, renames)
+  return _dedupe_control_inputs(result)
+
+
+def _max_outputs(node: node_def_pb2.NodeDef) -> int:
+  op_def = op_def_registry.get(node.op)
+  if op_def is None:
+    return 1
+  count = 0
+  for arg in op_def.output_arg:
+    if arg.number_attr:
+      count += node.attr[arg.number_attr].i
+    elif arg.type_list_attr:
+      count += len(node.attr[arg.type_list_attr].list.type)
+    else:
+      count += 1
+  return max(count, 1)
+
+
+def run_grappler(graph_def: graph_pb2.GraphDef, context: GraphContext,
+                 passes: Sequence[str]) -> graph_pb2.GraphDef:
+  """Runs the named Grappler passes once, keeping protected nodes and quantized weights.
+
+  Quantized constants are shown to Grappler as placeholders, so no pass can fold
+  their dequantization back into a float constant; they are restored afterwards.
+  """
+  meta_graph = meta_graph_pb2.MetaGraphDef()
+  meta_graph.graph_def.CopyFrom(graph_def)
+  hidden = {}
+  for node in meta_graph.graph_def.node:
+    if node.op == "Const" and node.name.endswith(QUANTIZED_SUFFIXES):
+      hidden[node.name] = node_def_pb2.NodeDef()
+      hidden[node.name].CopyFrom(node)
+      shape = node.attr["value"].tensor.tensor_shape
+      node.op = "Placeholder"
+      node.attr.clear()
+      node.attr["dtype"].CopyFrom(hidden[node.name].attr["dtype"])
+      node.attr["shape"].shape.CopyFrom(shape)
+  keep = set(context.protected) | set(hidden)
+  meta_graph.collection_def["train_op"].node_list.value.extend(sorted(keep))
+  config = config_pb2.ConfigProto()
+  rewrites = config.graph_options.rewrite_options
+  rewrites.optimizers.extend(passes)
+  rewrites.meta_optimizer_iterations = rewriter_config_pb2.RewriterConfig.ONE
+  rewrites.min_graph_nodes = -1
+  try:
+    optimized = tf_optimizer.OptimizeGraph(config, meta_graph, verbose=False)
+  except Exception as e:
+    raise TransformError(f"grappler {list(passes)}: {e}") from e
+  for node in optimized.node:
+    if node.name in hidden:
+      node.CopyFrom(hidden[node.name])
+  return _prune_library(optimized)
+
+
+def fold_constants(graph_def: graph_pb2.GraphDef, context: GraphContext) -> graph_pb2.GraphDef:
+  return run_grappler(graph_def, context, ["constfold"])
+
+
+def grappler(graph_def: graph_pb2.GraphDef, context: GraphContext,
+             passes: str = "constfold,arithmetic,dependency,shape,pruning") -> graph_pb2.GraphDef:
+  """Any of Grappler's stock passes; the remapper is left out, it emits fused _ ops."""
+  names = [p.strip() for p in passes.replace("+", ",").split(",") if p.strip()]
+  if "remapper" in names:
+    raise TransformError("grappler: the remapper emits fused internal ops; TF Serving applies "
+                         "it at load time itself")
+  return run_grappler(graph_def, context, names)
+
+
+def _const_operand(node, by_name) -> Tuple[int, np.ndarray]:
+  """(position, value) of the node's one Const data input, or (-1, None)."""
+  found = [(p, by_name[node_name(t)]) for p, t in enumerate(node.input[:2])
+           if node_name(t) in by_name and by_name[node_name(t)].op == "Const"]
+  if len(found) != 1:
+    return -1, None
+  return found[0][0], _const_value(found[0][1])
+
+
+def _single_consumer(name, users, context):
+  use = users.get(name, [])
+  if name in context.protected or len(use) != 1 or use[0][0].input[use[0][1]].startswith("^"):
+    return None
+  return use[0][0]
+
+
+def _as_vector(value: np.ndarray, width: int):
+  """A per-channel constant as a [width] vector, or None if it is not one."""
+  if value is None or value.dtype != np.float32:
+    return None
+  flat = value.reshape(-1) if value.ndim <= 1 or value.shape[:-1] == (1,) * (value.ndim - 1) \
+      else None
+  if flat is None or flat.shape[0] not in (1, width):
+    return None
+  return np.broadcast_to(flat, (width,)).astype(np.float32)
+
+
+def fold_batch_norms(graph_def: graph_pb2.GraphDef, context: GraphContext) -> graph_pb2.GraphDef:
+  """Folds inference batch norm (x * scale + shift, constants) into an adjacent MatMul.
+
+  Two shapes occur: batch norm right after MatMul[+BiasAdd] (scale the weight columns
+  and the bias) and batch norm feeding a MatMul, as DNNClassifier(batch_norm=True)
+  exports it after each ReLU (scale the weight rows, push the shift into the bias).
+  Runs best after fold_constants, which turns the moving statistics into one
+  scale and one shift constant.
+  """
+  graph = _copy(graph_def)
+  folded = True
+  while folded:
+    folded = _fold_one_batch_norm(graph, context)
+  return strip_unused_nodes(graph, context)
+
+
+def _fold_one_batch_norm(graph: graph_pb2.GraphDef, context: GraphContext) -> bool:
+  by_name = {n.name: n for n in graph.node}
+  users = consumers(graph)
+  for mul in graph.node:
+    if mul.op != "Mul" or mul.name in context.protected:
+      continue
+    scale_position, scale = _const_operand(mul, by_name)
+    add = _single_consumer(mul.name, users, context)
+    if scale_position < 0 or add is None or add.op not in ("Add", "AddV2"):
+      continue
+    add_position = [p for p, t in enumerate(add.input[:2]) if node_name(t) == mul.name]
+    shift_position, shift = _const_operand(add, by_name)
+    if len(add_position) != 1 or shift_position < 0:
+      continue
+    x = mul.input[1 - scale_position]
+    after = _single_consumer(add.name, users, context)
+    if after is not None and after.op == "MatMul" and node_name(after.input[0]) == add.name:
+      if _fold_into_next_matmul(graph, by_name, users, context, x, add, after, scale, shift):
+        return True
+    before = by_name.get(node_name(x))
+    if before is not None and _fold_into_previous_matmul(graph, by_name, users, context, before,
+                                                         mul, add, scale, shift):
+      return True
+  return False
+
+
+def _weights(matmul, by_name):
+  weights = by_name.get(node_name(matmul.input[1]))
+  if (weights is None or weights.op != "Const" or matmul.attr["transpose_a"].b
+      or matmul.attr["transpose_b"].b):
+    return None, None
+  value = _const_value(weights)
+  return (weights, value) if value.dtype == np.float32 and value.ndim == 2 else (None, None)
+
+
+def _bias_add_after(matmul, by_name, users, context):
+  bias_add = _single_consumer(matmul.name, users, context)
+  if bias_add is None or bias_add.op != "BiasAdd" or node_name(bias_add.input[0]) != matmul.name:
+    return None, None
+  bias = by_name.get(node_name(bias_add.input[1]))
+  if bias is None or bias.op != "Const":
+    return None, None
+  return bias_add, _const_value(bias)
+
+
+def _fold_into_next_matmul(graph, by_name, users, context, x, add, matmul, scale, shift):
+  weights_node, weights = _weights(matmul, by_name)
+  if weights_node is None:
+    return False
+  rows = weights.shape[0]
+  scale, shift = _as_vector(scale, rows), _as_vector(shift, rows)
+  if scale is None or shift is None or len(users[weights_node.name]) != 1:
+    return False
+  bias_add, bias = _bias_add_after(matmul, by_name, users, context)
+  if bias_add is None:
+    return False
+  new_weights = weights * scale[:, None]
+  new_bias = bias + shift @ weights
+  weights_node.attr["value"].tensor.CopyFrom(tf.make_tensor_proto(new_weights))
+  _set_const(by_name[node_name(bias_add.input[1])], new_bias, users)
+  matmul.input[0] = x
+  return True
+
+
+def _fold_into_previous_matmul(graph, by_name, users, context, before, mul, add, scale, shift):
+  if before.op != "BiasAdd" or _single_consumer(before.name, users, context) is not mul:
+    return False
+  matmul = by_name.get(node_name(before.input[0]))
+  if matmul is None or matmul.op != "MatMul":
+    return False
+  weights_node, weights = _weights(matmul, by_name)
+  bias_add, bias = _bias_add_after(matmul, by_name, users, context)
+  if weights_node is None or bias_add is not before or len(users[weights_node.name]) != 1:
+    return False
+  columns = weights.shape[1]
+  scale, shift = _as_vector(scale, columns), _as_vector(shift, columns)
+  if scale is None or shift is None:
+    return False
+  weights_node.attr["value"].tensor.CopyFrom(tf.make_tensor_proto(weights * scale[None, :]))
+  _set_const(by_name[node_name(before.input[1])], bias * scale + shift, users)
+  for user, position in users[add.name]:
+    user.input[position] = "^" + before.name if user.input[position].startswith("^") \
+        else before.name
+  return True
+
+
+def _set_const(node, value, users):
+  if len(users[node.name]) != 1:
+    raise TransformError(f"fold_batch_norms: constant {node.name!r} is shared; cannot rewrite")
+  node.attr["value"].tensor.CopyFrom(tf.make_tensor_proto(value.astype(np.float32)))
+
+
+def quantize_weights(graph_def: graph_pb2.GraphDef, context: GraphContext,
+                     dtype: str = "int8", min_elements: int = 1024) -> graph_pb2.GraphDef:
+  """Stores large float weights as int8 (per-channel scale) or float16.
+
+  MatMul weights get one scale per output column and are dequantized before the
+  MatMul. Embedding tables (GatherV2 params on axis 0) get one scale per row and are
+  dequantized after the gather, so only the gathered rows are ever float: no full
+  float table is rebuilt at load or per request. Weights with other consumers stay.
+  """
+  if dtype not in ("int8", "float16"):
+    raise TransformError(f"quantize_weights: dtype must be int8 or float16, got {dtype!r}")
+  min_elements = int(min_elements)
+  graph = _copy(graph_def)
+  by_name = {n.name: n for n in graph.node}
+  users = consumers(graph)
+  new_nodes = []
+  for node in list(graph.node):
+    if node.op != "Const" or node.name in context.protected:
+      continue
+    if node.attr["dtype"].type != tf.float32.as_datatype_enum:
+      continue
+    value = _const_value(node)
+    if value.size < min_elements or value.ndim != 2:
+      continue
+    use = users.get(node.name, [])
+    if not use or not all(_is_weight_use(u, p, by_name) for u, p in use):
+      continue
+    gathers = [u for u, _ in use if u.op == "GatherV2"]
+    if gathers and len(gathers) != len(use):
+      continue
+    per_row = bool(gathers)
+    new_nodes.extend(_quantized(node, value, use, dtype, per_row, by_name))
+  graph.node.extend(new_nodes)
+  return strip_unused_nodes(graph, context)
+
+
+def _is_weight_use(user, position, by_name) -> bool:
+  if user.input[position].startswith("^"):
+    return False
+  if user.op == "MatMul":
+    return position == 1 and not user.attr["transpose_b"].b
+  if user.op == "GatherV2":
+    axis = by_name.get(node_name(user.input[2]))
+    return (position == 0 and axis is not None and axis.op == "Const"
+            and int(_const_value(axis)) == 0 and user.attr["batch_dims"].i == 0)
+  return False
+
+
+def _quantized(node, value, use, dtype, per_row, by_name):
+  """New nodes storing `value` compactly; rewires `use` to the dequantized tensors."""
+  base, device = node.name, node.device
+  float_type = tf.float32
+  if dtype == "float16":
+    stored = _const_node(f"{base}/float16", value.astype(np.float16), device)
+    scale = None
+  else:
+    axis = 1 if per_row else 0
+    scale = np.max(np.abs(value), axis=axis, keepdims=True) / 127.0
+    scale[scale == 0] = 1.0
+    quantized = np.clip(np.round(value / scale), -127, 127).astype(np.int8)
+    stored = _const_node(f"{base}/int8", quantized, device)
+    scale = scale.astype(np.float32).reshape(-1)
+  nodes = [stored]
+  if not per_row:
+    cast = _op_node(f"{base}/cast", "Cast", [stored.name], device,
+                    SrcT=tf.as_dtype(_const_value(stored).dtype), DstT=float_type, Truncate=False)
+    nodes.append(cast)
+    if scale is None:
+      cast.name = base + DEQUANTIZE_SUFFIX
+      dequantized = cast.name
+    else:
+      scale_node = _const_node(f"{base}/scale", scale.reshape(1, -1), device)
+      cast.name = f"{base}/cast{DEQUANTIZE_SUFFIX}"
+      nodes += [scale_node, _op_node(base + DEQUANTIZE_SUFFIX, "Mul",
+                                     [cast.name, scale_node.name], device, T=float_type)]
+      dequantized = base + DEQUANTIZE_SUFFIX
+    for user, position in use:
+      user.input[position] = dequantized
+    return nodes
+  if scale is not None:
+    nodes.append(_const_node(f"{base}/scale", scale, device))
+  for index, (gather, position) in enumerate(use):
+    prefix = f"{base}/gather_{index}"
+    ids, axis = gather.input[1], gather.input[2]
+    gathered = _op_node(f"{prefix}/rows", "GatherV2", [stored.name, ids, axis], device,
+                        Tparams=tf.as_dtype(_const_value(stored).dtype),
+                        Tindices=tf.as_dtype(gather.attr["Tindices"].type),
+                        Taxis=tf.as_dtype(gather.attr["Taxis"].type), batch_dims=0)
+    cast = _op_node(f"{prefix}/cast" + ("" if scale is not None else DEQUANTIZE_SUFFIX), "Cast",
+                    [gathered.name], device, SrcT=tf.as_dtype(_const_value(stored).dtype),
+                    DstT=float_type, Truncate=False)
+    nodes += [gathered, cast]
+    result = cast.name
+    if scale is not None:
+      row_scale = _op_node(f"{prefix}/row_scale", "GatherV2", [f"{base}/scale", ids, axis],
+                           device, Tparams=float_type,
+                           Tindices=tf.as_dtype(gather.attr["Tindices"].type),
+                           Taxis=tf.as_dtype(gather.attr["Taxis"].type), batch_dims=0)
+      minus_one = _const_node(f"{prefix}/last_axis", np.array(-1, dtype=np.int32), device)
+      expanded = _op_node(f"{prefix}/row_scale_expanded", "ExpandDims",
+                          [row_scale.name, minus_one.name], device, T=float_type,
+                          Tdim=tf.int32)
+      multiply = _op_node(f"{prefix}{DEQUANTIZE_SUFFIX}", "Mul", [cast.name, expanded.name],
+                          device, T=float_type)
+      nodes += [row_scale, minus_one, expanded, multiply]
+      result = multiply.name
+    # The gather node keeps its name (others refer to it) but becomes an Identity.
+    gather.op = "Identity"
+    del gather.input[:]
+    gather.input.append(result)
+    for attr in list(gather.attr):
+      if attr != "_class":
+        del gather.attr[attr]
+    gather.attr["T"].type = float_type.as_datatype_enum
+  return nodes
+
+
+# ---------------------------------------------------------------------- registry / specs
+
+TRANSFORMS: Dict[str, Callable] = {
+    "freeze": freeze,
+    "strip_unused_nodes": strip_unused_nodes,
+    "remove_nodes": remove_nodes,
+    "merge_duplicate_nodes": merge_duplicate_nodes,
+    "fold_constants": fold_constants,
+    "fold_batch_norms": fold_batch_norms,
+    "quantize_weights": quantize_weights,
+    "grappler": grappler,
+}
+
+DEFAULT_TRANSFORMS = (
+    "freeze strip_unused_nodes remove_nodes(op=Identity) merge_duplicate_nodes "
+    "fold_constants fold_batch_norms quantize_weights(dtype=int8)")
+
+_SPEC = re.compile(r"\s*([A-Za-z_][A-Za-z0-9_]*)(?:\(([^)]*)\))?\s*")
+
+
+@dataclasses.dataclass(frozen=True)
+class TransformSpec:
+  name: str
+  params: Tuple[Tuple[str, str], ...] = ()
+
+  @property
+  def label(self) -> str:
+    if not self.params:
+      return self.name
+    return f"{self.name}({','.join(f'{k}={v}' for k, v in self.params)})"
+
+  def apply(self, graph_def: graph_pb2.GraphDef, context: GraphContext) -> graph_pb2.GraphDef:
+    return TRANSFORMS[self.name](graph_def, context, **dict(self.params))
+
+
+def parse_transforms(text) -> List[TransformSpec]:
+  """Parses GTT-style specs: 'freeze remove_nodes(op=Identity) quantize_weights(dtype=int8)'.
+
+  Accepts one string (space or comma separated outside parentheses) or a list of them.
+  """
+  if not isinstance(text, str):
+    text = " ".join(text)
+  specs, position = [], 0
+  while position < len(text):
+    if text[position] in ", \t\n":
+      position += 1
+      continue
+    match = _SPEC.match(text, position)
+    if not match or match.end() == position:
+      raise TransformError(f"cannot parse transforms at {text[position:]!r}")
+    name, arguments = match.group(1), match.group(2)
+    if name not in TRANSFORMS:
+      raise TransformError(f"unknown transform {name!r}; known: {', '.join(TRANSFORMS)}")
+    params = []
+    for argument in filter(None, (a.strip() for a in (arguments or "").split(","))):
+      if "=" not in argument:
+        raise TransformError(f"{name}: argument {argument!r} is not key=value")
+      key, value = (p.strip() for p in argument.split("=", 1))
+      params.append((key, value))
+    _check_params(name, dict(params))
+    specs.append(TransformSpec(name, tuple(params)))
+    position = match.end()
+  if not specs:
+    raise TransformError("no transforms given")
+  return specs
+
+
+def _check_params(name: str, params: Mapping[str, str]) -> None:
+  import inspect
+  accepted = [p for p in inspect.signature(TRANSFORMS[name]).parameters
+              if p not in ("graph_def", "context")]
+  unknown = sorted(set(params) - set(accepted))
+  if unknown:
+    raise TransformError(f"{name}: unknown argument(s) {unknown}; accepted: {accepted or 'none'}")

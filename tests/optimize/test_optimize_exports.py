@@ -1,0 +1,221 @@
+"""End to end: optimize exports of each canned estimator and of the hub text model."""
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from tensorflow.python.framework import op_def_registry
+
+import estimator_exports
+from conftest import PROJECT_ROOT, run_python
+from optimize import guard
+from optimize import optimizer
+from optimize import savedmodel_io
+from optimize import transforms
+from serving.servables import SessionServable
+
+# Loads a version dir in a fresh interpreter and runs every signature on the inputs the
+# test computed; prints the answers.
+RUN_SIGNATURES = r"""
+import json, os, pickle, sys
+os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
+import tensorflow as tf
+version_dir, inputs_file = sys.argv[1], sys.argv[2]
+inputs = pickle.load(open(inputs_file, "rb"))
+answers = {}
+with tf.compat.v1.Session(graph=tf.Graph()) as session:
+  meta_graph = tf.compat.v1.saved_model.load(session, ["serve"], version_dir)
+  for name, feeds in inputs.items():
+    signature = meta_graph.signature_def[name]
+    fetched = session.run({k: v.name for k, v in signature.outputs.items()},
+                          {signature.inputs[k].name: v for k, v in feeds.items()})
+    answers[name] = {k: v.astype(str).tolist() if v.dtype == object else v.tolist()
+                     for k, v in fetched.items()}
+print(json.dumps(answers))
+"""
+
+
+def tree_digest(path):
+  digest = hashlib.sha256()
+  for directory, _, files in sorted(os.walk(path)):
+    for name in sorted(files):
+      digest.update(name.encode())
+      with open(os.path.join(directory, name), "rb") as f:
+        digest.update(f.read())
+  return digest.hexdigest()
+
+
+@pytest.fixture(scope="module")
+def exports(tmp_path_factory):
+  base = tmp_path_factory.mktemp("estimators")
+  eval_data = estimator_exports.write_eval_tfrecord(str(base / "eval.tfrecord"))
+  return {kind: estimator_exports.build(kind, str(base)) for kind in estimator_exports.KINDS}, \
+      eval_data
+
+
+def assert_same_signatures(original_dir, optimized_dir):
+  original = savedmodel_io.read_servable(original_dir).meta_graph.signature_def
+  optimized = savedmodel_io.read_servable(optimized_dir).meta_graph.signature_def
+  assert sorted(original) == sorted(optimized)
+  for name in original:
+    assert original[name].method_name == optimized[name].method_name
+    for field in ("inputs", "outputs"):
+      a, b = getattr(original[name], field), getattr(optimized[name], field)
+      assert sorted(a) == sorted(b)
+      for key in a:
+        assert (a[key].dtype, a[key].tensor_shape) == (b[key].dtype, b[key].tensor_shape)
+
+
+def assert_frozen_with_stock_ops(optimized_dir):
+  graph_def = savedmodel_io.read_servable(optimized_dir).graph_def
+  used = savedmodel_io.ops_used(graph_def)
+  assert not used & {"VarHandleOp", "VariableV2", "ReadVariableOp", "RestoreV2", "SaveV2"}
+  assert all(op_def_registry.get(op) is not None and not op.startswith("_") for op in used)
+
+
+def assert_same_answers_in_a_fresh_process(original_dir, optimized_dir, eval_data, tmp_path):
+  with SessionServable(original_dir) as original:
+    inputs = guard.signature_inputs(original, savedmodel_io.read_servable(original_dir).graph_def,
+                                    guard.read_examples(eval_data) if eval_data else
+                                    guard.warmup_inputs(original_dir, original.signatures)[1],
+                                    guard.warmup_inputs(original_dir, original.signatures)[0])
+    feeds = {name: s.batches[0] for name, s in inputs.items()}
+    expected = {name: original.run(name, batch) for name, batch in feeds.items()}
+  import pickle
+  inputs_file = tmp_path / "inputs.pickle"
+  inputs_file.write_bytes(pickle.dumps(feeds))
+  answers = json.loads(run_python(RUN_SIGNATURES, optimized_dir, str(inputs_file)))
+  for name, outputs in expected.items():
+    for key, value in outputs.items():
+      actual = np.array(answers[name][key])
+      if value.dtype.kind == "f":
+        np.testing.assert_allclose(actual, value, atol=0.05 * max(1.0, np.abs(value).max()))
+      else:
+        assert actual.tolist() == (value.astype(str) if value.dtype == object else value).tolist()
+
+
+@pytest.mark.parametrize("kind", estimator_exports.KINDS)
+def test_optimizes_each_canned_estimator_export(exports, kind, tmp_path):
+  version_dirs, eval_data = exports
+  original_dir = version_dirs[kind]
+  before = tree_digest(original_dir)
+  result = optimizer.optimize(original_dir, str(tmp_path / "optimized"), eval_data=eval_data,
+                              measure=False)
+  assert result.written and result.guard.passed
+  assert {s.name for s in result.guard.signatures} == set(
+      savedmodel_io.read_servable(original_dir).meta_graph.signature_def)
+  assert tree_digest(original_dir) == before, "the input model was modified"
+  assert_same_signatures(original_dir, result.output_dir)
+  assert_frozen_with_stock_ops(result.output_dir)
+  assert_same_answers_in_a_fresh_process(original_dir, result.output_dir, eval_data, tmp_path)
+  if kind == "dnn_batch_norm":
+    nodes = savedmodel_io.read_servable(result.output_dir).graph_def.node
+    assert not [n.name for n in nodes if "batchnorm" in n.name], "batch norm was not folded"
+
+
+def test_vocabulary_file_asset_survives_and_its_table_still_works(exports, tmp_path):
+  version_dirs, eval_data = exports
+  original_dir = version_dirs["linear_vocabulary_file"]
+  result = optimizer.optimize(original_dir, str(tmp_path / "optimized"), eval_data=eval_data,
+                              measure=False)
+  assert os.listdir(os.path.join(result.output_dir, "assets")) == ["words.txt"]
+  assert savedmodel_io.read_servable(result.output_dir).meta_graph.asset_file_def
+  examples = [tf.train.Example(features=tf.train.Features(feature={
+      "word": tf.train.Feature(bytes_list=tf.train.BytesList(value=[w.encode()])),
+      "tag": tf.train.Feature(bytes_list=tf.train.BytesList(value=[b"tag1"]))}))
+      .SerializeToString() for w in estimator_exports.WORDS]
+  with SessionServable(original_dir) as a, SessionServable(result.output_dir) as b:
+    expected = a.run("predict", {"examples": examples})["logits"]
+    actual = b.run("predict", {"examples": examples})["logits"]
+  np.testing.assert_allclose(actual, expected, atol=0.05)
+  assert len({round(float(v), 3) for v in expected[:, 0]}) > 1, "vocabulary ids all collapsed"
+
+
+def test_optimizes_the_hub_text_model_smaller_with_warmup_kept(trained, tmp_path):
+  result = optimizer.optimize(trained.export_dir, str(tmp_path / "optimized"),
+                              latency_repeats=3)
+  assert result.guard.passed
+  assert_same_signatures(trained.export_dir, result.output_dir)
+  assert_frozen_with_stock_ops(result.output_dir)
+  warmup = "assets.extra/tf_serving_warmup_requests"
+  with open(os.path.join(trained.export_dir, warmup), "rb") as a, \
+      open(os.path.join(result.output_dir, warmup), "rb") as b:
+    assert a.read() == b.read()
+  assert result.steps[-1].bytes_on_disk < 0.5 * result.steps[0].bytes_on_disk
+  assert result.steps[-1].nodes < result.steps[0].nodes
+  assert [s.step for s in result.steps] == ["original"] + [
+      s.label for s in transforms.parse_transforms(transforms.DEFAULT_TRANSFORMS)]
+  for path in result.report_paths.values():
+    assert os.path.getsize(path) > 0
+  assert_same_answers_in_a_fresh_process(trained.export_dir, result.output_dir, None, tmp_path)
+
+
+def scramble_weights(graph_def, context):
+  """A deliberately broken transform: shuffles every float matrix."""
+  graph = transforms._copy(graph_def)  # pylint: disable=protected-access
+  rng = np.random.RandomState(0)
+  for node in graph.node:
+    if node.op == "Const" and node.attr["dtype"].type == tf.float32.as_datatype_enum:
+      value = tf.make_ndarray(node.attr["value"].tensor)
+      if value.ndim == 2 and value.size > 1:
+        node.attr["value"].tensor.CopyFrom(tf.make_tensor_proto(
+            rng.permutation(value.reshape(-1)).reshape(value.shape).astype(np.float32)))
+  return graph
+
+
+def test_guard_refuses_a_broken_transform_and_writes_nothing(trained, tmp_path, monkeypatch):
+  monkeypatch.setitem(transforms.TRANSFORMS, "scramble_weights", scramble_weights)
+  output = tmp_path / "optimized"
+  with pytest.raises(optimizer.OptimizeError, match=r"\[guard\] .*disagrees") as error:
+    optimizer.optimize(trained.export_dir, str(output), "freeze scramble_weights",
+                       measure=False)
+  assert error.value.step == "guard"
+  assert not output.exists() and not list(tmp_path.iterdir())
+  forced = optimizer.optimize(trained.export_dir, str(output), "freeze scramble_weights",
+                              measure=False, force=True)
+  assert forced.written and not forced.guard.passed
+
+
+def test_refuses_a_non_empty_output_dir_and_the_input_dir(trained, tmp_path):
+  occupied = tmp_path / "occupied"
+  occupied.mkdir()
+  (occupied / "keep.txt").write_text("mine")
+  with pytest.raises(optimizer.OptimizeError, match="not empty"):
+    optimizer.optimize(trained.export_dir, str(occupied), measure=False)
+  assert (occupied / "keep.txt").read_text() == "mine"
+  with pytest.raises(optimizer.OptimizeError, match="must differ"):
+    optimizer.optimize(trained.export_dir, trained.export_dir, measure=False)
+
+
+def test_a_directory_without_a_saved_model_gets_an_error_naming_it(tmp_path):
+  with pytest.raises(optimizer.OptimizeError, match=r"\[input\] .*no saved_model.pb"):
+    optimizer.optimize(str(tmp_path), str(tmp_path / "out"), measure=False)
+
+
+def run_cli(*args):
+  return subprocess.run([sys.executable, "-m", "optimize", *args], capture_output=True, text=True,
+                        timeout=600, cwd=PROJECT_ROOT)
+
+
+def test_command_line_optimizes_and_reports(trained, tmp_path):
+  output = tmp_path / "model" / "2"
+  completed = run_cli(f"--input_dir={trained.export_dir}", f"--output_dir={output}",
+                      "--transforms=freeze strip_unused_nodes quantize_weights(dtype=float16)")
+  assert completed.returncode == 0, completed.stderr[-3000:]
+  assert f"optimized {output}" in completed.stdout
+  assert (tmp_path / "model" / "2.report" / "report.md").exists()
+  assert (output / "saved_model.pb").exists()
+
+
+def test_command_line_exits_non_zero_naming_the_failed_step(tmp_path):
+  completed = run_cli(f"--input_dir={tmp_path}", f"--output_dir={tmp_path}/out")
+  assert completed.returncode == 1
+  assert "[input]" in completed.stdout
+  completed = run_cli(f"--input_dir={tmp_path}", f"--output_dir={tmp_path}/out",
+                      "--transforms=freeze squash")
+  assert completed.returncode == 1 and "unknown transform 'squash'" in completed.stdout

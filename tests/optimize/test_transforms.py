@@ -1,0 +1,205 @@
+"""Each transform on small graphs whose correct result is known."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from optimize import transforms
+from optimize.transforms import GraphContext
+
+
+def build(fn):
+  """Builds a graph with `fn` in TF1 style; returns (graph_def, named outputs)."""
+  graph = tf.Graph()
+  with graph.as_default():
+    outputs = fn()
+  return graph.as_graph_def(), outputs
+
+
+def run(graph_def, fetches, feeds=None):
+  graph = tf.Graph()
+  with graph.as_default():
+    tf.graph_util.import_graph_def(graph_def, name="")
+  with tf.compat.v1.Session(graph=graph) as session:
+    return session.run(fetches, feeds or {})
+
+
+def ops(graph_def):
+  return [n.op for n in graph_def.node]
+
+
+def context(*protected, values=None):
+  return GraphContext(frozenset(protected), values or {})
+
+
+def test_freeze_turns_resource_variables_into_constants_and_keeps_answers():
+  def fn():
+    x = tf.compat.v1.placeholder(tf.float32, [None, 2], name="x")
+    w = tf.compat.v1.get_variable("w", initializer=np.array([[1.0], [2.0]], np.float32),
+                                  use_resource=True)
+    table = tf.compat.v1.get_variable("table", initializer=np.eye(3, dtype=np.float32),
+                                      use_resource=True)
+    ids = tf.constant([2, 0])
+    tf.identity(tf.matmul(x, w) + tf.reduce_sum(tf.gather(table, ids)), name="y")
+    tf.compat.v1.summary.scalar("unused", tf.reduce_sum(w))
+  graph_def, _ = build(fn)
+  values = {"w": np.array([[1.0], [2.0]], np.float32), "table": np.eye(3, dtype=np.float32)}
+  frozen = transforms.freeze(graph_def, context("x", "y", values=values))
+  assert not {"VarHandleOp", "ReadVariableOp", "ResourceGather", "AssignVariableOp",
+              "ScalarSummary"} & set(ops(frozen))
+  np.testing.assert_allclose(run(frozen, "y:0", {"x:0": [[1.0, 1.0]]}), [[5.0]])
+
+
+def test_freeze_names_the_variable_it_has_no_value_for():
+  def fn():
+    tf.identity(tf.compat.v1.get_variable("w", [2], use_resource=True), name="y")
+  graph_def, _ = build(fn)
+  with pytest.raises(transforms.TransformError, match="no value for variable 'w'"):
+    transforms.freeze(graph_def, context("y"))
+
+
+def test_strip_unused_nodes_keeps_only_what_protected_nodes_need():
+  def fn():
+    x = tf.compat.v1.placeholder(tf.float32, name="x")
+    tf.identity(x * 2.0, name="y")
+    tf.identity(x * 3.0, name="unused")
+  graph_def, _ = build(fn)
+  stripped = transforms.strip_unused_nodes(graph_def, context("x", "y"))
+  names = {n.name for n in stripped.node}
+  assert "y" in names and "unused" not in names
+  with pytest.raises(transforms.TransformError, match="protected nodes are missing"):
+    transforms.strip_unused_nodes(graph_def, context("x", "nope"))
+
+
+def test_remove_identity_rewires_consumers_but_keeps_protected_and_ordering_nodes():
+  def fn():
+    x = tf.compat.v1.placeholder(tf.float32, name="x")
+    a = tf.identity(x, name="a")
+    b = tf.identity(a, name="b")
+    with tf.control_dependencies([b]):
+      ordered = tf.identity(x, name="ordered")
+    tf.add(b, ordered, name="y")
+    tf.identity(b, name="protected")
+  graph_def, _ = build(fn)
+  result = transforms.remove_nodes(graph_def, context("x", "y", "protected"), op="Identity")
+  names = {n.name for n in result.node}
+  assert "a" not in names and "b" not in names
+  assert {"ordered", "protected"} <= names
+  by_name = {n.name: n for n in result.node}
+  assert list(by_name["ordered"].input) == ["x"]  # ^b became ^x, implied by the data input
+  assert by_name["protected"].input[0] == "x"
+  assert run(result, "y:0", {"x:0": 2.0}) == 4.0
+
+
+def test_remove_nodes_refuses_ops_that_are_not_pass_through():
+  graph_def, _ = build(lambda: tf.constant(1.0, name="c"))
+  with pytest.raises(transforms.TransformError, match="not a pass-through op"):
+    transforms.remove_nodes(graph_def, context("c"), op="Relu")
+
+
+def test_merge_duplicate_nodes_merges_equal_stateless_nodes_only():
+  def fn():
+    x = tf.compat.v1.placeholder(tf.float32, name="x")
+    one_a, one_b = tf.constant(1.0, name="one_a"), tf.constant(1.0, name="one_b")
+    sum_a, sum_b = tf.add(x, one_a, name="sum_a"), tf.add(x, one_b, name="sum_b")
+    noise_a = tf.random.uniform([], seed=1, name="noise_a")
+    noise_b = tf.random.uniform([], seed=1, name="noise_b")
+    tf.identity(sum_a * sum_b + noise_a + noise_b, name="y")
+  graph_def, _ = build(fn)
+  merged = transforms.merge_duplicate_nodes(graph_def, context("x", "y"))
+  assert ops(merged).count("Const") < ops(graph_def).count("Const")
+  assert ops(merged).count("AddV2") == ops(graph_def).count("AddV2") - 1
+  assert ops(merged).count("RandomUniform") == 2
+  graph = tf.Graph()
+  with graph.as_default():
+    tf.graph_util.import_graph_def(merged, name="")
+
+
+def test_fold_constants_evaluates_constant_subgraphs_and_keeps_protected_names():
+  def fn():
+    x = tf.compat.v1.placeholder(tf.float32, name="x")
+    scale = tf.sqrt(tf.constant(16.0)) * tf.constant(2.0)
+    tf.identity(x * scale, name="y")
+  graph_def, _ = build(fn)
+  folded = transforms.fold_constants(graph_def, context("x", "y"))
+  assert "Sqrt" not in ops(folded)
+  assert run(folded, "y:0", {"x:0": 1.5}) == 12.0
+
+
+def dense_with_batch_norm(after_activation: bool):
+  rng = np.random.RandomState(0)
+  w1 = rng.randn(4, 3).astype(np.float32)
+  w2 = rng.randn(3, 2).astype(np.float32)
+  scale = rng.rand(3).astype(np.float32) + 0.5
+  shift = rng.randn(3).astype(np.float32)
+
+  def fn():
+    x = tf.compat.v1.placeholder(tf.float32, [None, 4], name="x")
+    h = tf.nn.bias_add(tf.matmul(x, tf.constant(w1)), tf.constant(np.ones(3, np.float32)))
+    if after_activation:
+      h = tf.nn.relu(h)
+    h = h * tf.constant(scale) + tf.constant(shift)
+    if not after_activation:
+      h = tf.nn.relu(h)
+    tf.nn.bias_add(tf.matmul(h, tf.constant(w2)), tf.constant(np.zeros(2, np.float32)),
+                   name="y")
+  return build(fn)[0]
+
+
+@pytest.mark.parametrize("after_activation", [True, False])
+def test_fold_batch_norms_folds_scale_and_shift_into_the_adjacent_matmul(after_activation):
+  graph_def = dense_with_batch_norm(after_activation)
+  x = np.random.RandomState(1).randn(5, 4).astype(np.float32)
+  folded = transforms.fold_batch_norms(graph_def, context("x", "y"))
+  assert "Mul" not in ops(folded) and "AddV2" not in ops(folded)
+  assert len(folded.node) < len(graph_def.node)
+  np.testing.assert_allclose(run(folded, "y:0", {"x:0": x}), run(graph_def, "y:0", {"x:0": x}),
+                             rtol=1e-5, atol=1e-5)
+
+
+def embedding_model(rows=500, dim=16):
+  rng = np.random.RandomState(0)
+  table = rng.randn(rows, dim).astype(np.float32)
+  weights = rng.randn(dim, 8).astype(np.float32)
+
+  def fn():
+    ids = tf.compat.v1.placeholder(tf.int64, [None], name="ids")
+    tf.matmul(tf.gather(tf.constant(table, name="table"), ids),
+              tf.constant(weights, name="weights"), name="y")
+  return build(fn)[0], table
+
+
+@pytest.mark.parametrize("dtype, tolerance", [("int8", 0.05), ("float16", 0.01)])
+def test_quantize_weights_stores_small_weights_and_gathers_before_dequantizing(dtype, tolerance):
+  graph_def, table = embedding_model()
+  quantized = transforms.quantize_weights(graph_def, context("ids", "y"), dtype=dtype,
+                                          min_elements=64)
+  constants = {n.name: tf.make_ndarray(n.attr["value"].tensor) for n in quantized.node
+               if n.op == "Const"}
+  floats = {n: v for n, v in constants.items() if v.dtype == np.float32}
+  assert not [n for n, v in floats.items() if v.shape in (table.shape, (16, 8))]
+  assert sum(v.size for v in floats.values()) < table.size / 8  # per-row/column scales only
+  assert constants[f"table/{dtype}"].shape == table.shape
+  stored = np.dtype(np.int8 if dtype == "int8" else np.float16)
+  assert constants[f"table/{dtype}"].dtype == stored
+  ids = np.array([3, 499, 3, 0])
+  expected = run(graph_def, "y:0", {"ids:0": ids})
+  actual = run(quantized, "y:0", {"ids:0": ids})
+  assert np.max(np.abs(actual - expected)) < tolerance * np.max(np.abs(expected))
+  # Constant folding afterwards must not rebuild float weights from the small ones.
+  refolded = transforms.fold_constants(quantized, context("ids", "y"))
+  big_floats = [n.name for n in refolded.node if n.op == "Const"
+                and tf.make_ndarray(n.attr["value"].tensor).dtype == np.float32
+                and tf.make_ndarray(n.attr["value"].tensor).shape in (table.shape, (16, 8))]
+  assert not big_floats
+
+
+def test_parse_transforms_reads_gtt_style_specs():
+  specs = transforms.parse_transforms(
+      "freeze, remove_nodes(op=Identity) quantize_weights(dtype=float16, min_elements=10)")
+  assert [s.label for s in specs] == [
+      "freeze", "remove_nodes(op=Identity)", "quantize_weights(dtype=float16,min_elements=10)"]
+  with pytest.raises(transforms.TransformError, match="unknown transform 'shrink'"):
+    transforms.parse_transforms("freeze shrink")
+  with pytest.raises(transforms.TransformError, match="unknown argument"):
+    transforms.parse_transforms("quantize_weights(bits=4)")
