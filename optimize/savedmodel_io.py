@@ -15,6 +15,7 @@ from tensorflow.core.framework import graph_pb2
 from tensorflow.core.framework import op_def_pb2
 from tensorflow.core.protobuf import meta_graph_pb2
 from tensorflow.core.protobuf import saved_model_pb2
+from tensorflow.core.protobuf import saver_pb2
 
 from tensorflow.python.framework import op_def_registry
 
@@ -114,9 +115,21 @@ def _variable_values(version_dir: str, meta_graph) -> Dict[str, np.ndarray]:
     return session.run(fetches)
 
 
+# Constants above this size are written to variables/ instead of the GraphDef.
+EXTERNALIZE_MIN_BYTES = 1 << 20
+_RESTORE_SCOPE = "externalized_constants"
+
+
 def write_servable(source: Servable, graph_def: graph_pb2.GraphDef, output_dir: str,
-                   overwrite: bool = False) -> str:
-  """Writes `graph_def` with the source's signatures, main op and assets, atomically."""
+                   overwrite: bool = False,
+                   externalize_min_bytes: int = EXTERNALIZE_MIN_BYTES) -> str:
+  """Writes `graph_def` with the source's signatures, main op and assets, atomically.
+
+  Large constants (embedding tables) go to `variables/` as read-only tensors that the
+  loader restores once: TF Serving runs Grappler over the GraphDef when it loads a
+  model, and Grappler copies every constant it meets, so tables kept inline made the
+  first request slower than the unoptimized model's.
+  """
   if artifact_io.is_non_empty_dir(output_dir) and not overwrite:
     raise FileExistsError(f"{output_dir} exists and is not empty; pass overwrite to replace it")
   source_dir = source.source_dir.rstrip("/")
@@ -124,8 +137,15 @@ def write_servable(source: Servable, graph_def: graph_pb2.GraphDef, output_dir: 
     raise ValueError(f"{output_dir}: refusing to write over the input model")
   meta_graph = meta_graph_pb2.MetaGraphDef()
   meta_graph.meta_info_def.CopyFrom(source.meta_graph.meta_info_def)
+  graph_def, stored = _externalize_large_constants(graph_def, externalize_min_bytes)
   meta_graph.meta_info_def.stripped_op_list.CopyFrom(_stripped_op_list(graph_def))
   meta_graph.graph_def.CopyFrom(graph_def)
+  if stored:
+    meta_graph.saver_def.CopyFrom(saver_pb2.SaverDef(
+        filename_tensor_name=f"{_RESTORE_SCOPE}/filename:0",
+        save_tensor_name=f"{_RESTORE_SCOPE}/saved:0",
+        restore_op_name=f"{_RESTORE_SCOPE}/restore_all",
+        version=saver_pb2.SaverDef.V2))
   for name, signature in source.meta_graph.signature_def.items():
     meta_graph.signature_def[name].CopyFrom(signature)
   if source.main_op:
@@ -138,6 +158,11 @@ def write_servable(source: Servable, graph_def: graph_pb2.GraphDef, output_dir: 
   saved_model.meta_graphs.add().CopyFrom(meta_graph)
   with artifact_io.staging_dir(output_dir, overwrite=overwrite) as staging:
     tf.io.gfile.makedirs(artifact_io.join(staging, "variables"))
+    if stored:
+      names = sorted(stored)
+      tf.raw_ops.SaveV2(prefix=artifact_io.join(staging, "variables", "variables"),
+                        tensor_names=names, shape_and_slices=[""] * len(names),
+                        tensors=[stored[n] for n in names])
     for asset in assets:
       tf.io.gfile.makedirs(artifact_io.join(staging, "assets"))
       tf.io.gfile.copy(artifact_io.join(source_dir, "assets", asset.filename),
@@ -148,6 +173,65 @@ def write_servable(source: Servable, graph_def: graph_pb2.GraphDef, output_dir: 
     with tf.io.gfile.GFile(artifact_io.join(staging, "saved_model.pb"), "wb") as f:
       f.write(saved_model.SerializeToString())
   return output_dir
+
+
+def _externalize_large_constants(graph_def, min_bytes):
+  """Turns each large Const X into a read of variable X/stored, restored at load.
+
+  Returns the new graph and {checkpoint key: value}. Consumers still read tensor X.
+  """
+  big = [n for n in graph_def.node if n.op == "Const"
+         and len(n.attr["value"].tensor.tensor_content) >= min_bytes]
+  if not big:
+    return graph_def, {}
+  result = graph_pb2.GraphDef()
+  result.CopyFrom(graph_def)
+  stored, handles = {}, []
+  by_name = {n.name: n for n in result.node}
+  for original in big:
+    node = by_name[original.name]
+    value = tf.make_ndarray(node.attr["value"].tensor)
+    dtype = node.attr["dtype"].type
+    handle = result.node.add(name=f"{node.name}/stored", op="VarHandleOp", device=node.device)
+    handle.attr["dtype"].type = dtype
+    handle.attr["shape"].shape.CopyFrom(tf.TensorShape(value.shape).as_proto())
+    handle.attr["shared_name"].s = handle.name.encode()
+    node.op = "ReadVariableOp"
+    node.attr.clear()
+    node.attr["dtype"].type = dtype
+    node.input.append(handle.name)
+    stored[node.name] = value
+    handles.append((node.name, handle.name, dtype))
+  names = [name for name, _, _ in handles]
+  scope = _RESTORE_SCOPE
+  _add_const(result, f"{scope}/filename", np.array(b"model", dtype=object))
+  _add_const(result, f"{scope}/tensor_names", np.array([n.encode() for n in names], dtype=object))
+  _add_const(result, f"{scope}/shape_and_slices", np.array([b""] * len(names), dtype=object))
+  restore = result.node.add(name=f"{scope}/restore", op="RestoreV2")
+  restore.input.extend([f"{scope}/filename", f"{scope}/tensor_names", f"{scope}/shape_and_slices"])
+  restore.attr["dtypes"].list.type.extend([dtype for _, _, dtype in handles])
+  assigns = []
+  for index, (_, handle, dtype) in enumerate(handles):
+    assign = result.node.add(name=f"{scope}/assign_{index}", op="AssignVariableOp")
+    assign.input.extend([handle, f"{scope}/restore:{index}" if index else f"{scope}/restore"])
+    assign.attr["dtype"].type = dtype
+    assigns.append("^" + assign.name)
+  result.node.add(name=f"{scope}/restore_all", op="NoOp").input.extend(assigns)
+  save = result.node.add(name=f"{scope}/save", op="SaveV2")
+  save.input.extend([f"{scope}/filename", f"{scope}/tensor_names", f"{scope}/shape_and_slices"]
+                    + names)
+  save.attr["dtypes"].list.type.extend([dtype for _, _, dtype in handles])
+  saved = result.node.add(name=f"{scope}/saved", op="Identity")
+  saved.input.extend([f"{scope}/filename", f"^{save.name}"])
+  saved.attr["T"].type = tf.string.as_datatype_enum
+  return result, stored
+
+
+def _add_const(graph_def, name, value):
+  node = graph_def.node.add(name=name, op="Const")
+  node.attr["dtype"].type = tf.as_dtype(value.dtype if value.dtype != object else tf.string) \
+      .as_datatype_enum
+  node.attr["value"].tensor.CopyFrom(tf.make_tensor_proto(value))
 
 
 def _stripped_op_list(graph_def) -> op_def_pb2.OpList:

@@ -363,6 +363,165 @@ def run_grappler(graph_def: graph_pb2.GraphDef, context: GraphContext,
   return _prune_library(optimized)
 
 
+_ASSERT_BODY_OPS = {"Assert", "Identity", "NoOp", "Const", "_Arg", "_Retval", "Placeholder"}
+
+
+def remove_asserts(graph_def: graph_pb2.GraphDef, context: GraphContext) -> graph_pb2.GraphDef:
+  """Drops runtime assertions that only order other nodes: Assert ops and the If /
+  StatelessIf guards (tf.debugging.assert_* under v2 control flow) whose branches do
+  nothing but assert.
+
+  Ragged-tensor code validates its own row partitions this way on every request; the
+  guard checks the answers stay the same. Only an input that would have failed an
+  assertion behaves differently: it is no longer rejected by that assertion.
+  """
+  functions = {f.signature.name: f for f in graph_def.library.function}
+
+  def only_asserts(name):
+    function = functions.get(name)
+    return function is not None and all(n.op in _ASSERT_BODY_OPS for n in function.node_def)
+
+  by_name = {n.name: n for n in graph_def.node}
+  asserting = set()
+  for node in topological_order(graph_def):
+    if node.name in context.protected:
+      continue
+    data_inputs = [node_name(i) for i in node.input if not i.startswith("^")]
+    if (node.op == "Assert" or (
+        node.op in ("If", "StatelessIf")
+        and only_asserts(node.attr["then_branch"].func.name)
+        and only_asserts(node.attr["else_branch"].func.name))
+        # The Identity that tf.debugging wraps around a guard's output.
+        or (node.op in ("Identity", "NoOp") and data_inputs
+            and all(i in asserting for i in data_inputs))):
+      asserting.add(node.name)
+  users = consumers(graph_def)
+  removable = set(asserting)
+  changed = True
+  while changed:
+    changed = False
+    for name in sorted(removable):
+      if any(not u.input[p].startswith("^") and u.name not in removable
+             for u, p in users.get(name, [])):
+        removable.discard(name)
+        changed = True
+  del by_name
+  result = _with_nodes(graph_def, [n for n in graph_def.node if n.name not in removable])
+  for node in result.node:
+    kept = [i for i in node.input if not (i.startswith("^") and i[1:] in removable)]
+    if len(kept) != len(node.input):
+      del node.input[:]
+      node.input.extend(kept)
+  return strip_unused_nodes(result, context)
+
+
+_SEGMENT_OPS = {"SparseSegmentSum": "SparseSegmentSumWithNumSegments",
+                "SparseSegmentMean": "SparseSegmentMeanWithNumSegments",
+                "SparseSegmentSqrtN": "SparseSegmentSqrtNWithNumSegments"}
+
+
+def lean_embedding_lookups(graph_def: graph_pb2.GraphDef,
+                           context: GraphContext) -> graph_pb2.GraphDef:
+  """Rewrites tf.nn.safe_embedding_lookup_sparse (no weights, default_id None) leaner.
+
+  The library version fills empty rows with a dummy id, de-duplicates ids, gathers,
+  combines, then masks the dummy rows back to zeros: about a dozen ops per request.
+  One SparseSegment*WithNumSegments over the gathered rows gives the same rows,
+  zeros for empty ones included, in the same summation order. Grappler has no such
+  rewrite. Run it before quantize_weights so the gather it leaves can be quantized.
+  """
+  graph = _copy(graph_def)
+  by_name = {n.name: n for n in graph.node}
+  additions = []
+  for select in list(graph.node):
+    match = _match_safe_lookup(select, by_name, context)
+    if match is None:
+      continue
+    segment_op, params, fill, segment_ids = match
+    indices, values, dense_shape = fill.input[0], fill.input[1], fill.input[2]
+    prefix, device = select.name + "/lean", select.device
+    tidx = tf.as_dtype(segment_op.attr["Tidx"].type)
+    axis = _const_node(f"{prefix}/axis", np.array(0, np.int32), device)
+    rows = _op_node(f"{prefix}/rows", "GatherV2", [params, values, axis.name], device,
+                    Tparams=tf.as_dtype(segment_op.attr["T"].type),
+                    Tindices=tf.as_dtype(fill.attr["T"].type), Taxis=tf.int32, batch_dims=0)
+    count = _op_node(f"{prefix}/count", "Size", [values], device,
+                     T=tf.as_dtype(fill.attr["T"].type), out_type=tidx)
+    zero = _const_node(f"{prefix}/zero", np.array(0, tidx.as_numpy_dtype), device)
+    one = _const_node(f"{prefix}/one", np.array(1, tidx.as_numpy_dtype), device)
+    positions = _op_node(f"{prefix}/positions", "Range", [zero.name, count.name, one.name],
+                         device, Tidx=tidx)
+    row_ids = node_def_pb2.NodeDef()
+    row_ids.CopyFrom(segment_ids)
+    row_ids.name = f"{prefix}/row_ids"
+    row_ids.input[0] = indices
+    first = _const_node(f"{prefix}/first", np.array([0], np.int32), device)
+    after_first = _const_node(f"{prefix}/after_first", np.array([1], np.int32), device)
+    num_rows = _op_node(f"{prefix}/num_rows", "StridedSlice",
+                        [dense_shape, first.name, after_first.name, after_first.name], device,
+                        T=tf.int64, Index=tf.int32, begin_mask=0, end_mask=0, ellipsis_mask=0,
+                        new_axis_mask=0, shrink_axis_mask=1)
+    combined = _op_node(f"{prefix}/combined", _SEGMENT_OPS[segment_op.op],
+                        [rows.name, positions.name, row_ids.name, num_rows.name], device,
+                        T=tf.as_dtype(segment_op.attr["T"].type), Tidx=tidx,
+                        Tnumsegments=tf.int64,
+                        Tsegmentids=tf.as_dtype(segment_op.attr["Tsegmentids"].type))
+    additions += [axis, rows, count, zero, one, positions, row_ids, first, after_first,
+                  num_rows, combined]
+    select.op = "Identity"
+    del select.input[:]
+    select.input.append(combined.name)
+    for attr in list(select.attr):
+      if attr not in ("T", "_class"):
+        del select.attr[attr]
+  graph.node.extend(additions)
+  return strip_unused_nodes(graph, context)
+
+
+def _skip_identities(node, by_name):
+  while node is not None and node.op == "Identity" and len(node.input) == 1:
+    node = by_name.get(node_name(node.input[0]))
+  return node
+
+
+def _match_safe_lookup(select, by_name, context):
+  """(segment op, params tensor, SparseFillEmptyRows, segment-id node) or None."""
+  if select.op not in ("Select", "SelectV2") or select.name in context.protected:
+    return None
+  inputs = [by_name.get(node_name(i)) for i in select.input[:3]]
+  if None in inputs or len(select.input) != 3:
+    return None
+  mask, zeros, segment_op = inputs
+  if segment_op.op not in _SEGMENT_OPS or zeros.op != "ZerosLike" or \
+      node_name(zeros.input[0]) != segment_op.name or mask.op != "Tile":
+    return None
+  reshape = by_name.get(node_name(mask.input[0]))
+  if reshape is None or reshape.op != "Reshape":
+    return None
+  fill = by_name.get(node_name(reshape.input[0]))
+  if fill is None or fill.op != "SparseFillEmptyRows" or _output_index(reshape.input[0]) != 2:
+    return None
+  segment_ids = by_name.get(node_name(segment_op.input[2]))
+  if (segment_ids is None or segment_ids.op != "StridedSlice"
+      or segment_ids.input[0] not in (fill.name, fill.name + ":0")):
+    return None
+  ids = segment_op.input[1]
+  if ids == f"{fill.name}:1":
+    # Plain tensor params: the library combines straight from the table.
+    return segment_op, segment_op.input[0], fill, segment_ids
+  # Variable params: unique ids, a gather, then combine by the unique positions.
+  unique = by_name.get(node_name(ids))
+  gather = _skip_identities(by_name.get(node_name(segment_op.input[0])), by_name)
+  if (unique is None or unique.op != "Unique" or _output_index(ids) != 1
+      or unique.input[0] != f"{fill.name}:1" or gather is None or gather.op != "GatherV2"
+      or gather.input[1] not in (unique.name, unique.name + ":0")):
+    return None
+  axis = by_name.get(node_name(gather.input[2]))
+  if axis is None or axis.op != "Const" or int(_const_value(axis)) != 0:
+    return None
+  return segment_op, gather.input[0], fill, segment_ids
+
+
 def fold_constants(graph_def: graph_pb2.GraphDef, context: GraphContext) -> graph_pb2.GraphDef:
   return run_grappler(graph_def, context, ["constfold"])
 
@@ -638,13 +797,15 @@ TRANSFORMS: Dict[str, Callable] = {
     "merge_duplicate_nodes": merge_duplicate_nodes,
     "fold_constants": fold_constants,
     "fold_batch_norms": fold_batch_norms,
+    "remove_asserts": remove_asserts,
+    "lean_embedding_lookups": lean_embedding_lookups,
     "quantize_weights": quantize_weights,
     "grappler": grappler,
 }
 
 DEFAULT_TRANSFORMS = (
-    "freeze strip_unused_nodes remove_nodes(op=Identity) merge_duplicate_nodes "
-    "fold_constants fold_batch_norms quantize_weights(dtype=int8)")
+    "freeze strip_unused_nodes remove_asserts remove_nodes(op=Identity) merge_duplicate_nodes "
+    "fold_constants fold_batch_norms lean_embedding_lookups quantize_weights(dtype=int8)")
 
 _SPEC = re.compile(r"\s*([A-Za-z_][A-Za-z0-9_]*)(?:\(([^)]*)\))?\s*")
 

@@ -203,3 +203,47 @@ def test_parse_transforms_reads_gtt_style_specs():
     transforms.parse_transforms("freeze shrink")
   with pytest.raises(transforms.TransformError, match="unknown argument"):
     transforms.parse_transforms("quantize_weights(bits=4)")
+
+
+def test_remove_asserts_drops_assertions_that_only_order_other_nodes():
+  def fn():
+    x = tf.compat.v1.placeholder(tf.float32, [None], name="x")
+    with tf.control_dependencies([tf.debugging.assert_non_negative(x),
+                                  tf.compat.v1.Assert(tf.reduce_all(x < 100.0), [x])]):
+      tf.identity(x * 2.0, name="y")
+  graph_def, _ = build(fn)
+  assert {"If", "Assert"} & set(ops(graph_def)) or "StatelessIf" in ops(graph_def)
+  with pytest.raises(tf.errors.InvalidArgumentError):
+    run(graph_def, "y:0", {"x:0": [-1.0]})
+  result = transforms.remove_asserts(graph_def, context("x", "y"))
+  assert not {"If", "StatelessIf", "Assert"} & set(ops(result))
+  assert not result.library.function
+  np.testing.assert_array_equal(run(result, "y:0", {"x:0": [1.0, 2.0]}), [2.0, 4.0])
+  # What changes: an input that broke an assertion is no longer rejected by it.
+  np.testing.assert_array_equal(run(result, "y:0", {"x:0": [-1.0]}), [-2.0])
+
+
+def sparse_lookup_model(combiner):
+  table = np.random.RandomState(0).randn(50, 4).astype(np.float32)
+
+  def fn():
+    values = tf.compat.v1.placeholder(tf.int64, [None], name="values")
+    splits = tf.compat.v1.placeholder(tf.int64, [None], name="splits")
+    ids = tf.RaggedTensor.from_row_splits(values, splits).to_sparse()
+    tf.identity(tf.nn.safe_embedding_lookup_sparse(tf.constant(table), ids, combiner=combiner),
+                name="y")
+  return build(fn)[0]
+
+
+@pytest.mark.parametrize("combiner", ["sum", "mean", "sqrtn"])
+def test_lean_embedding_lookups_gives_the_same_rows_with_fewer_ops(combiner):
+  graph_def = sparse_lookup_model(combiner)
+  lean = transforms.lean_embedding_lookups(graph_def, context("values", "splits", "y"))
+  assert not {"Unique", "SparseFillEmptyRows", "ZerosLike"} & set(ops(lean))
+  assert any(op.endswith("WithNumSegments") for op in ops(lean))
+  assert len(lean.node) < len(graph_def.node)
+  # Rows: two ids (one repeated), none (empty), one id, and an empty last row.
+  feeds = {"values:0": [3, 3, 7, 49], "splits:0": [0, 3, 3, 4, 4]}
+  expected = run(graph_def, "y:0", feeds)
+  np.testing.assert_array_equal(run(lean, "y:0", feeds), expected)
+  np.testing.assert_array_equal(expected[1], np.zeros(4))

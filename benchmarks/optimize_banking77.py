@@ -1,0 +1,145 @@
+"""Original vs optimized servable on Banking77, measured in one run.
+
+    python benchmarks/optimize_banking77.py [--job-dir DIR] [--transforms '...'] [trainer flags]
+
+Trains the default model on ../shared/datasets/banking77 (or reuses the newest export
+in --job-dir), optimizes it, then measures both models alternately in this process:
+size on disk, cold start (load + first answer), batch-1 p50 latency, batch-64
+throughput, test accuracy and top-1 agreement. Prints JSON with the ratios.
+"""
+
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from absl import app  # noqa: E402
+from absl import flags  # noqa: E402
+
+from export import warmup  # noqa: E402
+from optimize import optimizer  # noqa: E402
+from optimize import savedmodel_io  # noqa: E402
+from optimize import transforms  # noqa: E402
+from serving.servables import SessionServable  # noqa: E402
+from trainer import pipeline  # noqa: E402
+from trainer import task  # noqa: E402
+
+DATASET = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                       "..", "shared", "datasets", "banking77")
+flags.FLAGS.set_default("train_files", os.path.join(DATASET, "train.csv"))
+flags.FLAGS.set_default("eval_files", os.path.join(DATASET, "test.csv"))
+flags.FLAGS.set_default("job-dir", "")
+flags.DEFINE_string("transforms", transforms.DEFAULT_TRANSFORMS, "Optimizer transforms.")
+flags.DEFINE_string("signature", "serving_default", "Signature timed for latency.")
+flags.DEFINE_integer("rounds", 5, "Alternating measurement rounds per model.")
+FLAGS = flags.FLAGS
+
+
+def newest_export(job_dir):
+  base = os.path.join(job_dir, "export", FLAGS.model_name)
+  if not os.path.isdir(base):
+    return None
+  versions = sorted((d for d in os.listdir(base) if d.isdigit()), key=int)
+  return os.path.join(base, versions[-1]) if versions else None
+
+
+def signature_batch(signature, texts):
+  if signature == "predict_text":
+    return {"text": list(texts)}
+  serialized = [warmup.text_example(t, "text").SerializeToString() for t in texts]
+  return {"examples" if signature == "predict" else "inputs": serialized}
+
+
+def cold_start(version_dir, signature, batch):
+  started = time.perf_counter()
+  with SessionServable(version_dir) as servable:
+    servable.run(signature, batch)
+  return time.perf_counter() - started
+
+
+def latencies(version_dir, signature, texts, batch_size, count):
+  with SessionServable(version_dir) as servable:
+    for i in range(5):
+      servable.run(signature, signature_batch(signature, texts[i:i + batch_size]))
+    samples = []
+    for i in range(count):
+      start = (i * batch_size) % (len(texts) - batch_size)
+      batch = signature_batch(signature, texts[start:start + batch_size])
+      started = time.perf_counter()
+      servable.run(signature, batch)
+      samples.append(time.perf_counter() - started)
+  return samples
+
+
+def predicted_classes(version_dir, texts):
+  with SessionServable(version_dir) as servable:
+    classes = []
+    for i in range(0, len(texts), 256):
+      out = servable.run("predict_text", {"text": texts[i:i + 256]}, ["classes"])
+      classes.extend(c[0].decode() for c in out["classes"])
+  return classes
+
+
+def main(argv):
+  del argv
+  if not FLAGS["job-dir"].value:
+    FLAGS["job-dir"].value = tempfile.mkdtemp(prefix="banking77-optimize-")
+  config = task.config_from_flags()
+  train_examples, test_examples = pipeline.load_data(config)
+  original = newest_export(config.job_dir)
+  if original is None:
+    original = pipeline.run(config).export_dir
+  optimized = os.path.join(tempfile.mkdtemp(prefix="optimized-"), "1")
+  started = time.perf_counter()
+  result = optimizer.optimize(original, optimized, FLAGS.transforms, latency_repeats=20)
+  optimize_seconds = time.perf_counter() - started
+
+  texts = [e.text for e in test_examples]
+  labels = [e.intent for e in test_examples]
+  signature = FLAGS.signature
+  figures = {"original": {}, "optimized": {}}
+  samples = {name: {"cold": [], "b1": [], "b64": []} for name in figures}
+  for _ in range(FLAGS.rounds):
+    for name, path in (("original", original), ("optimized", optimized)):
+      samples[name]["cold"].append(cold_start(path, signature, signature_batch(signature, texts[:1])))
+      samples[name]["b1"].extend(latencies(path, signature, texts, 1, 200))
+      samples[name]["b64"].extend(latencies(path, signature, texts, 64, 10))
+  predictions = {}
+  for name, path in (("original", original), ("optimized", optimized)):
+    predictions[name] = predicted_classes(path, texts)
+    b1 = sorted(samples[name]["b1"])
+    figures[name] = {
+        "bytes_on_disk": savedmodel_io.directory_bytes(path),
+        "graph_nodes": len(savedmodel_io.read_servable(path).graph_def.node),
+        "cold_start_s_median": round(statistics.median(samples[name]["cold"]), 4),
+        "batch1_p50_ms": round(1000 * b1[len(b1) // 2], 4),
+        "batch1_p99_ms": round(1000 * b1[int(len(b1) * 0.99)], 4),
+        "batch64_examples_per_s": round(64 / statistics.median(samples[name]["b64"]), 1),
+        "test_accuracy": round(sum(p == l for p, l in zip(predictions[name], labels))
+                               / len(labels), 4),
+    }
+  o, p = figures["original"], figures["optimized"]
+  figures["ratios_optimized_over_original"] = {
+      "size": round(p["bytes_on_disk"] / o["bytes_on_disk"], 4),
+      "cold_start": round(p["cold_start_s_median"] / o["cold_start_s_median"], 4),
+      "batch1_p50_latency": round(p["batch1_p50_ms"] / o["batch1_p50_ms"], 4),
+      "batch64_throughput": round(p["batch64_examples_per_s"] / o["batch64_examples_per_s"], 4),
+  }
+  figures["accuracy_drop_points"] = round(100 * (o["test_accuracy"] - p["test_accuracy"]), 3)
+  figures["top1_agreement_test_set"] = round(
+      sum(a == b for a, b in zip(predictions["original"], predictions["optimized"])) / len(texts), 4)
+  figures["guard_lowest_agreement"] = round(result.guard.agreement, 4)
+  figures["transforms"] = [s.step for s in result.steps[1:]]
+  figures["latency_signature"] = signature
+  figures["optimize_seconds"] = round(optimize_seconds, 1)
+  figures["original_dir"], figures["optimized_dir"] = original, optimized
+  figures["report"] = result.report_paths.get("markdown")
+  print(json.dumps(figures, indent=2))
+
+
+if __name__ == "__main__":
+  app.run(main)
