@@ -426,8 +426,8 @@ def lean_embedding_lookups(graph_def: graph_pb2.GraphDef,
 
   The library version fills empty rows with a dummy id, de-duplicates ids, gathers,
   combines, then masks the dummy rows back to zeros: about a dozen ops per request.
-  One SparseSegment*WithNumSegments over the gathered rows gives the same rows,
-  zeros for empty ones included, in the same summation order. Grappler has no such
+  One SparseSegment*WithNumSegments over the gathered unique rows gives the same
+  rows, zeros for empty ones included, in the same summation order. Grappler has no such
   rewrite. Run it before quantize_weights so the gather it leaves can be quantized.
   """
   graph = _copy(graph_def)
@@ -441,16 +441,13 @@ def lean_embedding_lookups(graph_def: graph_pb2.GraphDef,
     indices, values, dense_shape = fill.input[0], fill.input[1], fill.input[2]
     prefix, device = select.name + "/lean", select.device
     tidx = tf.as_dtype(segment_op.attr["Tidx"].type)
+    # Unique first: every duplicate id is then gathered (and dequantized) only once.
+    unique = _op_node(f"{prefix}/unique", "Unique", [values], device,
+                      T=tf.as_dtype(fill.attr["T"].type), out_idx=tidx)
     axis = _const_node(f"{prefix}/axis", np.array(0, np.int32), device)
-    rows = _op_node(f"{prefix}/rows", "GatherV2", [params, values, axis.name], device,
+    rows = _op_node(f"{prefix}/rows", "GatherV2", [params, unique.name, axis.name], device,
                     Tparams=tf.as_dtype(segment_op.attr["T"].type),
                     Tindices=tf.as_dtype(fill.attr["T"].type), Taxis=tf.int32, batch_dims=0)
-    count = _op_node(f"{prefix}/count", "Size", [values], device,
-                     T=tf.as_dtype(fill.attr["T"].type), out_type=tidx)
-    zero = _const_node(f"{prefix}/zero", np.array(0, tidx.as_numpy_dtype), device)
-    one = _const_node(f"{prefix}/one", np.array(1, tidx.as_numpy_dtype), device)
-    positions = _op_node(f"{prefix}/positions", "Range", [zero.name, count.name, one.name],
-                         device, Tidx=tidx)
     row_ids = node_def_pb2.NodeDef()
     row_ids.CopyFrom(segment_ids)
     row_ids.name = f"{prefix}/row_ids"
@@ -462,12 +459,11 @@ def lean_embedding_lookups(graph_def: graph_pb2.GraphDef,
                         T=tf.int64, Index=tf.int32, begin_mask=0, end_mask=0, ellipsis_mask=0,
                         new_axis_mask=0, shrink_axis_mask=1)
     combined = _op_node(f"{prefix}/combined", _SEGMENT_OPS[segment_op.op],
-                        [rows.name, positions.name, row_ids.name, num_rows.name], device,
+                        [rows.name, f"{unique.name}:1", row_ids.name, num_rows.name], device,
                         T=tf.as_dtype(segment_op.attr["T"].type), Tidx=tidx,
                         Tnumsegments=tf.int64,
                         Tsegmentids=tf.as_dtype(segment_op.attr["Tsegmentids"].type))
-    additions += [axis, rows, count, zero, one, positions, row_ids, first, after_first,
-                  num_rows, combined]
+    additions += [unique, axis, rows, row_ids, first, after_first, num_rows, combined]
     select.op = "Identity"
     del select.input[:]
     select.input.append(combined.name)
