@@ -4,7 +4,7 @@ VENV ?= .venv
 PYTHON_BIN := $(VENV)/bin/python
 JOB_DIR ?= jobs/intent
 
-.PHONY: demo test bench-train clean
+.PHONY: demo test bench-train bench-optimize clean
 
 $(VENV)/.installed-test: pyproject.toml tools/bootstrap.sh
 	tools/bootstrap.sh $(VENV) test
@@ -22,6 +22,9 @@ test: $(VENV)/.installed-test
 
 bench-train: $(VENV)/.installed-bench
 	$(PYTHON_BIN) benchmarks/train_banking77.py
+
+bench-optimize: $(VENV)/.installed-bench
+	$(PYTHON_BIN) benchmarks/optimize_banking77.py
 
 clean:
 	rm -rf jobs
