@@ -59,6 +59,15 @@ class SessionServable:
     values = self._session.run(fetches, feed_dict=feeds)
     return dict(zip(output_keys, values))
 
+  def callable(self, signature_name: str, input_keys, output_keys=None):
+    """A function of the inputs (in `input_keys` order) with less per-call overhead than
+    `run`, for timing: the feeds and fetches are resolved once."""
+    signature = self.signature(signature_name)
+    output_keys = list(output_keys or signature.outputs)
+    return self._session.make_callable(
+        [signature.outputs[k].name for k in output_keys],
+        feed_list=[signature.inputs[k].name for k in input_keys])
+
   def close(self):
     self._session.close()
 
