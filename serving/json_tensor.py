@@ -1,0 +1,524 @@
+"""TF Serving's REST JSON rules (util/json_tensor.cc), with its error messages.
+
+Requests: `instances` (row) or `inputs` (columnar) tensors for predict, `examples` (+ optional
+`context`) as JSON features for classify and regress, `{"b64": ...}` for binary strings.
+Answers: `predictions` / `outputs` (a lone output loses its name), `results`; float32 values
+written as TF Serving writes them (shortest of %g and %.9g that round-trips, a trailing `.0` on
+whole numbers, NaN / Infinity), outputs named `*_bytes` as `{"b64": ...}`.
+"""
+
+import base64
+import binascii
+import functools
+import json
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+
+import grpc
+import numpy as np
+import tensorflow as tf
+from tensorflow.core.protobuf import meta_graph_pb2
+
+from serving.errors import ServingError, invalid_argument
+
+_B64 = "b64"
+_BYTES_SUFFIX = "_bytes"
+# DataTypeString() names where they differ from tf.DType.name.
+_TF_TYPE_NAMES = {tf.float32: "float", tf.float64: "double", tf.float16: "half"}
+_INT_RANGES = {
+    tf.int8: (-2**31, 2**31 - 1), tf.int16: (-2**31, 2**31 - 1), tf.uint8: (-2**31, 2**31 - 1),
+    tf.int32: (-2**31, 2**31 - 1), tf.int64: (-2**63, 2**63 - 1),
+    tf.uint32: (0, 2**32 - 1), tf.uint64: (0, 2**64 - 1),
+}
+
+
+def type_name(dtype: tf.DType) -> str:
+  return _TF_TYPE_NAMES.get(dtype, dtype.name)
+
+
+def _dump(value) -> str:
+  """rapidjson's PrettyWriter rendering of a JSON value, for error messages."""
+  return json.dumps(value, indent=4, ensure_ascii=False)
+
+
+def _json_type(value) -> str:
+  if value is None:
+    return "Null"
+  if value is True:
+    return "True"
+  if value is False:
+    return "False"
+  if isinstance(value, dict):
+    return "Object"
+  if isinstance(value, list):
+    return "Array"
+  if isinstance(value, str):
+    return "String"
+  return "Number"
+
+
+def _is_number(value) -> bool:
+  return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_b64(value) -> bool:
+  return isinstance(value, dict) and len(value) == 1 and isinstance(value.get(_B64), str)
+
+
+def _b64_decode(value) -> bytes:
+  if not _is_b64(value):
+    raise invalid_argument(f"JSON Value: {_dump(value)} not formatted correctly for base64 data")
+  text = value[_B64]
+  try:
+    return base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
+  except (binascii.Error, ValueError):
+    raise invalid_argument("Unable to base64 decode") from None
+
+
+def parse_request(body: bytes) -> dict:
+  """The request body as a JSON object, or TF Serving's parse error."""
+  if not body:
+    raise invalid_argument("JSON Parse error: The document is empty")
+  try:
+    text = body.decode("utf-8")
+  except UnicodeDecodeError as e:
+    # rapidjson's message when it meets bytes that are not UTF-8.
+    raise invalid_argument(
+        f"JSON Parse error: Invalid encoding in string. at offset: {e.start}") from None
+  try:
+    document = json.loads(text)
+  except json.JSONDecodeError as e:
+    raise invalid_argument(f"JSON Parse error: {e.msg} at offset: {e.pos}") from None
+  except RecursionError:
+    raise invalid_argument("JSON Parse error: The document is nested too deeply") from None
+  if not isinstance(document, dict):
+    raise invalid_argument(f"JSON Value: {_dump(document)} Is not object")
+  return document
+
+
+def signature_name(document: dict) -> str:
+  name = document.get("signature_name", "")
+  if not isinstance(name, str):
+    raise invalid_argument(
+        f"JSON Value: {_dump(document)} not formatted correctly. 'signature_name' key must "
+        f"be a string value.")
+  return name
+
+
+# ---------------------------------------------------------------------------------------------
+# JSON -> tensors (predict)
+
+
+def _type_error(value, dtype: tf.DType) -> ServingError:
+  return invalid_argument(f"JSON Value: {_dump(value)} Type: {_json_type(value)} is not of "
+                          f"expected type: {type_name(dtype)}")
+
+
+def _scalar(value, dtype: tf.DType):
+  if dtype in (tf.float32, tf.float64):
+    if not _is_number(value):
+      raise _type_error(value, dtype)
+    return float(value)
+  if dtype in _INT_RANGES:
+    low, high = _INT_RANGES[dtype]
+    if not (isinstance(value, int) and not isinstance(value, bool) and low <= value <= high):
+      raise _type_error(value, dtype)
+    return value
+  if dtype == tf.string:
+    if not isinstance(value, str):
+      raise _type_error(value, dtype)
+    return value.encode("utf-8")
+  if dtype == tf.bool:
+    if not isinstance(value, bool):
+      raise _type_error(value, dtype)
+    return value
+  raise ServingError(grpc.StatusCode.UNIMPLEMENTED,
+                     f"Conversion of JSON Value: {_dump(value)} to type: {type_name(dtype)}")
+
+
+def dense_shape(value) -> List[int]:
+  shape = []
+  while isinstance(value, list):
+    shape.append(len(value))
+    if not value:
+      break
+    value = value[0]
+  return shape
+
+
+def _fill(value, level: int, shape: Sequence[int], dtype: tf.DType, flat: list) -> None:
+  if not isinstance(value, list):
+    if level != len(shape):
+      raise invalid_argument(
+          f"JSON Value: {_dump(value)} found at incorrect level: {level + 1} in the JSON DOM. "
+          f"Expected at level: {len(shape)}")
+    if isinstance(value, dict):
+      if dtype != tf.string:
+        raise _type_error(value, dtype)
+      flat.append(_b64_decode(value))
+    else:
+      flat.append(_scalar(value, dtype))
+    return
+  if level >= len(shape):
+    raise invalid_argument(
+        f"Encountered list at unexpected level: {level} expected < {len(shape)}")
+  if len(value) != shape[level]:
+    raise invalid_argument(
+        f"Encountered list at unexpected size: {len(value)} at level: {level} expected size: "
+        f"{shape[level]}")
+  for item in value:
+    _fill(item, level + 1, shape, dtype, flat)
+
+
+def _to_array(flat: list, shape: Sequence[int], dtype: tf.DType) -> np.ndarray:
+  if dtype == tf.string:
+    array = np.empty(len(flat), dtype=object)
+    array[:] = flat
+    return array.reshape(shape)
+  return np.array(flat, dtype=dtype.as_numpy_dtype).reshape(shape)
+
+
+def json_to_array(value, dtype: tf.DType) -> np.ndarray:
+  shape = dense_shape(value)
+  flat: list = []
+  _fill(value, 0, shape, dtype, flat)
+  return _to_array(flat, shape, dtype)
+
+
+def _shape_text(shape: Sequence[int]) -> str:
+  return "[" + ",".join(str(d) for d in shape) + "]"
+
+
+class _Rows:
+  """Accumulates one named input across `instances`, checking every row has one shape."""
+
+  def __init__(self, dtype: tf.DType):
+    self.dtype = dtype
+    self.shape: Optional[List[int]] = None
+    self.flat: list = []
+
+  def add(self, value) -> None:
+    shape = dense_shape(value)
+    flat: list = []
+    _fill(value, 0, shape, self.dtype, flat)
+    if self.shape is None:
+      self.shape = shape
+    elif len(flat) != int(np.prod(self.shape, dtype=np.int64)):
+      raise invalid_argument(f"Expecting tensor size: {int(np.prod(self.shape))} but got: "
+                             f"{len(flat)}")
+    elif shape != self.shape:
+      raise invalid_argument(f"Expecting shape {_shape_text(self.shape)} but got: "
+                             f"{_shape_text(shape)}")
+    self.flat.extend(flat)
+
+  def array(self, rows: int) -> np.ndarray:
+    return _to_array(self.flat, [rows] + self.shape, self.dtype)
+
+
+def _row_inputs(instances: list, specs: Mapping[str, meta_graph_pb2.TensorInfo]):
+  if not isinstance(instances[0], dict) and len(specs) > 1:
+    raise invalid_argument(
+        "instances is a plain list, but expecting list of objects as multiple input tensors "
+        "required as per tensorinfo_map")
+  objects = isinstance(instances[0], dict) and not _is_b64(instances[0])
+  names = sorted(specs)
+  rows: Dict[str, _Rows] = {}
+
+  def add(name, value):
+    if name not in specs:
+      raise invalid_argument(f"JSON object: does not have named input: {name}")
+    if name not in rows:
+      rows[name] = _Rows(tf.as_dtype(specs[name].dtype))
+    rows[name].add(value)
+
+  for index, item in enumerate(instances):
+    item_is_object = isinstance(item, dict) and not _is_b64(item)
+    if objects:
+      if not item_is_object:
+        raise invalid_argument(f"Expecting object but got list at item {index} of input list")
+      for name, value in item.items():
+        try:
+          add(name, value)
+        except ServingError as e:
+          raise invalid_argument(f"Failed to process element: {index} key: {name} of "
+                                 f"'instances' list. Error: {e}") from None
+      if sorted(item) != names:
+        raise invalid_argument(
+            f"Failed to process element: {index} of 'instances' list. JSON object: "
+            f"{_dump(item)} keys must be equal to: {','.join(names)}")
+    else:
+      if item_is_object:
+        raise invalid_argument(
+            f"Expecting value/list but got object at item {index} of input list")
+      try:
+        add(names[0], item)
+      except ServingError as e:
+        raise invalid_argument(f"Failed to process element: {index} of 'instances' list. "
+                               f"Error: {e}") from None
+  return {name: accumulated.array(len(instances)) for name, accumulated in rows.items()}
+
+
+def _columnar_inputs(value, specs: Mapping[str, meta_graph_pb2.TensorInfo]):
+  if not isinstance(value, dict) or _is_b64(value):
+    if len(specs) > 1:
+      raise invalid_argument(
+          "inputs is a plain value/list, but expecting an object as multiple input tensors "
+          "required as per tensorinfo_map")
+    (name, spec), = specs.items()
+    return {name: json_to_array(value, tf.as_dtype(spec.dtype))}
+  arrays = {}
+  for name in sorted(specs):
+    if name not in value:
+      raise invalid_argument(f"Missing named input: {name} in 'inputs' object.")
+    arrays[name] = json_to_array(value[name], tf.as_dtype(specs[name].dtype))
+  return arrays
+
+
+def predict_inputs(document: dict, specs: Mapping[str, meta_graph_pb2.TensorInfo],
+                   signature: str) -> Tuple[Dict[str, np.ndarray], bool]:
+  """The request's input tensors, and whether it used the row (`instances`) format."""
+  if not specs:
+    raise invalid_argument(f"Failed to get input map for signature: {signature or 'DEFAULT'}")
+  if "instances" in document:
+    if "inputs" in document:
+      raise invalid_argument(
+          f"JSON Value: {_dump(document)} Not formatted correctly expecting only one of "
+          f"'inputs' or 'instances' keys to exist ")
+    instances = document["instances"]
+    if not isinstance(instances, list):
+      raise invalid_argument(
+          f"JSON Value: {_dump(document)} Expecting 'instances' to be an list/array")
+    if not instances:
+      raise invalid_argument(f"JSON Value: {_dump(document)} No values in 'instances' array")
+    return _row_inputs(instances, specs), True
+  if "inputs" in document:
+    return _columnar_inputs(document["inputs"], specs), False
+  raise invalid_argument("Missing 'inputs' or 'instances' key")
+
+
+# ---------------------------------------------------------------------------------------------
+# JSON -> tf.Example (classify, regress)
+
+
+def _kind_error(name: str, feature: tf.train.Feature) -> ServingError:
+  kind = {"bytes_list": "bytes", "float_list": "float", "int64_list": "int64"}.get(
+      feature.WhichOneof("kind"), "UNKNOWN")
+  return invalid_argument(f"Unexpected element type in feature: {name} expecting type: {kind}")
+
+
+def _add_feature_value(value, name: str, feature: tf.train.Feature) -> None:
+  kind = feature.WhichOneof("kind")
+
+  def check(expected):
+    if kind not in (None, expected):
+      raise _kind_error(name, feature)
+
+  if value is None or isinstance(value, list) or (isinstance(value, dict)
+                                                  and not _is_b64(value)):
+    raise invalid_argument(f"Feature: {name} has element with unexpected JSON type: "
+                           f"{_json_type(value)}")
+  if isinstance(value, bool):
+    check("int64_list")
+    feature.int64_list.value.append(int(value))
+  elif isinstance(value, dict):
+    check("bytes_list")
+    feature.bytes_list.value.append(_b64_decode(value))
+  elif isinstance(value, str):
+    check("bytes_list")
+    feature.bytes_list.value.append(value.encode("utf-8"))
+  elif isinstance(value, float) or value > 2**64 - 1 or value < -2**63:
+    # rapidjson reads integers beyond 64 bits as doubles.
+    check("float_list")
+    feature.float_list.value.append(float(value))
+  else:
+    check("int64_list")
+    if value > 2**63 - 1:
+      raise invalid_argument(
+          f"Feature: {name} has uint64_t element. Only int64_t is supported.")
+    feature.int64_list.value.append(value)
+
+
+def example_from_json(value) -> tf.train.Example:
+  if not isinstance(value, dict):
+    raise invalid_argument(f"Example must be JSON object but got JSON {_json_type(value)}")
+  example = tf.train.Example()
+  for name, content in value.items():
+    feature = example.features.feature[name]
+    for item in (content if isinstance(content, list) else [content]):
+      _add_feature_value(item, name, feature)
+  return example
+
+
+def serialized_examples(document: dict) -> List[bytes]:
+  """Serialized examples of a classify/regress request, each prefixed with the context.
+
+  Concatenating two serialized protos merges them, which is how TF Serving feeds
+  `example_list_with_context`.
+  """
+  context = b""
+  if "context" in document:
+    context = example_from_json(document["context"]).SerializeToString()
+  if "examples" not in document:
+    # TF Serving says "classify" for regress requests too.
+    raise invalid_argument(f"JSON Value: {_dump(document)} When method is classify, key "
+                           f"'examples' is expected and was not found")
+  examples = document["examples"]
+  if not isinstance(examples, list):
+    raise invalid_argument(
+        f"JSON Value: {_dump(document)} Expecting 'examples' value to be an list/array")
+  if not examples:
+    raise invalid_argument(f"JSON Value: {_dump(document)} 'examples' value is an empty array")
+  return [context + example_from_json(e).SerializeToString() for e in examples]
+
+
+def example_to_json(example: tf.train.Example) -> dict:
+  """A tf.Example as a REST `examples` entry, the inverse of `example_from_json`."""
+  result = {}
+  for name, feature in example.features.feature.items():
+    kind = feature.WhichOneof("kind")
+    if kind == "bytes_list":
+      result[name] = [_bytes_json_value(v) for v in feature.bytes_list.value]
+    elif kind == "float_list":
+      result[name] = [float(v) for v in feature.float_list.value]
+    elif kind == "int64_list":
+      result[name] = list(feature.int64_list.value)
+    else:
+      result[name] = []
+  return result
+
+
+def _bytes_json_value(value: bytes):
+  try:
+    return value.decode("utf-8")
+  except UnicodeDecodeError:
+    return {_B64: base64.b64encode(value).decode("ascii")}
+
+
+def array_to_json_value(array: np.ndarray):
+  """A tensor as a JSON-able value a client sends: strings as text, or b64 when not UTF-8."""
+  if array.dtype != object:
+    return array.tolist()
+  if not array.ndim:
+    return _bytes_json_value(array.item())
+  return np.frompyfunc(_bytes_json_value, 1, 1)(array).tolist()
+
+
+# ---------------------------------------------------------------------------------------------
+# tensors -> JSON
+
+
+def _float_texts(values: np.ndarray) -> List[str]:
+  """WriteDecimal(): '%g', or full precision when '%g' does not round-trip."""
+  digits = 9 if values.dtype == np.float32 else 17
+  as_python = values.tolist()
+  texts = ["%g" % v for v in as_python]
+  finite = np.isfinite(values)
+  with np.errstate(all="ignore"):
+    round_trip = np.array([float(t) if f else 0.0 for t, f in zip(texts, finite)],
+                          dtype=np.float64).astype(values.dtype)
+  result = []
+  for value, text, ok, is_finite in zip(as_python, texts, round_trip == values, finite):
+    if not is_finite:
+      result.append("NaN" if value != value else ("-Infinity" if value < 0 else "Infinity"))
+      continue
+    if not ok:
+      text = "%.*g" % (digits, value)
+    if "." not in text and "e" not in text:
+      text += ".0"
+    result.append(text)
+  return result
+
+
+def _string_text(value: bytes, as_bytes: bool) -> str:
+  if as_bytes:
+    return '{"b64": "' + base64.b64encode(value).decode("ascii") + '"}'
+  # TF Serving writes the raw bytes; surrogateescape keeps bytes that are not UTF-8 as they are.
+  return json.dumps(value.decode("utf-8", "surrogateescape"), ensure_ascii=False)
+
+
+def _value_texts(name: str, array: np.ndarray) -> List[str]:
+  flat = array.reshape(-1)
+  dtype = tf.as_dtype(array.dtype)
+  if dtype in (tf.float32, tf.float64):
+    return _float_texts(flat)
+  if dtype == tf.string:
+    as_bytes = name.endswith(_BYTES_SUFFIX)
+    return [_string_text(v, as_bytes) for v in flat]
+  if dtype == tf.bool:
+    return ["true" if v else "false" for v in flat.tolist()]
+  if dtype in _INT_RANGES:
+    return [str(v) for v in flat.tolist()]
+  raise invalid_argument(f"Failed to write JSON value for tensor type: {type_name(dtype)}")
+
+
+def _nest(texts: List[str], shape: Sequence[int]) -> str:
+  if not shape:
+    return texts[0]
+  if len(shape) == 1:
+    return "[" + ",".join(texts) + "]"
+  step = int(np.prod(shape[1:], dtype=np.int64))
+  return "[" + ",".join(_nest(texts[i * step:(i + 1) * step], shape[1:])
+                        for i in range(shape[0])) + "]"
+
+
+@functools.lru_cache(maxsize=4096)
+def _key(name: str) -> str:
+  """A JSON string of an output name or class label; they repeat across answers."""
+  return json.dumps(name, ensure_ascii=False)
+
+
+def predict_response(outputs: Mapping[str, np.ndarray], row_format: bool) -> bytes:
+  if not outputs:
+    raise invalid_argument("Cannot convert empty tensor map to JSON")
+  texts = {name: _value_texts(name, array) for name, array in outputs.items()}
+  named = len(outputs) > 1
+  if not row_format:
+    parts = [(_key(n) + ":" if named else "") + _nest(texts[n], outputs[n].shape)
+             for n in outputs]
+    body = "{" + ",".join(parts) + "}" if named else parts[0]
+    return _encode('{"outputs":' + body + "}")
+  batch = None
+  for name, array in outputs.items():
+    if array.ndim == 0:
+      raise invalid_argument(f"Tensor name: {name} has no shape information ")
+    if batch is not None and array.shape[0] != batch:
+      raise invalid_argument(f"Tensor name: {name} has inconsistent batch size: "
+                             f"{array.shape[0]} expecting: {batch}")
+    batch = array.shape[0]
+  rows = []
+  for item in range(batch):
+    parts = []
+    for name, array in outputs.items():
+      step = int(np.prod(array.shape[1:], dtype=np.int64))
+      value = _nest(texts[name][item * step:(item + 1) * step], array.shape[1:])
+      parts.append(_key(name) + ":" + value if named else value)
+    rows.append("{" + ",".join(parts) + "}" if named else parts[0])
+  return _encode('{"predictions":[' + ",".join(rows) + "]}")
+
+
+def classify_response(result) -> bytes:
+  """A ClassificationResult as `{"results": [[[label, score], ...], ...]}`."""
+  if not result.classifications:
+    raise invalid_argument("Cannot convert empty ClassificationResults to JSON")
+  items = []
+  for classifications in result.classifications:
+    labels = [c.label for c in classifications.classes]
+    scores = _float_texts(np.array([c.score for c in classifications.classes],
+                                   dtype=np.float32))
+    items.append("[" + ",".join(f"[{_key(label)},{score}]"
+                                for label, score in zip(labels, scores)) + "]")
+  return _encode('{"results":[' + ",".join(items) + "]}")
+
+
+def regress_response(result) -> bytes:
+  if not result.regressions:
+    raise invalid_argument("Cannot convert empty RegressionResults to JSON")
+  values = _float_texts(np.array([r.value for r in result.regressions], dtype=np.float32))
+  return _encode('{"results":[' + ",".join(values) + "]}")
+
+
+def error_body(message: str) -> bytes:
+  return _encode(json.dumps({"error": message}, ensure_ascii=False))
+
+
+def _encode(text: str) -> bytes:
+  return text.encode("utf-8", "surrogateescape")

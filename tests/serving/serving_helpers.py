@@ -1,0 +1,89 @@
+"""Helpers for the serving tests: REST calls, gRPC stubs, requests for the intent model."""
+
+import http.client
+import json
+import shutil
+
+import grpc
+import numpy as np
+import tensorflow as tf
+from tensorflow_serving.apis import classification_pb2
+from tensorflow_serving.apis import model_service_pb2_grpc
+from tensorflow_serving.apis import predict_pb2
+from tensorflow_serving.apis import prediction_service_pb2_grpc
+
+from export import warmup
+
+TEXTS = ["book a flight to rome", "what is the weather like in oslo tomorrow",
+         "tell me a joke", "play some jazz", "move 50 dollars to savings",
+         "where is my parcel", "set an alarm for 7am", "how do you say thanks in french"]
+SIGNATURES = ["classification", "predict", "predict_text", "serving_default"]
+
+
+def serialized(texts):
+  return [warmup.text_example(t, "text").SerializeToString() for t in texts]
+
+
+def object_array(values):
+  array = np.empty(len(values), dtype=object)
+  array[:] = list(values)
+  return array
+
+
+def rest(port, method, path, body=None, connection=None):
+  """(HTTP status, decoded JSON) of one request; `body` is a dict (sent as JSON) or bytes."""
+  if isinstance(body, dict):
+    body = json.dumps(body).encode("utf-8")
+  own = connection is None
+  connection = connection or http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+  try:
+    connection.request(method, path, body=body)
+    response = connection.getresponse()
+    return response.status, json.loads(response.read())
+  finally:
+    if own:
+      connection.close()
+
+
+class Stubs:
+  """gRPC stubs on one channel to a server's port."""
+
+  def __init__(self, port):
+    self.channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    self.prediction = prediction_service_pb2_grpc.PredictionServiceStub(self.channel)
+    self.model = model_service_pb2_grpc.ModelServiceStub(self.channel)
+
+  def close(self):
+    self.channel.close()
+
+
+def predict_request(signature, inputs, name="intent"):
+  request = predict_pb2.PredictRequest()
+  request.model_spec.name = name
+  request.model_spec.signature_name = signature
+  for key, value in inputs.items():
+    request.inputs[key].CopyFrom(tf.make_tensor_proto(value))
+  return request
+
+
+def classify_request(texts, signature="serving_default", name="intent"):
+  request = classification_pb2.ClassificationRequest()
+  request.model_spec.name = name
+  request.model_spec.signature_name = signature
+  request.input.example_list.examples.extend(warmup.text_example(t, "text") for t in texts)
+  return request
+
+
+def classify_answer(result):
+  """A ClassificationResult as (labels, scores) arrays."""
+  labels = [[c.label for c in item.classes] for item in result.classifications]
+  scores = np.array([[c.score for c in item.classes] for item in result.classifications],
+                    dtype=np.float32)
+  return labels, scores
+
+
+def copy_version(version_dir, base_path, version):
+  """A copy of a version dir as `base_path/version`."""
+  target = f"{base_path}/{version}"
+  shutil.copytree(version_dir, target)
+  return target

@@ -1,0 +1,109 @@
+"""8 concurrent clients x 500 requests, mixed REST and gRPC, against the embedded server run
+as TF Serving would be (its own process): no error, every answer the in-process one."""
+
+import http.client
+import json
+import posixpath
+from concurrent import futures
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from serving import runners
+from serving.servables import SessionServable
+from serving_helpers import (TEXTS, Stubs, classify_answer, classify_request, object_array,
+                             predict_request, serialized)
+
+CLIENTS = 8
+REQUESTS_PER_CLIENT = 500
+KINDS = ("rest_predict", "rest_classify", "grpc_classify", "grpc_predict")
+
+
+@pytest.fixture(scope="module")
+def running(trained, tmp_path_factory):
+  runner = runners.EmbeddedRunner(
+      [runners.ServedModel("intent", posixpath.dirname(trained.export_dir))],
+      str(tmp_path_factory.mktemp("concurrency")))
+  runner.start()
+  try:
+    runners.wait_until_available(runner.grpc_target, ["intent"], 120, runner.check_alive)
+    yield runner
+  finally:
+    runner.stop()
+
+
+@pytest.fixture(scope="module")
+def expected(trained):
+  """Per text: predict_text's classes and probabilities, and classify's labels and scores."""
+  answers = {}
+  with SessionServable(trained.export_dir) as model:
+    for text in TEXTS:
+      predicted = model.run("predict_text", {"text": object_array([text])})
+      classified = model.run("serving_default", {"inputs": object_array(serialized([text]))})
+      answers[text] = {
+          "classes": [c.decode() for c in predicted["classes"][0]],
+          "probabilities": predicted["probabilities"][0],
+          "labels": [c.decode() for c in classified["classes"][0]],
+          "scores": classified["scores"][0]}
+  return answers
+
+
+def _client(number, rest_port, grpc_port, expected):
+  """Sends this client's requests; returns a description of each error or wrong answer."""
+  problems = []
+  connection = http.client.HTTPConnection("127.0.0.1", rest_port, timeout=60)
+  stubs = Stubs(grpc_port)
+  try:
+    for i in range(REQUESTS_PER_CLIENT):
+      kind = KINDS[(number + i) % len(KINDS)]
+      text = TEXTS[(number * 7 + i) % len(TEXTS)]
+      want = expected[text]
+      try:
+        if kind == "rest_predict":
+          body = {"signature_name": "predict_text", "instances": [text]}
+          connection.request("POST", "/v1/models/intent:predict", json.dumps(body))
+          response = connection.getresponse()
+          answer = json.loads(response.read())
+          assert response.status == 200, answer
+          row = answer["predictions"][0]
+          same = row["classes"] == want["classes"] and np.array_equal(
+              np.array(row["probabilities"], dtype=np.float32), want["probabilities"])
+        elif kind == "rest_classify":
+          body = {"examples": [{"text": text}]}
+          connection.request("POST", "/v1/models/intent:classify", json.dumps(body))
+          response = connection.getresponse()
+          answer = json.loads(response.read())
+          assert response.status == 200, answer
+          (result,) = answer["results"]
+          same = [label for label, _ in result] == want["labels"] and np.array_equal(
+              np.array([score for _, score in result], dtype=np.float32), want["scores"])
+        elif kind == "grpc_classify":
+          labels, scores = classify_answer(
+              stubs.prediction.Classify(classify_request([text]), timeout=60).result)
+          same = labels[0] == want["labels"] and np.array_equal(scores[0], want["scores"])
+        else:
+          response = stubs.prediction.Predict(
+              predict_request("predict", {"examples": serialized([text])}), timeout=60)
+          classes = [c.decode() for c in tf.make_ndarray(response.outputs["classes"])[0]]
+          same = classes == want["classes"] and np.array_equal(
+              tf.make_ndarray(response.outputs["probabilities"])[0], want["probabilities"])
+        if not same:
+          problems.append(f"client {number} request {i} ({kind}, {text!r}): wrong answer")
+      except Exception as e:  # every failure is a finding, whatever its type
+        problems.append(f"client {number} request {i} ({kind}): {type(e).__name__}: {e}")
+        connection.close()
+  finally:
+    connection.close()
+    stubs.close()
+  return problems
+
+
+def test_concurrent_mixed_rest_and_grpc_clients_get_no_error_and_the_in_process_answers(
+    running, expected):
+  with futures.ThreadPoolExecutor(CLIENTS) as pool:
+    results = list(pool.map(lambda n: _client(n, running.rest_port, running.grpc_port,
+                                               expected), range(CLIENTS)))
+  problems = [p for client in results for p in client]
+  assert not problems, f"{len(problems)} problems, first: {problems[:5]}"
+  running.check_alive()

@@ -1,0 +1,164 @@
+"""TF Serving's REST JSON rules: what a request means, how an answer is written."""
+
+import base64
+import json
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from tensorflow.core.protobuf import meta_graph_pb2
+
+from serving import json_tensor
+from serving.errors import ServingError
+
+
+def specs(**dtypes):
+  return {name: meta_graph_pb2.TensorInfo(dtype=dtype.as_datatype_enum)
+          for name, dtype in dtypes.items()}
+
+
+@pytest.mark.parametrize("value, text", [
+    (0.1, "0.1"), (1.0, "1.0"), (-3.0, "-3.0"), (1e-5, "1e-05"), (1e6, "1e+06"),
+    (0.123456789, "0.123456791"), (float("nan"), "NaN"), (float("inf"), "Infinity"),
+    (float("-inf"), "-Infinity"), (0.999882, "0.999882")])
+def test_float32_values_are_written_as_tf_serving_writes_them(value, text):
+  body = json_tensor.predict_response({"y": np.array([value], dtype=np.float32)}, False)
+  assert body.decode() == '{"outputs":[' + text + "]}"
+
+
+def test_written_floats_read_back_to_the_same_float32():
+  values = np.random.default_rng(0).standard_normal(1000).astype(np.float32)
+  body = json_tensor.predict_response({"y": values}, False)
+  np.testing.assert_array_equal(np.array(json.loads(body)["outputs"], dtype=np.float32), values)
+
+
+def test_row_answers_name_outputs_only_when_there_are_several():
+  single = json_tensor.predict_response({"y": np.array([[1, 2], [3, 4]], dtype=np.int64)}, True)
+  assert json.loads(single) == {"predictions": [[1, 2], [3, 4]]}
+  several = json_tensor.predict_response(
+      {"classes": np.array([[b"a"], [b"b"]], dtype=object),
+       "ok": np.array([True, False])}, True)
+  assert json.loads(several) == {"predictions": [{"classes": ["a"], "ok": True},
+                                                 {"classes": ["b"], "ok": False}]}
+  columnar = json_tensor.predict_response(
+      {"classes": np.array([[b"a"], [b"b"]], dtype=object),
+       "ok": np.array([True, False])}, False)
+  assert json.loads(columnar) == {"outputs": {"classes": [["a"], ["b"]], "ok": [True, False]}}
+
+
+def test_outputs_named_bytes_travel_as_b64_and_other_strings_keep_their_bytes():
+  raw = b"\xff\x00ok"
+  body = json_tensor.predict_response(
+      {"image_bytes": np.array([raw], dtype=object), "label": np.array([raw], dtype=object)},
+      False)
+  assert json.loads(body.decode("utf-8", "surrogateescape"))["outputs"]["image_bytes"] == [
+      {"b64": base64.b64encode(raw).decode()}]
+  # Like TF Serving, a non-UTF-8 string output is written as the raw bytes it holds.
+  assert b'"label":["\xff\\u0000ok"]' in body
+
+
+def test_row_and_columnar_requests_give_the_same_tensors():
+  text = specs(text=tf.string)
+  rows, row_format = json_tensor.predict_inputs(
+      {"instances": ["a", {"b64": base64.b64encode(b"\xff").decode()}]}, text, "")
+  columns, columnar = json_tensor.predict_inputs({"inputs": {"text": ["a", "b"]}}, text, "")
+  assert row_format and not columnar
+  assert rows["text"].tolist() == [b"a", b"\xff"] and columns["text"].tolist() == [b"a", b"b"]
+  several = specs(x=tf.float32, n=tf.int64)
+  arrays, _ = json_tensor.predict_inputs(
+      {"instances": [{"x": [1, 2.5], "n": 3}, {"x": [0, 1], "n": 4}]}, several, "")
+  assert arrays["x"].dtype == np.float32 and arrays["x"].shape == (2, 2)
+  assert arrays["n"].tolist() == [3, 4]
+
+
+@pytest.mark.parametrize("document, dtypes, message", [
+    ({"instances": [1]}, dict(text=tf.string),
+     "Failed to process element: 0 of 'instances' list. Error: INVALID_ARGUMENT: JSON Value: 1 "
+     "Type: Number is not of expected type: string"),
+    ({"instances": [[1, 2], [3]]}, dict(x=tf.int64),
+     "Failed to process element: 1 of 'instances' list. Error: INVALID_ARGUMENT: Expecting "
+     "tensor size: 2 but got: 1"),
+    ({"instances": [{"x": 1}]}, dict(x=tf.int32, y=tf.int32),
+     "Failed to process element: 0 of 'instances' list. JSON object: {\n    \"x\": 1\n} keys "
+     "must be equal to: x,y"),
+    ({"instances": ["a"]}, dict(x=tf.string, y=tf.string),
+     "instances is a plain list, but expecting list of objects"),
+    ({"inputs": {"x": ["a"]}}, dict(text=tf.string), "Missing named input: text in 'inputs'"),
+    ({"inputs": [[1, 2], [3]]}, dict(x=tf.float32),
+     "Encountered list at unexpected size: 1 at level: 1 expected size: 2"),
+    ({"inputs": [True]}, dict(x=tf.float32),
+     "JSON Value: true Type: True is not of expected type: float"),
+    ({"inputs": [2**40]}, dict(x=tf.int32), "is not of expected type: int32"),
+    ({"inputs": [{"b64": "!!"}]}, dict(x=tf.string), "Unable to base64 decode"),
+    ({"instances": []}, dict(x=tf.string), "No values in 'instances' array"),
+    ({"instances": [1], "inputs": [1]}, dict(x=tf.int64),
+     "Not formatted correctly expecting only one of 'inputs' or 'instances' keys to exist"),
+    ({"signature_name": "x"}, dict(x=tf.int64), "Missing 'inputs' or 'instances' key"),
+])
+def test_bad_predict_requests_get_tf_serving_messages(document, dtypes, message):
+  with pytest.raises(ServingError) as raised:
+    json_tensor.predict_inputs(document, specs(**dtypes), "")
+  assert message in raised.value.message
+  assert raised.value.http_status == 400
+
+
+@pytest.mark.parametrize("body, message", [
+    (b"", "JSON Parse error: The document is empty"),
+    (b'{"instances": [', "JSON Parse error: "),
+    (b'{"instances": ["\xff"]}', "JSON Parse error: Invalid encoding in string. at offset: 16"),
+    (b"[1]", "Is not object"),
+    (b'{"signature_name": 3}', "'signature_name' key must be a string value."),
+])
+def test_unparseable_bodies_are_invalid_arguments(body, message):
+  with pytest.raises(ServingError) as raised:
+    json_tensor.signature_name(json_tensor.parse_request(body))
+  assert message in raised.value.message and raised.value.http_status == 400
+
+
+def test_json_examples_become_tf_examples_with_tf_serving_feature_kinds():
+  serialized = json_tensor.serialized_examples({
+      "context": {"lang": "en"},
+      "examples": [{"text": "hi", "score": 0.5, "count": [1, 2], "flag": True,
+                    "raw": {"b64": base64.b64encode(b"\x00\xff").decode()}, "none": []}]})
+  example = tf.train.Example.FromString(serialized[0])
+  feature = example.features.feature
+  assert feature["lang"].bytes_list.value == [b"en"]  # merged from the context
+  assert feature["text"].bytes_list.value == [b"hi"]
+  assert feature["score"].float_list.value == [0.5]
+  assert feature["count"].int64_list.value == [1, 2]
+  assert feature["flag"].int64_list.value == [1]
+  assert feature["raw"].bytes_list.value == [b"\x00\xff"]
+  assert feature["none"].WhichOneof("kind") is None
+  assert json_tensor.example_from_json(json_tensor.example_to_json(example)) == example
+
+
+@pytest.mark.parametrize("document, message", [
+    ({"examples": []}, "'examples' value is an empty array"),
+    ({"examples": {}}, "Expecting 'examples' value to be an list/array"),
+    ({}, "key 'examples' is expected and was not found"),
+    ({"examples": [{"x": [1, "a"]}]}, "Unexpected element type in feature: x expecting type: "
+                                      "int64"),
+    ({"examples": [{"x": None}]}, "Feature: x has element with unexpected JSON type: Null"),
+    ({"examples": [{"x": [[1]]}]}, "Feature: x has element with unexpected JSON type: Array"),
+    ({"examples": [3]}, "Example must be JSON object but got JSON Number"),
+    ({"examples": [{"x": 2**63}]}, "has uint64_t element. Only int64_t is supported."),
+])
+def test_bad_examples_get_tf_serving_messages(document, message):
+  with pytest.raises(ServingError) as raised:
+    json_tensor.serialized_examples(document)
+  assert message in raised.value.message
+
+
+def test_classify_and_regress_results_are_written_under_results():
+  from tensorflow_serving.apis import classification_pb2
+  from tensorflow_serving.apis import regression_pb2
+  classified = classification_pb2.ClassificationResult()
+  classified.classifications.add().classes.add(label="book_flight", score=0.75)
+  assert json.loads(json_tensor.classify_response(classified)) == {
+      "results": [[["book_flight", 0.75]]]}
+  regressed = regression_pb2.RegressionResult()
+  regressed.regressions.add(value=1.0)
+  regressed.regressions.add(value=0.1)
+  assert json_tensor.regress_response(regressed) == b'{"results":[1.0,0.1]}'
+  with pytest.raises(ServingError, match="Cannot convert empty RegressionResults to JSON"):
+    json_tensor.regress_response(regression_pb2.RegressionResult())
