@@ -30,6 +30,20 @@ class TrainerConfig:
   save_checkpoints_steps: int = 500
   eval_throttle_secs: int = 60
   hub_module: Optional[str] = None
+  # Where the estimator keeps checkpoints, its summaries and the built hub module; None
+  # means the job dir. Vertex AI sets it through AIP_CHECKPOINT_DIR.
+  checkpoint_dir: Optional[str] = None
+  # The export base (versions go below it); None means <job_dir>/export/<model_name>.
+  # Vertex AI sets it through AIP_MODEL_DIR.
+  export_dir: Optional[str] = None
+  # Also receives the training summaries and the final eval metrics (AIP_TENSORBOARD_LOG_DIR);
+  # None leaves TensorBoard on the checkpoint dir, where the estimator writes anyway.
+  tensorboard_dir: Optional[str] = None
+  # How long other cluster tasks wait for the chief's hub module (workers: and for its
+  # first checkpoint).
+  chief_wait_secs: int = 600
+  # Caps tf.estimator's start-up delay of worker k ((k + 1) * 5 s); None keeps its cap (60 s).
+  max_worker_delay_secs: Optional[int] = None
   model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
   text_module: TextModuleConfig = dataclasses.field(default_factory=TextModuleConfig)
 
@@ -49,8 +63,20 @@ class TrainerConfig:
       problems.append(f"batch_size must be >= 1, got {self.batch_size}")
     if self.save_checkpoints_steps < 1:
       problems.append(f"save_checkpoints_steps must be >= 1, got {self.save_checkpoints_steps}")
+    if self.chief_wait_secs < 1:
+      problems.append(f"chief_wait_secs must be >= 1, got {self.chief_wait_secs}")
+    if self.max_worker_delay_secs is not None and self.max_worker_delay_secs < 0:
+      problems.append(f"max_worker_delay_secs must be >= 0, got {self.max_worker_delay_secs}")
+    for name in ("checkpoint_dir", "export_dir", "tensorboard_dir"):
+      if getattr(self, name) == "":
+        problems.append(f"{name} must be unset or a path, not empty")
     if problems:
       raise ValueError("Invalid trainer config: " + "; ".join(problems))
+
+  @property
+  def model_dir(self) -> str:
+    """The estimator's model_dir."""
+    return self.checkpoint_dir or self.job_dir
 
   def steps_for(self, num_train_examples: int) -> int:
     if self.train_steps:

@@ -196,13 +196,20 @@ def check_eval_labels(train: Sequence[Example], evaluation: Sequence[Example],
 
 
 def make_input_fn(examples: Sequence[Example], batch_size: int, shuffle: bool,
-                  num_epochs=None, seed: int = 0):
-  """An estimator input_fn; `num_epochs=None` repeats forever (bounded by train steps)."""
+                  num_epochs=None, seed: int = 0, num_shards: int = 1, shard_index: int = 0):
+  """An estimator input_fn; `num_epochs=None` repeats forever (bounded by train steps).
+
+  With `num_shards` > 1 it reads only every `num_shards`-th example from `shard_index`.
+  """
+  if not 0 <= shard_index < num_shards:
+    raise ValueError(f"shard_index must be in [0, {num_shards}), got {shard_index}")
   texts = [e.text for e in examples]
   labels = [e.intent for e in examples]
 
   def input_fn():
     dataset = tf.data.Dataset.from_tensor_slices(({TEXT_FEATURE: texts}, labels))
+    if num_shards > 1:
+      dataset = dataset.shard(num_shards, shard_index)
     if shuffle:
       dataset = dataset.shuffle(len(texts), seed=seed, reshuffle_each_iteration=True)
     dataset = dataset.repeat(num_epochs)

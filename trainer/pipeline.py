@@ -2,20 +2,29 @@
 
 Job dir layout (the census-sample convention, so TensorBoard points at the job dir):
   hub_module/               the text-embedding module built from the training corpus
+  hub_module.ready          written once the module is complete; other cluster tasks wait for it
   checkpoint, model.ckpt-*  the estimator's checkpoints and summaries (eval/ for eval)
   eval_report.json          accuracy, macro-F1, per-intent precision/recall, confusions
   export/<model>/<version>/ the TF Serving servable
+Vertex AI's AIP_* variables move parts of it elsewhere (see trainer/cloud.py).
+
+On a TF_CONFIG cluster every task runs `run`: tf.estimator.train_and_evaluate's
+between-graph parameter-server runtime does the distribution. Only the chief (or legacy
+master) builds the hub module, writes the eval report, exports and reports the tuning
+metric; workers, parameter servers and the evaluator wait for its module and then only
+take their part in train_and_evaluate.
 """
 
 import dataclasses
 import time
-from typing import Dict
+from typing import Callable, Dict, Optional
 
 import tensorflow as tf
 from absl import logging
 
 from export import artifact_io
 from export import servable
+from trainer import cloud
 from trainer import evaluation
 from trainer import inputs
 from trainer import model
@@ -23,14 +32,16 @@ from trainer import text_module
 from trainer.config import TrainerConfig
 
 _WARMUP_TEXTS = 64
+_CHIEF_POLL_SECS = 1.0
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainResult:
+  """What `train` left behind; the report fields are None on tasks other than the chief."""
   module_path: str
-  checkpoint_path: str
-  eval_report_path: str
-  eval_report: Dict
+  checkpoint_path: Optional[str]
+  eval_report_path: Optional[str]
+  eval_report: Optional[Dict]
   train_examples: int
   train_seconds: float
   estimator: tf.estimator.Estimator
@@ -39,15 +50,20 @@ class TrainResult:
 @dataclasses.dataclass(frozen=True)
 class PipelineResult:
   train: TrainResult
-  export_dir: str
+  export_dir: Optional[str]  # None on tasks other than the chief
 
 
 def module_dir(config: TrainerConfig) -> str:
-  return artifact_io.join(config.job_dir, "hub_module")
+  # Beside the checkpoints: the directory every cluster task must share anyway.
+  return artifact_io.join(config.model_dir, "hub_module")
+
+
+def module_ready_marker(config: TrainerConfig) -> str:
+  return module_dir(config) + ".ready"
 
 
 def export_base(config: TrainerConfig) -> str:
-  return artifact_io.join(config.job_dir, "export", config.model_name)
+  return config.export_dir or artifact_io.join(config.job_dir, "export", config.model_name)
 
 
 def load_data(config: TrainerConfig):
@@ -62,58 +78,132 @@ def load_data(config: TrainerConfig):
   return train, evaluation_examples
 
 
-def ensure_text_module(config: TrainerConfig, train_texts) -> str:
-  """The user's module, or ours built once per job dir (reused when a job resumes)."""
+def ensure_text_module(config: TrainerConfig, train_texts,
+                       environment: Optional[cloud.JobEnvironment] = None) -> str:
+  """The user's module, or ours built once per job by the chief (reused when a job resumes).
+
+  `environment` defaults to this process's TF_CONFIG, which the estimator follows too.
+  Other cluster tasks wait for the chief's ready marker rather than for the module's
+  files: on gs:// a directory rename copies object by object, so files appear one by one.
+  """
   if config.hub_module:
     return config.hub_module
+  environment = environment or cloud.from_environ()
   path = module_dir(config)
+  if not environment.is_chief:
+    marker = module_ready_marker(config)
+    _wait_for_chief(config, environment, "text module", marker,
+                    lambda: tf.io.gfile.exists(marker))
+    return path
   if tf.io.gfile.exists(artifact_io.join(path, "tfhub_module.pb")):
     logging.info("Reusing the text module in %s", path)
-    return path
-  started = time.time()
-  text_module.build_text_module(train_texts, config.text_module, path, seed=config.seed)
-  logging.info("Built the text module in %s (%.1fs)", path, time.time() - started)
+  else:
+    started = time.time()
+    text_module.build_text_module(train_texts, config.text_module, path, seed=config.seed)
+    logging.info("Built the text module in %s (%.1fs)", path, time.time() - started)
+  if not tf.io.gfile.exists(module_ready_marker(config)):
+    artifact_io.write_atomic(module_ready_marker(config), "")
   return path
 
 
+def _wait_for_chief(config: TrainerConfig, environment: cloud.JobEnvironment, what: str,
+                    where: str, ready: Callable[[], bool]) -> None:
+  deadline = time.monotonic() + config.chief_wait_secs
+  logging.info("%s: waiting up to %ds for the chief's %s (%s)",
+               environment.name, config.chief_wait_secs, what, where)
+  while not ready():
+    if time.monotonic() >= deadline:
+      raise TimeoutError(
+          f"{environment.name}: the chief's {what} did not appear within "
+          f"{config.chief_wait_secs}s (waited for {where}). Is the chief running, and do "
+          f"all tasks get the same --job-dir on storage they all can reach (gs://, not a "
+          f"local path, across machines)?")
+    time.sleep(_CHIEF_POLL_SECS)
+
+
 def make_estimator(config: TrainerConfig, module_path: str, labels) -> tf.estimator.Estimator:
+  """The estimator; its RunConfig also reads TF_CONFIG, which is what makes it distributed."""
   run_config = tf.estimator.RunConfig(
-      model_dir=config.job_dir,
+      model_dir=config.model_dir,
       tf_random_seed=config.seed,
       save_checkpoints_steps=config.save_checkpoints_steps,
       keep_checkpoint_max=3,
-      log_step_count_steps=100)
+      log_step_count_steps=100,
+      experimental_max_worker_delay_secs=config.max_worker_delay_secs)
   return model.build_estimator(config.model, module_path, labels, run_config)
 
 
-def train(config: TrainerConfig, train_examples, eval_examples) -> TrainResult:
-  """Trains (resuming from the job dir's latest checkpoint) and writes the eval report."""
+def _train_shard(run_config: tf.estimator.RunConfig) -> Dict[str, int]:
+  """One training-input shard per chief/worker; ps and evaluator never read training data.
+
+  Not `global_id_in_cluster`: that also counts an evaluator listed in the cluster.
+  """
+  if (run_config.task_type not in (cloud.CHIEF, cloud.MASTER, cloud.WORKER)
+      or run_config.num_worker_replicas < 2):
+    return {"num_shards": 1, "shard_index": 0}
+  index = run_config.task_id + 1 if run_config.task_type == cloud.WORKER else 0
+  return {"num_shards": run_config.num_worker_replicas, "shard_index": index}
+
+
+def train(config: TrainerConfig, train_examples, eval_examples,
+          environment: Optional[cloud.JobEnvironment] = None) -> TrainResult:
+  """Trains (resuming from the latest checkpoint); the chief also writes the eval report.
+
+  A parameter server never returns from here: tf.estimator's `ps` task serves until it
+  is killed.
+  """
+  environment = environment or cloud.from_environ()
   labels = inputs.label_vocabulary(train_examples)
-  module_path = ensure_text_module(config, [e.text for e in train_examples])
+  module_path = ensure_text_module(config, [e.text for e in train_examples], environment)
   estimator = make_estimator(config, module_path, labels)
+  if environment.task_type == cloud.WORKER:
+    # A worker that finds the variables on the ps uninitialized re-checks only every 30 s
+    # (MonitoredTrainingSession's fixed recovery wait); the chief saves its first
+    # checkpoint right after initializing them.
+    _wait_for_chief(config, environment, "first checkpoint", config.model_dir,
+                    lambda: bool(estimator.latest_checkpoint()))
   steps = config.steps_for(len(train_examples))
+  eval_input_fn = inputs.make_input_fn(eval_examples, config.batch_size, shuffle=False,
+                                       num_epochs=1)
+  train_hooks = []
+  if config.tensorboard_dir and environment.is_chief:
+    train_hooks.append(cloud.SummariesToDirHook(config.tensorboard_dir,
+                                                every_steps=estimator.config.save_summary_steps))
   started = time.time()
   tf.estimator.train_and_evaluate(
       estimator,
       tf.estimator.TrainSpec(
+          # Each worker reads its own shard: with one shuffle seed they would all feed
+          # the same batches in the same order.
           inputs.make_input_fn(train_examples, config.batch_size, shuffle=True,
-                               seed=config.seed),
-          max_steps=steps),
-      tf.estimator.EvalSpec(
-          inputs.make_input_fn(eval_examples, config.batch_size, shuffle=False, num_epochs=1),
-          steps=None, start_delay_secs=0, throttle_secs=config.eval_throttle_secs))
+                               seed=config.seed, **_train_shard(estimator.config)),
+          max_steps=steps, hooks=train_hooks),
+      tf.estimator.EvalSpec(eval_input_fn, steps=None, start_delay_secs=0,
+                            throttle_secs=config.eval_throttle_secs))
   train_seconds = time.time() - started
+  if not environment.is_chief:
+    return TrainResult(module_path, None, None, None, len(train_examples), train_seconds,
+                       estimator)
 
-  predictions = estimator.predict(
-      inputs.make_input_fn(eval_examples, config.batch_size, shuffle=False, num_epochs=1),
-      predict_keys=["classes"])
+  if environment.task_type == cloud.CHIEF and not environment.has_evaluator:
+    # A distributed chief never evaluates and no evaluator task will: evaluate the final
+    # checkpoint once, so the tuning service finds the metric in the eval summaries.
+    estimator.evaluate(eval_input_fn)
+  predictions = estimator.predict(eval_input_fn, predict_keys=["classes"])
   predicted = [p["classes"][0].decode("utf-8") for p in predictions]
   report = evaluation.classification_report([e.intent for e in eval_examples], predicted)
   report_path = artifact_io.join(config.job_dir, "eval_report.json")
   evaluation.write_report(report_path, report)
   for line in evaluation.summary_lines(report):
     logging.info("%s", line)
-  return TrainResult(module_path, estimator.latest_checkpoint(), report_path, report,
+  checkpoint_path = estimator.latest_checkpoint()
+  global_step = int(checkpoint_path.rsplit("-", 1)[1])
+  if config.tensorboard_dir:
+    cloud.write_scalars(artifact_io.join(config.tensorboard_dir, "eval"), global_step,
+                        {cloud.METRIC_TAG: report["accuracy"], "macro_f1": report["macro_f1"]})
+  if cloud.report_tuning_metric(report["accuracy"], global_step):
+    logging.info("Reported %s=%.4f to the tuning service", cloud.METRIC_TAG, report["accuracy"])
+  return TrainResult(module_path, checkpoint_path, report_path, report,
                      len(train_examples), train_seconds, estimator)
 
 
@@ -123,9 +213,14 @@ def export(config: TrainerConfig, result: TrainResult, warmup_texts) -> str:
                                   checkpoint_path=result.checkpoint_path)
 
 
-def run(config: TrainerConfig) -> PipelineResult:
+def run(config: TrainerConfig,
+        environment: Optional[cloud.JobEnvironment] = None) -> PipelineResult:
+  """Runs this task's part of the job; only the chief exports."""
+  environment = environment or cloud.from_environ()
   train_examples, eval_examples = load_data(config)
-  train_result = train(config, train_examples, eval_examples)
+  train_result = train(config, train_examples, eval_examples, environment)
+  if not environment.is_chief:
+    return PipelineResult(train_result, None)
   export_dir = export(config, train_result, [e.text for e in eval_examples[:_WARMUP_TEXTS]])
   logging.info("Exported the servable to %s", export_dir)
   return PipelineResult(train_result, export_dir)

@@ -5,6 +5,10 @@
 
 Accepts `--job-dir` as Cloud AI Platform passes it (and `--job_dir`). Rerunning the
 same command resumes from the job dir's latest checkpoint.
+
+On a cluster (TF_CONFIG with chief/master, worker, ps, evaluator tasks, as AI Platform and
+Vertex AI set it, or `python -m trainer.local_cluster`) every task runs this same command;
+see trainer/cloud.py for the output directories in cloud jobs.
 """
 
 import os
@@ -17,6 +21,9 @@ from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 from absl import logging  # noqa: E402
 
+import tensorflow as tf  # noqa: E402
+
+from trainer import cloud  # noqa: E402
 from trainer import config as config_lib  # noqa: E402
 from trainer import inputs  # noqa: E402
 from trainer import pipeline  # noqa: E402
@@ -91,6 +98,13 @@ flags.DEFINE_integer("save_checkpoints_steps", _DEFAULTS.save_checkpoints_steps,
                      "Save a checkpoint (and evaluate) every this many steps.")
 flags.DEFINE_integer("eval_throttle_secs", _DEFAULTS.eval_throttle_secs,
                      "Evaluate at most once per this many seconds while training.")
+flags.DEFINE_integer("chief_wait_secs", _DEFAULTS.chief_wait_secs,
+                     "On a cluster: how long workers, parameter servers and the evaluator "
+                     "wait for the chief's text module (workers also for its first "
+                     "checkpoint) before giving up.")
+flags.DEFINE_integer("max_worker_delay_secs", _DEFAULTS.max_worker_delay_secs,
+                     "On a cluster: cap of tf.estimator's start-up delay of worker k "
+                     "((k + 1) * 5 s; unset keeps its 60 s cap).")
 
 
 def _ints(values):
@@ -120,6 +134,8 @@ def config_from_flags() -> config_lib.TrainerConfig:
       seed=FLAGS.seed,
       save_checkpoints_steps=FLAGS.save_checkpoints_steps,
       eval_throttle_secs=FLAGS.eval_throttle_secs,
+      chief_wait_secs=FLAGS.chief_wait_secs,
+      max_worker_delay_secs=FLAGS.max_worker_delay_secs,
       hub_module=FLAGS.hub_module or None,
       model=ModelConfig(
           hidden_units=hidden_units,
@@ -142,19 +158,37 @@ def config_from_flags() -> config_lib.TrainerConfig:
           combiner=FLAGS.combiner))
 
 
+def _check_bundled_data(config: config_lib.TrainerConfig) -> None:
+  for flag, path, bundled in (("--train_files", config.train_files, config_lib.BUNDLED_TRAIN),
+                              ("--eval_files", config.eval_files, config_lib.BUNDLED_EVAL)):
+    if path == bundled and not tf.io.gfile.exists(path):
+      raise app.UsageError(
+          f"{flag} defaults to the data set bundled with the source tree ({path}), which "
+          f"is not there: an installed package (wheel or sdist, as training jobs install "
+          f"it) does not ship data/. Pass {flag} explicitly, e.g. gs://bucket/data/...")
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
   try:
-    config = config_from_flags()
+    environment = cloud.from_environ()
+    config = cloud.resolve(config_from_flags(), environment)
   except ValueError as e:
     raise app.UsageError(str(e))
+  _check_bundled_data(config)
   try:
-    result = pipeline.run(config)
+    result = pipeline.run(config, environment)
   except inputs.DataError as e:
     logging.error("Bad input data: %s", e)
     raise SystemExit(2)
+  except TimeoutError as e:
+    logging.error("%s", e)
+    raise SystemExit(3)
   report = result.train.eval_report
+  if report is None:
+    print(f"{environment.name} done")
+    return
   print(f"accuracy {report['accuracy']:.4f}  macro-F1 {report['macro_f1']:.4f}  "
         f"report {result.train.eval_report_path}")
   print(f"servable {result.export_dir}")
