@@ -8,6 +8,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 
+from lineage import store as lineage_store  # noqa: E402
 from optimize import guard  # noqa: E402
 from optimize import optimizer  # noqa: E402
 from optimize import transforms  # noqa: E402
@@ -29,6 +30,8 @@ flags.DEFINE_bool("force", False, "Write the optimized model even if the guard r
 flags.DEFINE_bool("overwrite", False, "Replace a non-empty --output_dir.")
 flags.DEFINE_string("report_dir", None, "Report location (default: <output_dir>.report).")
 flags.DEFINE_bool("measure", True, "Measure size, load time and latency after every step.")
+flags.DEFINE_string("model_name", None, "Model name recorded with the lineage.")
+lineage_store.define_flags()
 flags.mark_flags_as_required(["input_dir", "output_dir"])
 FLAGS = flags.FLAGS
 
@@ -38,11 +41,14 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
   if not 0.0 <= FLAGS.min_agreement <= 1.0:
     raise app.UsageError(f"--min_agreement must be in [0, 1], got {FLAGS.min_agreement}")
+  arguments = dict(transform_specs=FLAGS.transforms, eval_data=FLAGS.eval_data,
+                   min_agreement=FLAGS.min_agreement, force=FLAGS.force,
+                   overwrite=FLAGS.overwrite, report_dir=FLAGS.report_dir, measure=FLAGS.measure)
   try:
-    result = optimizer.optimize(
-        FLAGS.input_dir, FLAGS.output_dir, FLAGS.transforms, eval_data=FLAGS.eval_data,
-        min_agreement=FLAGS.min_agreement, force=FLAGS.force, overwrite=FLAGS.overwrite,
-        report_dir=FLAGS.report_dir, measure=FLAGS.measure)
+    if FLAGS.metadata_db or FLAGS.mysql_host:
+      result = _optimize_recorded(arguments)
+    else:
+      result = optimizer.optimize(FLAGS.input_dir, FLAGS.output_dir, **arguments)
   except optimizer.OptimizeError as e:
     print(f"optimize failed: {e}")
     raise SystemExit(1)
@@ -54,6 +60,18 @@ def main(argv):
   print(f"optimized {result.output_dir}")
   if result.report_paths:
     print(f"report {result.report_paths['markdown']}")
+
+
+def _optimize_recorded(arguments):
+  """Records the run as an Optimize execution in the store the flags name."""
+  from lineage import stages  # Only a recorded run needs the lineage stages.
+  from lineage.record import Recorder
+  store = lineage_store.open_store(lineage_store.config_from_flags(None))
+  recorder = Recorder(store, experiment=FLAGS.input_dir.rstrip("/").rsplit("/", 1)[0])
+  source = stages.recorded_servable(recorder, FLAGS.input_dir, FLAGS.model_name)
+  result, _ = stages.optimize(recorder, source, FLAGS.output_dir, FLAGS.model_name, **arguments)
+  print(f"lineage {store.describe()}")
+  return result
 
 
 if __name__ == "__main__":

@@ -39,6 +39,7 @@ from tensorflow_serving.apis import prediction_service_pb2_grpc  # noqa: E402
 from tensorflow_serving.apis import regression_pb2  # noqa: E402
 
 from export import artifact_io  # noqa: E402
+from lineage import store as lineage_store  # noqa: E402
 from serving import json_tensor  # noqa: E402
 from serving import probe_requests  # noqa: E402
 from serving import runners  # noqa: E402
@@ -421,8 +422,12 @@ def run_smoke_test(model_base_path: str, model_name: str, output_dir: Optional[s
                    batch_size: int = 8, latency_requests: int = 50,
                    deadline_secs: float = 300.0, num_tries: int = 5,
                    max_batch_size: Optional[int] = None, rtol: float = 1e-4,
-                   atol: float = 1e-5, log=print) -> Verdict:
-  """Serves (or reaches) the model, checks every signature, writes and returns the verdict."""
+                   atol: float = 1e-5, expected_version: Optional[int] = None,
+                   log=print) -> Verdict:
+  """Serves (or reaches) the model, checks every signature, writes and returns the verdict.
+
+  With `expected_version`, a server that serves any other version does not bless it.
+  """
   if batch_size < 1 or latency_requests < 1 or num_tries < 1:
     raise ValueError("batch_size, latency_requests and num_tries must be >= 1")
   for name, value in (("target", target), ("rest_target", rest_target)):
@@ -448,6 +453,9 @@ def run_smoke_test(model_base_path: str, model_name: str, output_dir: Optional[s
                                 max_batch_size, deadline_secs, num_tries, log)
       verdict.grpc_target, verdict.rest_target = runner.grpc_target, runner.rest_target
     verdict.version = max(versions)
+    if expected_version is not None and verdict.version != expected_version:
+      raise SmokeTestError(f"the server serves version {verdict.version} of {model_name}, not "
+                           f"the version {expected_version} under test")
     version_dir = artifact_io.join(model_base_path, str(verdict.version))
     if not tf.io.gfile.isdir(version_dir):
       raise SmokeTestError(f"the server serves version {verdict.version} of {model_name}, but "
@@ -528,6 +536,7 @@ def _define_flags() -> None:
   flags.DEFINE_integer("num_tries", 5, "Server starts to try before giving up.")
   flags.DEFINE_integer("max_batch_size", 0, "When > 0, start the server with batching on and "
                        "this max_batch_size.")
+  lineage_store.define_flags()
   flags.mark_flags_as_required(["model_base_path", "model_name"])
 
 
@@ -535,12 +544,16 @@ def main(argv: List[str]) -> int:
   if len(argv) > 1:
     raise app.UsageError(f"unknown argument: {argv[1]}")
   values = flags.FLAGS
-  verdict = run_smoke_test(
-      values.model_base_path, values.model_name, values.output_dir, backend=values.backend,
-      target=values.target, rest_target=values.rest_target,
-      examples_file=values.examples_file, batch_size=values.batch_size,
-      latency_requests=values.latency_requests, deadline_secs=values.deadline_secs,
-      num_tries=values.num_tries, max_batch_size=values.max_batch_size or None)
+  arguments = dict(backend=values.backend, target=values.target,
+                   rest_target=values.rest_target, examples_file=values.examples_file,
+                   batch_size=values.batch_size, latency_requests=values.latency_requests,
+                   deadline_secs=values.deadline_secs, num_tries=values.num_tries,
+                   max_batch_size=values.max_batch_size or None)
+  if values.metadata_db or values.mysql_host:
+    verdict = _smoke_test_recorded(values, arguments)
+  else:
+    verdict = run_smoke_test(values.model_base_path, values.model_name, values.output_dir,
+                             **arguments)
   where = verdict.grpc_target + (f" (REST {verdict.rest_target})" if verdict.rest_target else "")
   print(f"backend: {verdict.backend or 'none'}  server: {where or 'not started'}  model: "
         f"{verdict.model_name} version {verdict.version}")
@@ -555,6 +568,24 @@ def main(argv: List[str]) -> int:
       print(f"server log (last lines):\n{verdict.server_log_tail}", file=sys.stderr)
   print(f"{BLESSED if verdict.blessed else NOT_BLESSED}: {verdict.verdict_path}")
   return 0 if verdict.blessed else 1
+
+
+def _smoke_test_recorded(values, arguments) -> Verdict:
+  """Records the run as a SmokeTest execution of the base path's newest version."""
+  from lineage import stages  # Imported here: lineage.stages imports this module.
+  from lineage.record import Recorder
+  versions = [int(n.rstrip("/")) for n in tf.io.gfile.listdir(values.model_base_path)
+              if n.rstrip("/").isdigit()] if tf.io.gfile.isdir(values.model_base_path) else []
+  if not versions:
+    raise app.UsageError(f"{values.model_base_path} has no numeric version directory to test")
+  store = lineage_store.open_store(lineage_store.config_from_flags(None, values))
+  recorder = Recorder(store, experiment=values.model_base_path)
+  servable = stages.recorded_servable(
+      recorder, artifact_io.join(values.model_base_path, str(max(versions))), values.model_name)
+  verdict, _ = stages.smoke_test_version(recorder, servable, values.model_name,
+                                         values.output_dir, **arguments)
+  print(f"lineage {store.describe()}")
+  return verdict
 
 
 if __name__ == "__main__":

@@ -4,7 +4,11 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from optimize import transforms  # noqa: E402
 
 from trainer import config as config_lib  # noqa: E402
 from trainer import pipeline  # noqa: E402
@@ -20,6 +24,9 @@ def small_config(job_dir, **overrides) -> config_lib.TrainerConfig:
       batch_size=32,
       save_checkpoints_steps=400,
       eval_throttle_secs=0,
+      # The stages after export have tests of their own; fixtures stop at the export.
+      optimize=False,
+      smoke_test=False,
       model=ModelConfig(hidden_units=(32,)),
       text_module=TextModuleConfig(embedding_dim=32, char_ngrams=(3,), oov_buckets=1000))
   settings.update(overrides)
@@ -66,3 +73,16 @@ with tf.compat.v1.Session(graph=tf.Graph()) as session:
                         for k, v in fetched.items()}}
 print(json.dumps(answers))
 """
+
+
+def scramble_weights(graph_def, context):
+  """A deliberately broken transform: shuffles every float matrix."""
+  graph = transforms._copy(graph_def)  # pylint: disable=protected-access
+  rng = np.random.RandomState(0)
+  for node in graph.node:
+    if node.op == "Const" and node.attr["dtype"].type == tf.float32.as_datatype_enum:
+      value = tf.make_ndarray(node.attr["value"].tensor)
+      if value.ndim == 2 and value.size > 1:
+        node.attr["value"].tensor.CopyFrom(tf.make_tensor_proto(
+            rng.permutation(value.reshape(-1)).reshape(value.shape).astype(np.float32)))
+  return graph

@@ -4,8 +4,12 @@ import dataclasses
 import os
 from typing import Optional
 
+from optimize import guard
+from optimize import transforms
 from trainer.model import ModelConfig
 from trainer.text_module import TextModuleConfig
+
+SMOKE_TEST_BACKENDS = ("auto", "binary", "docker", "embedded")
 
 PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BUNDLED_TRAIN = os.path.join(PROJECT_ROOT, "data", "train.csv")
@@ -44,6 +48,14 @@ class TrainerConfig:
   chief_wait_secs: int = 600
   # Caps tf.estimator's start-up delay of worker k ((k + 1) * 5 s); None keeps its cap (60 s).
   max_worker_delay_secs: Optional[int] = None
+  # The stages after export: optimize, then the smoke test of the final servable, then a
+  # push into a TF Serving base path when one is given.
+  optimize: bool = True
+  transforms: str = transforms.DEFAULT_TRANSFORMS
+  min_agreement: float = guard.DEFAULT_MIN_AGREEMENT
+  smoke_test: bool = True
+  smoke_test_backend: str = "auto"
+  push_to: Optional[str] = None
   model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
   text_module: TextModuleConfig = dataclasses.field(default_factory=TextModuleConfig)
 
@@ -67,7 +79,18 @@ class TrainerConfig:
       problems.append(f"chief_wait_secs must be >= 1, got {self.chief_wait_secs}")
     if self.max_worker_delay_secs is not None and self.max_worker_delay_secs < 0:
       problems.append(f"max_worker_delay_secs must be >= 0, got {self.max_worker_delay_secs}")
-    for name in ("checkpoint_dir", "export_dir", "tensorboard_dir"):
+    if not 0.0 <= self.min_agreement <= 1.0:
+      problems.append(f"min_agreement must be in [0, 1], got {self.min_agreement}")
+    if self.smoke_test_backend not in SMOKE_TEST_BACKENDS:
+      problems.append(f"smoke_test_backend must be one of {SMOKE_TEST_BACKENDS}, "
+                      f"got {self.smoke_test_backend!r}")
+    if self.push_to and not self.smoke_test:
+      problems.append("push_to needs the smoke test: only a blessed model is pushed")
+    try:
+      transforms.parse_transforms(self.transforms)
+    except transforms.TransformError as e:
+      problems.append(f"transforms: {e}")
+    for name in ("checkpoint_dir", "export_dir", "tensorboard_dir", "push_to"):
       if getattr(self, name) == "":
         problems.append(f"{name} must be unset or a path, not empty")
     if problems:

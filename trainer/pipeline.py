@@ -1,6 +1,9 @@
 """Train -> evaluate -> export, each step leaving an artifact on disk in the job dir.
 
 Job dir layout (the census-sample convention, so TensorBoard points at the job dir):
+  metadata.sqlite           ML Metadata lineage of every run (unless --metadata_db / MySQL)
+  optimized/<model>/<version>/  the optimized servable (and its .report/)
+  smoke_test/<version>/     the smoke test's verdict.json and BLESSED / NOT_BLESSED marker
   hub_module/               the text-embedding module built from the training corpus
   hub_module.ready          written once the module is complete; other cluster tasks wait for it
   checkpoint, model.ckpt-*  the estimator's checkpoints and summaries (eval/ for eval)
@@ -24,6 +27,12 @@ from absl import logging
 
 from export import artifact_io
 from export import servable
+from lineage import push
+from lineage import schema
+from lineage import stages
+from lineage import store
+from lineage.record import Recorder
+from optimize import optimizer
 from trainer import cloud
 from trainer import evaluation
 from trainer import inputs
@@ -49,8 +58,16 @@ class TrainResult:
 
 @dataclasses.dataclass(frozen=True)
 class PipelineResult:
+  """What the run left on disk; everything but `train` is None on tasks other than the chief."""
   train: TrainResult
-  export_dir: Optional[str]  # None on tasks other than the chief
+  export_dir: Optional[str]
+  optimized_dir: Optional[str] = None
+  verdict_path: Optional[str] = None
+  pushed_dir: Optional[str] = None
+
+
+class StageError(RuntimeError):
+  """A stage after training refused the model; its execution is recorded as such."""
 
 
 def module_dir(config: TrainerConfig) -> str:
@@ -213,14 +230,82 @@ def export(config: TrainerConfig, result: TrainResult, warmup_texts) -> str:
                                   checkpoint_path=result.checkpoint_path)
 
 
-def run(config: TrainerConfig,
-        environment: Optional[cloud.JobEnvironment] = None) -> PipelineResult:
-  """Runs this task's part of the job; only the chief exports."""
+def hyperparameters(config: TrainerConfig) -> Dict:
+  return {"model": dataclasses.asdict(config.model),
+          "text_module": dataclasses.asdict(config.text_module),
+          "hub_module": config.hub_module, "batch_size": config.batch_size,
+          "train_steps": config.train_steps, "num_epochs": config.num_epochs,
+          "seed": config.seed}
+
+
+def run(config: TrainerConfig, environment: Optional[cloud.JobEnvironment] = None,
+        lineage_store: Optional[store.StoreConfig] = None) -> PipelineResult:
+  """train -> export -> optimize -> smoke test -> push, each recorded in ML Metadata.
+
+  Only the chief goes past training. Lineage goes to `lineage_store` (default: SQLite in
+  the job dir); each stage is an execution that ends COMPLETE or FAILED with the reason.
+  """
   environment = environment or cloud.from_environ()
   train_examples, eval_examples = load_data(config)
-  train_result = train(config, train_examples, eval_examples, environment)
   if not environment.is_chief:
-    return PipelineResult(train_result, None)
-  export_dir = export(config, train_result, [e.text for e in eval_examples[:_WARMUP_TEXTS]])
+    return PipelineResult(train(config, train_examples, eval_examples, environment), None)
+  recorder = Recorder(store.open_store(lineage_store or store.store_config(config.job_dir)),
+                      experiment=config.job_dir)
+  labels = len(inputs.label_vocabulary(train_examples))
+  data = {"train_data": schema.dataset(config.train_files, "train", len(train_examples), labels),
+          "eval_data": schema.dataset(config.eval_files, "eval", len(eval_examples),
+                                      len(inputs.label_vocabulary(eval_examples)))}
+  with recorder.execution(schema.TRAIN, inputs=data,
+                          params={"hyperparameters": hyperparameters(config)}) as step:
+    train_result = train(config, train_examples, eval_examples, environment)
+    if tf.io.gfile.isdir(train_result.module_path):
+      step.output("hub_module", schema.hub_module(train_result.module_path))
+    global_step = int(train_result.checkpoint_path.rsplit("-", 1)[1])
+    trained = step.output("model", schema.model(config.model_dir, train_result.checkpoint_path,
+                                                global_step))
+    report = train_result.eval_report
+    step.results(accuracy=report["accuracy"], macro_f1=report["macro_f1"],
+                 metrics={k: report[k] for k in ("accuracy", "macro_f1", "confusion_pairs")},
+                 train_examples=len(train_examples), eval_examples=len(eval_examples),
+                 train_seconds=train_result.train_seconds, global_step=global_step)
+
+  warmup_texts = [e.text for e in eval_examples[:_WARMUP_TEXTS]]
+  with recorder.execution(schema.EXPORT, inputs={"model": trained},
+                          params={"model_name": config.model_name,
+                                  "export_base": export_base(config)}) as step:
+    export_dir = export(config, train_result, warmup_texts)
+    step.results(warmup_records=len(servable.warmup_logs(warmup_texts)))
+    final = step.output("exported_model", schema.exported_model(export_dir, config.model_name))
   logging.info("Exported the servable to %s", export_dir)
-  return PipelineResult(train_result, export_dir)
+  version = export_dir.rstrip("/").rsplit("/", 1)[1]
+
+  optimized_dir = None
+  if config.optimize:
+    optimized_dir = artifact_io.join(config.job_dir, "optimized", config.model_name, version)
+    try:
+      optimized, final = stages.optimize(
+          recorder, final, optimized_dir, config.model_name, transform_specs=config.transforms,
+          min_agreement=config.min_agreement)
+    except optimizer.OptimizeError as e:
+      raise StageError(f"optimize: {e}") from e
+    logging.info("Optimized: %s (guard agreement %.4f)", optimized_dir,
+                 optimized.guard.agreement)
+
+  verdict_path = None
+  if config.smoke_test:
+    verdict, _ = stages.smoke_test_version(
+        recorder, final, config.model_name,
+        output_dir=artifact_io.join(config.job_dir, "smoke_test", version),
+        backend=config.smoke_test_backend, log=lambda line: logging.info("smoke test: %s", line))
+    verdict_path = verdict.verdict_path
+    if not verdict.blessed:
+      raise StageError(f"the smoke test did not bless {final.uri}: {verdict.reason} "
+                       f"(verdict: {verdict_path})")
+
+  pushed_dir = None
+  if config.push_to:
+    try:
+      pushed_dir = push.push(recorder, final, config.push_to).version_dir
+    except push.PushRefused as e:
+      raise StageError(f"push: {e}") from e
+  return PipelineResult(train_result, export_dir, optimized_dir, verdict_path, pushed_dir)

@@ -23,6 +23,7 @@ from absl import logging  # noqa: E402
 
 import tensorflow as tf  # noqa: E402
 
+from lineage import store as lineage_store  # noqa: E402
 from trainer import cloud  # noqa: E402
 from trainer import config as config_lib  # noqa: E402
 from trainer import inputs  # noqa: E402
@@ -107,6 +108,23 @@ flags.DEFINE_integer("max_worker_delay_secs", _DEFAULTS.max_worker_delay_secs,
                      "((k + 1) * 5 s; unset keeps its 60 s cap).")
 
 
+flags.DEFINE_bool("optimize", _DEFAULTS.optimize,
+                  "Optimize the export (python -m optimize) before the smoke test.")
+flags.DEFINE_string("transforms", _DEFAULTS.transforms,
+                    "Optimizer transforms, in order (see python -m optimize --help).")
+flags.DEFINE_float("min_agreement", _DEFAULTS.min_agreement,
+                   "The optimizer's accuracy guard: lowest top-1 agreement to accept.")
+flags.DEFINE_bool("smoke_test", _DEFAULTS.smoke_test,
+                  "Serve the final servable and check every signature over REST and gRPC.")
+flags.DEFINE_enum("smoke_test_backend", _DEFAULTS.smoke_test_backend,
+                  config_lib.SMOKE_TEST_BACKENDS,
+                  "Server for the smoke test; auto takes the real TF Serving when it can run.")
+flags.DEFINE_string("push_to", None,
+                    "TF Serving model base path to push a blessed servable to, as its next "
+                    "numeric version (nothing is pushed when unset).")
+lineage_store.define_flags()
+
+
 def _ints(values):
   return tuple(int(v) for v in values if str(v).strip())
 
@@ -137,6 +155,12 @@ def config_from_flags() -> config_lib.TrainerConfig:
       chief_wait_secs=FLAGS.chief_wait_secs,
       max_worker_delay_secs=FLAGS.max_worker_delay_secs,
       hub_module=FLAGS.hub_module or None,
+      optimize=FLAGS.optimize,
+      transforms=FLAGS.transforms,
+      min_agreement=FLAGS.min_agreement,
+      smoke_test=FLAGS.smoke_test,
+      smoke_test_backend=FLAGS.smoke_test_backend,
+      push_to=FLAGS.push_to or None,
       model=ModelConfig(
           hidden_units=hidden_units,
           dropout=FLAGS.dropout,
@@ -174,17 +198,22 @@ def main(argv):
   try:
     environment = cloud.from_environ()
     config = cloud.resolve(config_from_flags(), environment)
-  except ValueError as e:
+    store = lineage_store.config_from_flags(config.job_dir)
+  except (ValueError, lineage_store.StoreError) as e:
     raise app.UsageError(str(e))
   _check_bundled_data(config)
   try:
-    result = pipeline.run(config, environment)
+    result = pipeline.run(config, environment, store)
   except inputs.DataError as e:
     logging.error("Bad input data: %s", e)
     raise SystemExit(2)
   except TimeoutError as e:
     logging.error("%s", e)
     raise SystemExit(3)
+  except pipeline.StageError as e:
+    logging.error("%s", e)
+    print(f"failed: {e}")
+    raise SystemExit(4)
   report = result.train.eval_report
   if report is None:
     print(f"{environment.name} done")
@@ -192,6 +221,13 @@ def main(argv):
   print(f"accuracy {report['accuracy']:.4f}  macro-F1 {report['macro_f1']:.4f}  "
         f"report {result.train.eval_report_path}")
   print(f"servable {result.export_dir}")
+  if result.optimized_dir:
+    print(f"optimized {result.optimized_dir}")
+  if result.verdict_path:
+    print(f"verdict {result.verdict_path}")
+  if result.pushed_dir:
+    print(f"pushed {result.pushed_dir}")
+  print(f"lineage {store.describe()}")
 
 
 if __name__ == "__main__":

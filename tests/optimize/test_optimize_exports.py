@@ -12,7 +12,7 @@ import tensorflow as tf
 from tensorflow.python.framework import op_def_registry
 
 import estimator_exports
-from conftest import PROJECT_ROOT, run_python
+from conftest import PROJECT_ROOT, run_python, scramble_weights
 from optimize import guard
 from optimize import optimizer
 from optimize import savedmodel_io
@@ -155,19 +155,6 @@ def test_optimizes_the_hub_text_model_smaller_with_warmup_kept(trained, tmp_path
   for path in result.report_paths.values():
     assert os.path.getsize(path) > 0
   assert_same_answers_in_a_fresh_process(trained.export_dir, result.output_dir, None, tmp_path)
-
-
-def scramble_weights(graph_def, context):
-  """A deliberately broken transform: shuffles every float matrix."""
-  graph = transforms._copy(graph_def)  # pylint: disable=protected-access
-  rng = np.random.RandomState(0)
-  for node in graph.node:
-    if node.op == "Const" and node.attr["dtype"].type == tf.float32.as_datatype_enum:
-      value = tf.make_ndarray(node.attr["value"].tensor)
-      if value.ndim == 2 and value.size > 1:
-        node.attr["value"].tensor.CopyFrom(tf.make_tensor_proto(
-            rng.permutation(value.reshape(-1)).reshape(value.shape).astype(np.float32)))
-  return graph
 
 
 def test_guard_refuses_a_broken_transform_and_writes_nothing(trained, tmp_path, monkeypatch):

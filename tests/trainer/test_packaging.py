@@ -12,7 +12,7 @@ import pytest
 from conftest import PROJECT_ROOT
 
 _SOURCES = ("pyproject.toml", "setup.py", "README.md")
-_PACKAGES = ("trainer", "export", "optimize", "serving")
+_PACKAGES = ("trainer", "export", "optimize", "serving", "lineage")
 
 
 @pytest.fixture(scope="module")
