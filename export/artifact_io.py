@@ -56,3 +56,14 @@ def write_atomic(path: str, content) -> None:
     if tf.io.gfile.exists(staging):
       tf.io.gfile.remove(staging)
     raise
+
+
+def copy_tree(source: str, target: str) -> None:
+  """Copies every file below `source` to the same relative path below `target`."""
+  source = source.rstrip("/")
+  for parent, _, files in tf.io.gfile.walk(source):
+    relative = parent[len(source):].strip("/")
+    destination = join(target, relative) if relative else target
+    tf.io.gfile.makedirs(destination)
+    for name in files:
+      tf.io.gfile.copy(join(parent, name), join(destination, name), overwrite=True)

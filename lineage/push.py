@@ -54,17 +54,6 @@ def next_version(base_path: str) -> int:
   return max((int(name) for name in names if name.isdigit()), default=0) + 1
 
 
-def copy_tree(source: str, target: str) -> None:
-  source = source.rstrip("/")
-  for parent, _, files in tf.io.gfile.walk(source):
-    relative = parent[len(source):].strip("/")
-    destination = artifact_io.join(target, relative) if relative else target
-    tf.io.gfile.makedirs(destination)
-    for name in files:
-      tf.io.gfile.copy(artifact_io.join(parent, name), artifact_io.join(destination, name),
-                       overwrite=True)
-
-
 def _recorded_servable(recorder: Recorder, model: Union[Artifact, str]) -> Tuple[Artifact, str]:
   """The stored servable `model` stands for, and its content fingerprint as it is now."""
   store = recorder.store
@@ -133,7 +122,7 @@ def _copy_as_next_version(source_dir: str, base_path: str, content: str) -> Tupl
     final = artifact_io.join(base_path, str(version))
     try:
       with artifact_io.staging_dir(final) as staging:
-        copy_tree(source_dir, staging)
+        artifact_io.copy_tree(source_dir, staging)
         copied = fingerprint_lib.fingerprint_dir(staging).fingerprint
         if copied != content:
           raise PushRefused(f"{source_dir} changed while it was being copied (verified "

@@ -169,7 +169,7 @@ def write_servable(source: Servable, graph_def: graph_pb2.GraphDef, output_dir: 
                        artifact_io.join(staging, "assets", asset.filename), overwrite=True)
     extra = artifact_io.join(source_dir, "assets.extra")
     if tf.io.gfile.isdir(extra):
-      _copy_tree(extra, artifact_io.join(staging, "assets.extra"))
+      artifact_io.copy_tree(extra, artifact_io.join(staging, "assets.extra"))
     with tf.io.gfile.GFile(artifact_io.join(staging, "saved_model.pb"), "wb") as f:
       f.write(saved_model.SerializeToString())
   return output_dir
@@ -242,16 +242,6 @@ def _stripped_op_list(graph_def) -> op_def_pb2.OpList:
     if op_def is not None:
       op_list.op.add().CopyFrom(op_def)
   return op_list
-
-
-def _copy_tree(source: str, destination: str) -> None:
-  for directory, _, files in tf.io.gfile.walk(source):
-    relative = directory[len(source):].lstrip("/")
-    target = artifact_io.join(destination, relative) if relative else destination
-    tf.io.gfile.makedirs(target)
-    for name in files:
-      tf.io.gfile.copy(artifact_io.join(directory, name), artifact_io.join(target, name),
-                       overwrite=True)
 
 
 def ops_used(graph_def: graph_pb2.GraphDef):
