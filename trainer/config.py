@@ -28,7 +28,7 @@ class TrainerConfig:
   job_dir: str = DEFAULT_JOB_DIR
   model_name: str = "intent"
   train_steps: int = 0
-  num_epochs: float = 20.0
+  num_epochs: float = 40.0
   batch_size: int = 64
   seed: int = 42
   save_checkpoints_steps: int = 500

@@ -32,7 +32,7 @@ class ModelConfig:
   dropout: float = 0.5
   batch_norm: bool = False
   optimizer: str = "Adam"
-  learning_rate: float = 0.003
+  learning_rate: float = 0.001
   train_embeddings: bool = True
   embedding_optimizer: str = "Adagrad"
   embedding_learning_rate: float = 0.5
