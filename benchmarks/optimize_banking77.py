@@ -30,11 +30,9 @@ from serving.servables import SessionServable  # noqa: E402
 from trainer import pipeline  # noqa: E402
 from trainer import task  # noqa: E402
 
-DATASET = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                       "..", "shared", "datasets", "banking77")
-flags.FLAGS.set_default("train_files", os.path.join(DATASET, "train.csv"))
-flags.FLAGS.set_default("eval_files", os.path.join(DATASET, "test.csv"))
-flags.FLAGS.set_default("job-dir", "")
+import banking77  # noqa: E402  (beside this script)
+
+banking77.use_as_default_data()
 flags.DEFINE_string("signature", "serving_default", "Signature timed for latency.")
 flags.DEFINE_integer("rounds", 5, "Alternating measurement rounds per model.")
 FLAGS = flags.FLAGS

@@ -21,11 +21,9 @@ from absl import flags  # noqa: E402
 from trainer import pipeline  # noqa: E402
 from trainer import task  # noqa: E402
 
-DATASET = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                       "..", "shared", "datasets", "banking77")
-flags.FLAGS.set_default("train_files", os.path.join(DATASET, "train.csv"))
-flags.FLAGS.set_default("eval_files", os.path.join(DATASET, "test.csv"))
-flags.FLAGS.set_default("job-dir", "")
+import banking77  # noqa: E402  (beside this script)
+
+banking77.use_as_default_data()
 
 
 def tfidf_svm_baseline(train, test):
