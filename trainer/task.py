@@ -195,6 +195,9 @@ def _check_bundled_data(config: config_lib.TrainerConfig) -> None:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+  # TensorFlow's logger has a handler of its own and also hands every record to absl's:
+  # without this each estimator line (steps, loss, checkpoints) is printed twice.
+  tf.get_logger().propagate = False
   try:
     environment = cloud.from_environ()
     config = cloud.resolve(config_from_flags(), environment)
