@@ -13,7 +13,6 @@ from typing import Callable, Dict, FrozenSet, Iterable, List, Mapping, Sequence,
 
 import numpy as np
 import tensorflow as tf
-from tensorflow.core.framework import attr_value_pb2
 from tensorflow.core.framework import graph_pb2
 from tensorflow.core.framework import node_def_pb2
 from tensorflow.core.protobuf import config_pb2
@@ -381,7 +380,6 @@ def remove_asserts(graph_def: graph_pb2.GraphDef, context: GraphContext) -> grap
     function = functions.get(name)
     return function is not None and all(n.op in _ASSERT_BODY_OPS for n in function.node_def)
 
-  by_name = {n.name: n for n in graph_def.node}
   asserting = set()
   for node in topological_order(graph_def):
     if node.name in context.protected:
@@ -405,7 +403,6 @@ def remove_asserts(graph_def: graph_pb2.GraphDef, context: GraphContext) -> grap
              for u, p in users.get(name, [])):
         removable.discard(name)
         changed = True
-  del by_name
   result = _with_nodes(graph_def, [n for n in graph_def.node if n.name not in removable])
   for node in result.node:
     kept = [i for i in node.input if not (i.startswith("^") and i[1:] in removable)]

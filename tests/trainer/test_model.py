@@ -6,7 +6,6 @@ import tensorflow as tf
 
 from conftest import small_config
 from trainer import inputs
-from trainer import model
 from trainer import pipeline
 from trainer.model import ModelConfig
 from trainer.text_module import TextModuleConfig
