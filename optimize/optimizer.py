@@ -9,6 +9,7 @@ from typing import Dict, List, Optional, Sequence, Union
 
 import tensorflow as tf
 from absl import logging
+from tensorflow.python.framework import op_def_registry
 
 from export import artifact_io
 from optimize import guard
@@ -71,7 +72,6 @@ def check_graph(graph_def, source: savedmodel_io.Servable, step: str) -> None:
 
 
 def _is_stock(op: str) -> bool:
-  from tensorflow.python.framework import op_def_registry
   return op_def_registry.get(op) is not None and not op.startswith(_BUILD_SPECIFIC_PREFIXES)
 
 
@@ -135,6 +135,7 @@ def optimize(input_dir: str, output_dir: str,
                                       *report.measure(input_dir, signature, batch1, batch64,
                                                       latency_repeats), agreement=1.0))
     graph_def = source.graph_def
+    candidate, result_guard = None, None
     for index, spec in enumerate(specs):
       try:
         graph_def = spec.apply(graph_def, context)
@@ -143,16 +144,18 @@ def optimize(input_dir: str, output_dir: str,
       check_graph(graph_def, source, spec.label)
       logging.info("%s: %d nodes", spec.label, len(graph_def.node))
       if measure:
-        step_dir = savedmodel_io.write_servable(source, graph_def, f"{scratch}/step{index}")
-        step_guard = _compare(input_dir, step_dir, inputs, min_agreement, spec.label)
+        candidate = savedmodel_io.write_servable(source, graph_def, f"{scratch}/step{index}")
+        result_guard = _compare(input_dir, candidate, inputs, min_agreement, spec.label)
         new_histogram = savedmodel_io.op_histogram(graph_def)
         steps.append(report.StepFigures(
             spec.label, len(graph_def.node), report.op_delta(histogram, new_histogram),
-            *report.measure(step_dir, signature, batch1, batch64, latency_repeats),
-            agreement=step_guard.agreement))
+            *report.measure(candidate, signature, batch1, batch64, latency_repeats),
+            agreement=result_guard.agreement))
         histogram = new_histogram
-    candidate = savedmodel_io.write_servable(source, graph_def, f"{scratch}/candidate")
-    result_guard = _compare(input_dir, candidate, inputs, min_agreement, "guard")
+    if candidate is None:
+      # Unmeasured: the last step was not written, so the guard needs it written once.
+      candidate = savedmodel_io.write_servable(source, graph_def, f"{scratch}/candidate")
+      result_guard = _compare(input_dir, candidate, inputs, min_agreement, "guard")
     written = result_guard.passed or force
     if written:
       savedmodel_io.write_servable(source, graph_def, output_dir, overwrite=overwrite)
