@@ -247,3 +247,100 @@ def test_lean_embedding_lookups_gives_the_same_rows_with_fewer_ops(combiner):
   expected = run(graph_def, "y:0", feeds)
   np.testing.assert_array_equal(run(lean, "y:0", feeds), expected)
   np.testing.assert_array_equal(expected[1], np.zeros(4))
+
+
+def char_ngram_model(count_chars_too=False):
+  def fn():
+    words = tf.compat.v1.placeholder(tf.string, [None], name="words")
+    chars = tf.strings.unicode_split(tf.strings.join(["<", words, ">"]), "UTF-8")
+    grams = tf.strings.ngrams(chars, [2, 3], separator="")
+    tf.identity(grams.flat_values, name="grams")
+    tf.identity(grams.row_splits, name="splits")
+    if count_chars_too:
+      tf.identity(chars.row_lengths(), name="lengths")
+    return grams
+  graph_def, grams = build(fn)
+  return graph_def, grams.flat_values.op.name
+
+
+# Repeats, an empty word, accents and bytes that are not UTF-8 (decoded as U+FFFD).
+WORDS = [b"card", b"top", b"card", b"", "café".encode(), b"top", b"\xffab", b"card"]
+
+
+def test_dedupe_char_ngrams_builds_each_distinct_word_once_with_identical_rows():
+  graph_def, ngrams = char_ngram_model()
+  deduped = transforms.dedupe_char_ngrams(graph_def, context("words", "grams", "splits"))
+  assert {"Unique", "RaggedGather"} <= set(ops(deduped))
+  feeds = {"words:0": WORDS}
+  expected = run(graph_def, ["grams:0", "splits:0"], feeds)
+  grams, splits, built = run(deduped, ["grams:0", "splits:0", f"{ngrams}:1"], feeds)
+  np.testing.assert_array_equal(grams, expected[0])
+  np.testing.assert_array_equal(splits, expected[1])
+  assert len(built) - 1 == len(set(WORDS))
+  np.testing.assert_array_equal(run(deduped, "grams:0", {"words:0": []}), [])
+
+
+def test_dedupe_char_ngrams_leaves_characters_used_elsewhere_alone():
+  graph_def, _ = char_ngram_model(count_chars_too=True)
+  result = transforms.dedupe_char_ngrams(graph_def,
+                                         context("words", "grams", "splits", "lengths"))
+  assert "Unique" not in ops(result)
+  np.testing.assert_array_equal(run(result, "lengths:0", {"words:0": WORDS}),
+                                run(graph_def, "lengths:0", {"words:0": WORDS}))
+
+
+def vocabulary_lookup_model():
+  def fn():
+    words = tf.compat.v1.placeholder(tf.string, [None], name="words")
+    marked = tf.compat.v1.placeholder(tf.string, [None], name="marked")
+    splits = tf.compat.v1.placeholder(tf.int64, [None], name="splits")
+    rows = tf.compat.v1.placeholder(tf.int64, [None], name="rows")
+    tokens = tf.RaggedTensor.from_row_splits(
+        tf.concat([words, tf.strings.join(["~", marked])], 0), splits, validate=False)
+    picked = tf.gather(tokens, rows)
+    table = tf.lookup.StaticVocabularyTable(
+        tf.lookup.KeyValueTensorInitializer(["card", "~top"], [0, 1], tf.string, tf.int64),
+        num_oov_buckets=3)
+    tf.identity(table.lookup(picked.flat_values), name="ids")
+    tf.identity(picked.row_splits, name="ids_splits")
+    tf.compat.v1.tables_initializer(name="init_tables")
+  return build(fn)[0]
+
+
+def run_with_tables(graph_def, fetches, feeds):
+  graph = tf.Graph()
+  with graph.as_default():
+    tf.graph_util.import_graph_def(graph_def, name="")
+  with tf.compat.v1.Session(graph=graph) as session:
+    session.run("init_tables")
+    return session.run(fetches, feeds)
+
+
+def test_hoist_elementwise_ops_looks_up_before_concatenating_and_gathering():
+  graph_def = vocabulary_lookup_model()
+  protected = context("words", "marked", "splits", "rows", "ids", "ids_splits", "init_tables")
+  hoisted = transforms.hoist_elementwise_ops(graph_def, protected)
+  gather = next(n for n in hoisted.node if n.op == "RaggedGather")
+  assert tf.as_dtype(gather.attr["Tvalues"].type) == tf.int64
+  # One lookup per concatenated input, each on that input.
+  finds = [n for n in hoisted.node if n.op == "LookupTableFindV2"]
+  assert len(finds) == 2
+  feeds = {"words:0": [b"card", b"x"], "marked:0": [b"top", b"card", b"top"],
+           "splits:0": [0, 2, 3, 5], "rows:0": [2, 0, 2, 1]}
+  expected = run_with_tables(graph_def, ["ids:0", "ids_splits:0"], feeds)
+  actual = run_with_tables(hoisted, ["ids:0", "ids_splits:0"], feeds)
+  np.testing.assert_array_equal(actual[0], expected[0])
+  np.testing.assert_array_equal(actual[1], expected[1])
+  assert list(expected[0][1:3]) == [1, 0]  # "~top" and "card" are in the vocabulary
+
+
+def test_hoist_elementwise_ops_never_applies_an_op_to_a_whole_stored_table():
+  def fn():
+    rows = tf.compat.v1.placeholder(tf.int64, [None], name="rows")
+    picked = tf.gather(tf.ragged.constant([[1, 2], [3], [4, 5, 6]]), rows)
+    tf.identity(tf.cast(picked.flat_values, tf.float32) * 2.0, name="y")
+  graph_def, _ = build(fn)
+  result = transforms.hoist_elementwise_ops(graph_def, context("rows", "y"))
+  gather = next(n for n in result.node if n.op == "RaggedGather")
+  assert tf.as_dtype(gather.attr["Tvalues"].type) == tf.int32
+  np.testing.assert_array_equal(run(result, "y:0", {"rows:0": [2, 0]}), [8, 10, 12, 2, 4])
