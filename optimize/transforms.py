@@ -425,7 +425,9 @@ def lean_embedding_lookups(graph_def: graph_pb2.GraphDef,
   combines, then masks the dummy rows back to zeros: about a dozen ops per request.
   One SparseSegment*WithNumSegments over the gathered unique rows gives the same
   rows, zeros for empty ones included, in the same summation order. Grappler has no such
-  rewrite. Run it before quantize_weights so the gather it leaves can be quantized.
+  rewrite. When the ids cannot be negative (hash buckets, vocabulary line numbers, OOV
+  buckets), the pruning of negative ids (a Where and two gathers over every id) goes
+  too. Run it before quantize_weights so the gather it leaves can be quantized.
   """
   graph = _copy(graph_def)
   by_name = {n.name: n for n in graph.node}
@@ -436,6 +438,9 @@ def lean_embedding_lookups(graph_def: graph_pb2.GraphDef,
       continue
     segment_op, params, fill, segment_ids = match
     indices, values, dense_shape = fill.input[0], fill.input[1], fill.input[2]
+    unpruned = _unpruned(indices, values, by_name)
+    if unpruned is not None:
+      indices, values = unpruned
     prefix, device = select.name + "/lean", select.device
     tidx = tf.as_dtype(segment_op.attr["Tidx"].type)
     # Unique first: every duplicate id is then gathered (and dequantized) only once.
@@ -469,6 +474,119 @@ def lean_embedding_lookups(graph_def: graph_pb2.GraphDef,
         del select.attr[attr]
   graph.node.extend(additions)
   return strip_unused_nodes(graph, context)
+
+
+def _unpruned(indices, values, by_name):
+  """(indices, values) before safe_embedding_lookup_sparse pruned negative ids, if that
+  pruning keeps every id; else None."""
+  kept = []
+  for tensor in (indices, values):
+    gather = by_name.get(node_name(tensor))
+    if gather is None or gather.op != "GatherV2" or not _is_const(gather.input[2], by_name, 0):
+      return None
+    kept.append(gather)
+  if kept[0].input[1] != kept[1].input[1]:
+    return None
+  positions = _skip_identities(by_name.get(node_name(kept[0].input[1])), by_name)
+  if positions is not None and positions.op == "Reshape":
+    positions = by_name.get(node_name(positions.input[0]))
+  if positions is None or positions.op != "Where":
+    return None
+  valid = by_name.get(node_name(positions.input[0]))
+  if (valid is None or valid.op != "GreaterEqual" or valid.input[0] != kept[1].input[0]
+      or not _is_const(valid.input[1], by_name, 0)
+      or not _non_negative(valid.input[0], by_name, _table_writers(by_name))):
+    return None
+  return kept[0].input[0], kept[1].input[0]
+
+
+def _is_const(tensor, by_name, value) -> bool:
+  node = by_name.get(node_name(tensor))
+  return node is not None and node.op == "Const" and np.all(_const_value(node) == value)
+
+
+def _table_writers(by_name):
+  """Table node name -> the nodes that fill or change that table."""
+  writers = collections.defaultdict(list)
+  for node in by_name.values():
+    if node.op in ("InitializeTableFromTextFileV2", "LookupTableImportV2", "LookupTableInsertV2",
+                   "LookupTableRemoveV2", "InitializeTableV2"):
+      table = _skip_identities(by_name.get(node_name(node.input[0])), by_name)
+      writers[table.name if table is not None else node.input[0]].append(node)
+  return writers
+
+
+def _non_negative(tensor, by_name, table_writers, depth=0) -> bool:
+  """Whether every element of `tensor` is >= 0, judged from the ops that make it."""
+  node = by_name.get(node_name(tensor))
+  if node is None or depth > 50:
+    return False
+  index = _output_index(tensor)
+
+  def check(*tensors):
+    return all(_non_negative(t, by_name, table_writers, depth + 1) for t in tensors)
+
+  if node.op in ("StringToHashBucketFast", "StringToHashBucketStrong", "StringToHashBucket",
+                 "LookupTableSizeV2", "Size", "Shape"):
+    return True
+  if node.op == "Const":
+    value = _const_value(node)
+    return value.dtype.kind in "iuf" and bool(np.all(value >= 0))
+  if node.op in ("Identity", "Reshape", "ExpandDims", "Squeeze"):
+    return check(node.input[0])
+  if node.op in ("AddV2", "Add"):
+    return check(node.input[0], node.input[1])
+  if node.op == "ConcatV2":
+    return check(*node.input[:int(node.attr["N"].i)])
+  if node.op == "GatherV2":
+    return check(node.input[0])
+  if node.op == "RaggedGather" and index == int(node.attr["OUTPUT_RAGGED_RANK"].i):
+    return check(node.input[int(node.attr["PARAMS_RAGGED_RANK"].i)])
+  if node.op == "RaggedTensorToSparse" and index == 1:
+    return check(node.input[int(node.attr["RAGGED_RANK"].i)])
+  if node.op == "LookupTableFindV2":
+    return check(node.input[2]) and _table_values_non_negative(node.input[0], by_name,
+                                                                table_writers)
+  if node.op == "SelectV2":
+    condition, chosen, other = node.input[:3]
+    return check(other) and (check(chosen) or _found_only(condition, chosen, by_name,
+                                                          table_writers))
+  return False
+
+
+def _found_only(condition, chosen, by_name, table_writers) -> bool:
+  """Whether `condition` picks `chosen` only where a table lookup found its key."""
+  test = by_name.get(node_name(condition))
+  find = by_name.get(node_name(chosen))
+  if test is None or test.op != "NotEqual" or find is None or find.op != "LookupTableFindV2":
+    return False
+  if chosen not in test.input[:2]:
+    return False
+  default = test.input[1] if test.input[0] == chosen else test.input[0]
+  found_default = by_name.get(node_name(find.input[2]))
+  other_default = by_name.get(node_name(default))
+  return (found_default is not None and other_default is not None
+          and found_default.op == other_default.op == "Const"
+          and np.array_equal(_const_value(found_default), _const_value(other_default))
+          and _table_values_non_negative(find.input[0], by_name, table_writers))
+
+
+def _table_values_non_negative(handle, by_name, table_writers) -> bool:
+  table = _skip_identities(by_name.get(node_name(handle)), by_name)
+  writers = table_writers.get(table.name, []) if table is not None else []
+  if not writers:
+    return False
+  for writer in writers:
+    if writer.op == "InitializeTableFromTextFileV2":
+      if writer.attr["value_index"].i != -1:  # -1: the value is the line number
+        return False
+    elif writer.op in ("LookupTableImportV2", "LookupTableInsertV2", "InitializeTableV2"):
+      values = by_name.get(node_name(writer.input[2]))
+      if values is None or values.op != "Const" or not np.all(_const_value(values) >= 0):
+        return False
+    else:
+      return False
+  return True
 
 
 def _skip_identities(node, by_name):

@@ -344,3 +344,31 @@ def test_hoist_elementwise_ops_never_applies_an_op_to_a_whole_stored_table():
   gather = next(n for n in result.node if n.op == "RaggedGather")
   assert tf.as_dtype(gather.attr["Tvalues"].type) == tf.int32
   np.testing.assert_array_equal(run(result, "y:0", {"rows:0": [2, 0]}), [8, 10, 12, 2, 4])
+
+
+def vocabulary_embedding_model(values):
+  table = np.random.RandomState(0).randn(8, 4).astype(np.float32)
+
+  def fn():
+    tokens = tf.compat.v1.placeholder(tf.string, [None], name="tokens")
+    splits = tf.compat.v1.placeholder(tf.int64, [None], name="splits")
+    vocabulary = tf.lookup.StaticVocabularyTable(
+        tf.lookup.KeyValueTensorInitializer(["a", "b", "c"], values, tf.string, tf.int64),
+        num_oov_buckets=3)
+    ids = tf.RaggedTensor.from_row_splits(vocabulary.lookup(tokens), splits, validate=False)
+    tf.identity(tf.nn.safe_embedding_lookup_sparse(tf.constant(table), ids.to_sparse(),
+                                                   combiner="sqrtn"), name="y")
+    tf.compat.v1.tables_initializer(name="init_tables")
+  return build(fn)[0]
+
+
+@pytest.mark.parametrize("values, pruned", [([0, 1, 2], False), ([0, -1, 2], True)])
+def test_lean_embedding_lookups_drops_id_pruning_only_when_ids_cannot_be_negative(values,
+                                                                                  pruned):
+  graph_def = vocabulary_embedding_model(values)
+  lean = transforms.lean_embedding_lookups(
+      graph_def, context("tokens", "splits", "y", "init_tables"))
+  assert ("Where" in ops(lean)) == pruned
+  feeds = {"tokens:0": [b"a", b"zz", b"b", b"c", b"a"], "splits:0": [0, 2, 2, 5]}
+  np.testing.assert_allclose(run_with_tables(lean, "y:0", feeds),
+                             run_with_tables(graph_def, "y:0", feeds), rtol=1e-6)
