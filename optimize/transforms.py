@@ -1121,7 +1121,8 @@ def _quantized(node, value, use, dtype, per_row, by_name):
       user.input[position] = dequantized
     return nodes
   if scale is not None:
-    nodes.append(_const_node(f"{base}/scale", scale, device))
+    # Shaped [rows, 1], so a gathered scale broadcasts over its row without an ExpandDims.
+    nodes.append(_const_node(f"{base}/scale", scale.reshape(-1, 1), device))
   for index, (gather, position) in enumerate(use):
     prefix = f"{base}/gather_{index}"
     ids, axis = gather.input[1], gather.input[2]
@@ -1139,13 +1140,9 @@ def _quantized(node, value, use, dtype, per_row, by_name):
                            device, Tparams=float_type,
                            Tindices=tf.as_dtype(gather.attr["Tindices"].type),
                            Taxis=tf.as_dtype(gather.attr["Taxis"].type), batch_dims=0)
-      minus_one = _const_node(f"{prefix}/last_axis", np.array(-1, dtype=np.int32), device)
-      expanded = _op_node(f"{prefix}/row_scale_expanded", "ExpandDims",
-                          [row_scale.name, minus_one.name], device, T=float_type,
-                          Tdim=tf.int32)
-      multiply = _op_node(f"{prefix}{DEQUANTIZE_SUFFIX}", "Mul", [cast.name, expanded.name],
+      multiply = _op_node(f"{prefix}{DEQUANTIZE_SUFFIX}", "Mul", [cast.name, row_scale.name],
                           device, T=float_type)
-      nodes += [row_scale, minus_one, expanded, multiply]
+      nodes += [row_scale, multiply]
       result = multiply.name
     # The gather node keeps its name (others refer to it) but becomes an Identity.
     gather.op = "Identity"
