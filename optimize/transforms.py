@@ -755,6 +755,11 @@ _ELEMENTWISE_OPS = {
     "LookupTableFindV2", "Identity", "Cast", "AddV2", "Add", "Sub", "Mul", "Maximum", "Minimum",
     "Equal", "NotEqual", "Less", "LessEqual", "Greater", "GreaterEqual", "LogicalAnd",
     "LogicalOr", "LogicalNot", "SelectV2"}
+# Elementwise ops worth moving: per-element string work. Numeric ops alone are not, as
+# copying them for each ConcatV2 input would only add nodes.
+_STRING_WORK_OPS = {"StringJoin", "StringLower", "StringUpper", "StaticRegexReplace",
+                    "StringStrip", "StringToHashBucketFast", "StringToHashBucketStrong",
+                    "StringToHashBucket", "LookupTableFindV2"}
 # Ops that only compute scalars, usable as the scalar operand of an elementwise op.
 _SCALAR_OPS = {"LookupTableSizeV2"}
 
@@ -797,13 +802,14 @@ def _hoist_one_region(graph, context) -> bool:
       continue
     nodes, output = region
     output_type = _output_dtype(by_name[node_name(output)], _output_index(output))
-    for copy_index, position in enumerate(sources):
+    for position in sources:
       renames = {moved if ":" in moved else moved + ":0": mover.input[position]}
       clones = []
       for node in nodes:
         clone = node_def_pb2.NodeDef()
         clone.CopyFrom(node)
-        clone.name = f"{node.name}/hoisted_{copy_index}"
+        clone.name = _fresh_name(re.sub(r"(/hoisted_\d+)+$", "", node.name) + "/hoisted", by_name)
+        by_name[clone.name] = clone
         clones.append(clone)
         renames["^" + node.name] = "^" + clone.name
         for index in range(_max_outputs(node)):
@@ -818,6 +824,13 @@ def _hoist_one_region(graph, context) -> bool:
         _rename_inputs(node, {output if ":" in output else output + ":0": moved})
     return True
   return False
+
+
+def _fresh_name(base, by_name) -> str:
+  index = 0
+  while f"{base}_{index}" in by_name:
+    index += 1
+  return f"{base}_{index}"
 
 
 def _is_stored(node, by_name) -> bool:
@@ -840,7 +853,7 @@ def _elementwise_region(moved, by_name, users, context):
         region.append(user)
         region_tensors.add(user.name + ":0")
         changed = True
-  if not region:
+  if not any(n.op in _STRING_WORK_OPS for n in region):
     return None
   names = {n.name for n in region}
   moved_users = [u for u, p in users.get(node_name(moved), [])

@@ -337,13 +337,14 @@ def test_hoist_elementwise_ops_looks_up_before_concatenating_and_gathering():
 def test_hoist_elementwise_ops_never_applies_an_op_to_a_whole_stored_table():
   def fn():
     rows = tf.compat.v1.placeholder(tf.int64, [None], name="rows")
-    picked = tf.gather(tf.ragged.constant([[1, 2], [3], [4, 5, 6]]), rows)
-    tf.identity(tf.cast(picked.flat_values, tf.float32) * 2.0, name="y")
+    picked = tf.gather(tf.ragged.constant([["a", "b"], ["c"], ["d", "e", "f"]]), rows)
+    tf.identity(tf.strings.to_hash_bucket_fast(picked.flat_values, 10), name="y")
   graph_def, _ = build(fn)
   result = transforms.hoist_elementwise_ops(graph_def, context("rows", "y"))
   gather = next(n for n in result.node if n.op == "RaggedGather")
-  assert tf.as_dtype(gather.attr["Tvalues"].type) == tf.int32
-  np.testing.assert_array_equal(run(result, "y:0", {"rows:0": [2, 0]}), [8, 10, 12, 2, 4])
+  assert tf.as_dtype(gather.attr["Tvalues"].type) == tf.string
+  np.testing.assert_array_equal(run(result, "y:0", {"rows:0": [2, 0]}),
+                                run(graph_def, "y:0", {"rows:0": [2, 0]}))
 
 
 def vocabulary_embedding_model(values):
