@@ -110,7 +110,7 @@ def main(argv):
     for name, path in (("original", original), ("optimized", optimized)):
       samples[name]["cold"].append(cold_start(path, signature, signature_batch(signature, texts[:1])))
       samples[name]["b1"].extend(latencies(path, signature, texts, 1, 200))
-      samples[name]["b64"].extend(latencies(path, signature, texts, 64, 10))
+      samples[name]["b64"].extend(latencies(path, signature, texts, 64, 40))
   predictions = {}
   for name, path in (("original", original), ("optimized", optimized)):
     predictions[name] = predicted_classes(path, texts)
