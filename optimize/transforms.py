@@ -776,8 +776,10 @@ def hoist_elementwise_ops(graph_def: graph_pb2.GraphDef,
   alone: there hoisting would apply f to the whole table.
   """
   graph = _copy(graph_def)
-  while _hoist_one_region(graph, context):
-    pass
+  # Each hoist moves one region above one gather or concat, so this ends; the bound says so.
+  for _ in range(len(graph.node)):
+    if not _hoist_one_region(graph, context):
+      break
   return strip_unused_nodes(graph, context)
 
 
@@ -786,13 +788,12 @@ def _hoist_one_region(graph, context) -> bool:
   users = consumers(graph)
   for mover in graph.node:
     if mover.op == "RaggedGather":
-      ranks = int(mover.attr["PARAMS_RAGGED_RANK"].i)
-      sources = [ranks]
-      moved = _tensor(mover.name, int(mover.attr["OUTPUT_RAGGED_RANK"].i))
+      sources = [int(mover.attr["PARAMS_RAGGED_RANK"].i)]
+      moved = f"{mover.name}:{mover.attr['OUTPUT_RAGGED_RANK'].i}"
       type_attr = "Tvalues"
     elif mover.op == "ConcatV2":
       sources = list(range(int(mover.attr["N"].i)))
-      moved, type_attr = mover.name, "T"
+      moved, type_attr = mover.name + ":0", "T"
     else:
       continue
     if any(_is_stored(by_name.get(node_name(mover.input[i])), by_name) for i in sources):
@@ -801,9 +802,8 @@ def _hoist_one_region(graph, context) -> bool:
     if region is None:
       continue
     nodes, output = region
-    output_type = _output_dtype(by_name[node_name(output)], _output_index(output))
     for position in sources:
-      renames = {moved if ":" in moved else moved + ":0": mover.input[position]}
+      renames = {moved: mover.input[position]}
       clones = []
       for node in nodes:
         clone = node_def_pb2.NodeDef()
@@ -812,16 +812,16 @@ def _hoist_one_region(graph, context) -> bool:
         by_name[clone.name] = clone
         clones.append(clone)
         renames["^" + node.name] = "^" + clone.name
-        for index in range(_max_outputs(node)):
-          renames[f"{node.name}:{index}"] = _tensor(clone.name, index)
+        renames[node.name + ":0"] = clone.name
       for clone in clones:
         _rename_inputs(clone, renames)
       graph.node.extend(clones)
-      mover.input[position] = renames[output if ":" in output else output + ":0"]
-    mover.attr[type_attr].type = output_type.as_datatype_enum
+      mover.input[position] = renames[output]
+    mover.attr[type_attr].type = _output_dtype(by_name[node_name(output)]).as_datatype_enum
+    region_names = {n.name for n in nodes}
     for node in graph.node:
-      if node is not mover and node.name not in {n.name for n in nodes}:
-        _rename_inputs(node, {output if ":" in output else output + ":0": moved})
+      if node is not mover and node.name not in region_names:
+        _rename_inputs(node, {output: moved})
     return True
   return False
 
@@ -840,8 +840,9 @@ def _is_stored(node, by_name) -> bool:
 
 
 def _elementwise_region(moved, by_name, users, context):
-  """(region nodes in order, its one output tensor) for the elementwise ops reading `moved`."""
-  region_tensors = {moved if ":" in moved else moved + ":0"}
+  """(region nodes in order, its one output tensor) for the elementwise ops reading the
+  tensor `moved` ("node:index"); None when there is no such region worth moving."""
+  region_tensors = {moved}
   region, changed = [], True
   while changed:
     changed = False
@@ -857,7 +858,7 @@ def _elementwise_region(moved, by_name, users, context):
     return None
   names = {n.name for n in region}
   moved_users = [u for u, p in users.get(node_name(moved), [])
-                 if _tensor_key(u.input[p]) == _tensor_key(moved)]
+                 if _tensor_key(u.input[p]) == moved]
   if any(u.name not in names for u in moved_users):
     return None
   outputs = set()
@@ -898,8 +899,8 @@ def _elementwise_over(node, region_tensors, by_name) -> bool:
   return per_element
 
 
-def _output_dtype(node, index):
-  output_arg = op_def_registry.get(node.op).output_arg[index]
+def _output_dtype(node):
+  output_arg = op_def_registry.get(node.op).output_arg[0]
   if output_arg.type_attr:
     return tf.as_dtype(node.attr[output_arg.type_attr].type)
   return tf.as_dtype(output_arg.type)
