@@ -906,6 +906,82 @@ def _output_dtype(node):
   return tf.as_dtype(output_arg.type)
 
 
+def prefer_eigen_kernels(graph_def: graph_pb2.GraphDef, context: GraphContext,
+                         max_elements: int = 1 << 20) -> graph_pb2.GraphDef:
+  del context  # In-place op changes keep every node's name.
+  """Keeps small float MatMuls and Softmax on Eigen kernels.
+
+  TensorFlow's oneDNN build (the x86 default since 2.9) rewrites every float MatMul and
+  Softmax into a oneDNN op at load, whose fixed cost per call outweighs the arithmetic of
+  a dense layer of a few hundred units or a softmax over a few dozen classes. Stock forms
+  that no load-time pass rewrites compute the same on Eigen: SparseMatMul with both
+  sparsity hints off (Eigen's dense contraction) for MatMuls whose constant weights have
+  at most `max_elements` values, and Softmax spelled as Eigen computes it (subtract the
+  row max, Exp, multiply by the reciprocal of the row sum). Results can differ in the
+  last float bits. Run it last: the other transforms look for MatMul.
+  """
+  max_elements = int(max_elements)
+  graph = _copy(graph_def)
+  by_name = {n.name: n for n in graph.node}
+  additions = []
+  # Nodes change op in place and keep their names, so protected ones qualify too.
+  for node in graph.node:
+    if node.op == "MatMul" and node.attr["T"].type == tf.float32.as_datatype_enum:
+      weights = _constant_source(node.input[1], by_name)
+      if weights is not None and _const_value(weights).size <= max_elements:
+        _to_sparse_matmul(node)
+    elif node.op == "Softmax" and node.attr["T"].type == tf.float32.as_datatype_enum:
+      additions += _spell_out_softmax(node)
+  graph.node.extend(additions)
+  return graph
+
+
+def _to_sparse_matmul(node) -> None:
+  transpose = {key: node.attr[key].b for key in ("transpose_a", "transpose_b")}
+  del node.attr["T"]
+  node.op = "SparseMatMul"
+  node.attr["Ta"].type = node.attr["Tb"].type = tf.float32.as_datatype_enum
+  node.attr["a_is_sparse"].b = node.attr["b_is_sparse"].b = False
+  for key, value in transpose.items():
+    node.attr[key].b = value
+
+
+def _spell_out_softmax(node):
+  """Turns `node` into Mul(Exp(x - max), 1 / sum) over the last axis, keeping its name."""
+  prefix, device, logits = node.name + "/eigen", node.device, node.input[0]
+  axis = _const_node(f"{prefix}/last_axis", np.array([-1], np.int32), device)
+  reduce_attrs = dict(T=tf.float32, Tidx=tf.int32, keep_dims=True)
+  row_max = _op_node(f"{prefix}/row_max", "Max", [logits, axis.name], device, **reduce_attrs)
+  shifted = _op_node(f"{prefix}/shifted", "Sub", [logits, row_max.name], device, T=tf.float32)
+  exp = _op_node(f"{prefix}/exp", "Exp", [shifted.name], device, T=tf.float32)
+  row_sum = _op_node(f"{prefix}/row_sum", "Sum", [exp.name, axis.name], device, **reduce_attrs)
+  inverse = _op_node(f"{prefix}/inverse", "Reciprocal", [row_sum.name], device, T=tf.float32)
+  node.op = "Mul"
+  del node.input[:]
+  node.input.extend([exp.name, inverse.name])
+  return [axis, row_max, shifted, exp, row_sum, inverse]
+
+
+def _constant_source(tensor, by_name):
+  """The Const a tensor is made from through Identity, Cast or a scaling Mul, or None."""
+  node = by_name.get(node_name(tensor))
+  while node is not None and node.op != "Const":
+    if node.op in ("Identity", "Cast"):
+      node = by_name.get(node_name(node.input[0]))
+    elif node.op == "Mul":
+      operands = [by_name.get(node_name(t)) for t in node.input[:2]]
+      if any(o is None for o in operands):
+        return None
+      # The dequantize Mul: the weights and a per-column scale, both constant-derived.
+      sources = [_constant_source(t, by_name) for t in node.input[:2]]
+      if None in sources:
+        return None
+      return max(sources, key=lambda n: _const_value(n).size)
+    else:
+      return None
+  return node
+
+
 def fold_constants(graph_def: graph_pb2.GraphDef, context: GraphContext) -> graph_pb2.GraphDef:
   return run_grappler(graph_def, context, ["constfold"])
 
@@ -1182,6 +1258,7 @@ TRANSFORMS: Dict[str, Callable] = {
     "lean_embedding_lookups": lean_embedding_lookups,
     "dedupe_char_ngrams": dedupe_char_ngrams,
     "hoist_elementwise_ops": hoist_elementwise_ops,
+    "prefer_eigen_kernels": prefer_eigen_kernels,
     "quantize_weights": quantize_weights,
     "grappler": grappler,
 }
@@ -1189,7 +1266,7 @@ TRANSFORMS: Dict[str, Callable] = {
 DEFAULT_TRANSFORMS = (
     "freeze strip_unused_nodes remove_asserts remove_nodes(op=Identity) merge_duplicate_nodes "
     "fold_constants fold_batch_norms lean_embedding_lookups dedupe_char_ngrams "
-    "hoist_elementwise_ops quantize_weights(dtype=int8)")
+    "hoist_elementwise_ops quantize_weights(dtype=int8) prefer_eigen_kernels")
 
 _SPEC = re.compile(r"\s*([A-Za-z_][A-Za-z0-9_]*)(?:\(([^)]*)\))?\s*")
 

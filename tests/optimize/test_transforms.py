@@ -373,3 +373,22 @@ def test_lean_embedding_lookups_drops_id_pruning_only_when_ids_cannot_be_negativ
   feeds = {"tokens:0": [b"a", b"zz", b"b", b"c", b"a"], "splits:0": [0, 2, 2, 5]}
   np.testing.assert_allclose(run_with_tables(lean, "y:0", feeds),
                              run_with_tables(graph_def, "y:0", feeds), rtol=1e-6)
+
+
+def test_prefer_eigen_kernels_keeps_small_matmuls_and_softmax_off_onednn():
+  rng = np.random.RandomState(0)
+  small, large = rng.randn(4, 3).astype(np.float32), rng.randn(3, 50).astype(np.float32)
+
+  def fn():
+    x = tf.compat.v1.placeholder(tf.float32, [None, 4], name="x")
+    hidden = tf.nn.relu(tf.matmul(x, tf.constant(small)))
+    tf.nn.softmax(tf.matmul(hidden, tf.constant(large)), name="probabilities")
+  graph_def, _ = build(fn)
+  result = transforms.prefer_eigen_kernels(graph_def, context("x", "probabilities"),
+                                           max_elements=100)
+  assert ops(result).count("SparseMatMul") == 1  # the 150-value weights stay a MatMul
+  assert "MatMul" in ops(result) and "Softmax" not in ops(result)
+  assert any(n.name == "probabilities" for n in result.node)
+  feeds = {"x:0": rng.randn(5, 4).astype(np.float32) * 3}
+  np.testing.assert_allclose(run(result, "probabilities:0", feeds),
+                             run(graph_def, "probabilities:0", feeds), rtol=1e-5, atol=1e-7)
