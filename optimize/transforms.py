@@ -261,6 +261,89 @@ def remove_nodes(graph_def: graph_pb2.GraphDef, context: GraphContext,
   return _dedupe_control_inputs(result)
 
 
+def remove_identity_reshapes(graph_def: graph_pb2.GraphDef,
+                             context: GraphContext) -> graph_pb2.GraphDef:
+  """Bypasses Reshapes that return their input unchanged, proven from static shapes.
+
+  Ragged and feature-column code reshapes defensively: a vector flattened to a vector,
+  ExpandDims undone by a flatten, a [batch, d] tensor reshaped to [Shape(x)[0], d].
+  With TensorFlow's own static shape inference these are provably no-ops; Grappler
+  leaves them in when the batch size is unknown.
+  """
+  shapes = _static_shapes(graph_def)
+  by_name = {n.name: n for n in graph_def.node}
+  renames: Dict[str, str] = {}
+  removed = set()
+  for node in topological_order(graph_def):
+    if node.op != "Reshape" or node.name in context.protected:
+      continue
+    source = _reshape_source(node, by_name, shapes)
+    if source is None:
+      continue
+    source = renames.get(_tensor_key(source), source)
+    renames[node.name + ":0"] = source
+    renames["^" + node.name] = "^" + node_name(source)
+    removed.add(node.name)
+  if not removed:
+    return graph_def
+  result = _with_nodes(graph_def, [n for n in graph_def.node if n.name not in removed])
+  for node in result.node:
+    _rename_inputs(node, renames)
+  return strip_unused_nodes(_dedupe_control_inputs(result), context)
+
+
+def _static_shapes(graph_def: graph_pb2.GraphDef) -> tf.Graph:
+  """The graph imported into TensorFlow, whose tensors carry inferred static shapes."""
+  graph = tf.Graph()
+  with graph.as_default():
+    tf.graph_util.import_graph_def(graph_def, name="")
+  return graph
+
+
+def _shape_of(tensor: str, shapes: tf.Graph) -> tf.TensorShape:
+  return shapes.get_tensor_by_name(_tensor_key(tensor)).shape
+
+
+def _reshape_source(node, by_name, shapes):
+  """The tensor a Reshape node provably equals, or None."""
+  x, x_shape = node.input[0], _shape_of(node.input[0], shapes)
+  if _shape_of(node.name, shapes).rank == 1:
+    if x_shape.rank == 1:
+      return x
+    expand = by_name.get(node_name(x))
+    if (expand is not None and expand.op == "ExpandDims"
+        and _shape_of(expand.input[0], shapes).rank == 1):
+      return expand.input[0]
+  target = by_name.get(node_name(node.input[1]))
+  if target is None or target.op != "Pack" or x_shape.rank != len(target.input):
+    return None
+  for dim, piece in enumerate(target.input):
+    source = by_name.get(node_name(piece))
+    if source is None:
+      return None
+    if source.op == "Const":
+      if x_shape[dim] is None or int(_const_value(source)) != x_shape[dim]:
+        return None
+    elif not _is_dim_of(source, x, dim, by_name):
+      return None
+  return x
+
+
+def _is_dim_of(node, tensor, dim, by_name) -> bool:
+  """Whether `node` is StridedSlice(Shape(tensor), [dim], [dim + 1], [1]) as a scalar."""
+  if node.op != "StridedSlice" or node.attr["shrink_axis_mask"].i != 1 or any(
+      node.attr[mask].i for mask in ("begin_mask", "end_mask", "ellipsis_mask",
+                                     "new_axis_mask")):
+    return False
+  shape = by_name.get(node_name(node.input[0]))
+  bounds = [by_name.get(node_name(t)) for t in node.input[1:4]]
+  if shape is None or shape.op != "Shape" or _tensor_key(shape.input[0]) != _tensor_key(tensor):
+    return False
+  if any(b is None or b.op != "Const" for b in bounds):
+    return False
+  return [int(_const_value(b).reshape(-1)[0]) for b in bounds] == [dim, dim + 1, 1]
+
+
 def _dedupe_control_inputs(graph_def: graph_pb2.GraphDef) -> graph_pb2.GraphDef:
   """Drops control inputs that repeat, or that duplicate a data input, after bypassing."""
   for node in graph_def.node:
@@ -427,11 +510,13 @@ def lean_embedding_lookups(graph_def: graph_pb2.GraphDef,
   rows, zeros for empty ones included, in the same summation order. Grappler has no such
   rewrite. When the ids cannot be negative (hash buckets, vocabulary line numbers, OOV
   buckets), the pruning of negative ids (a Where and two gathers over every id) goes
-  too. Run it before quantize_weights so the gather it leaves can be quantized.
+  too, and for rank-2 ids so do the reshapes to two dimensions and back. Run it before
+  quantize_weights so the gather it leaves can be quantized.
   """
   graph = _copy(graph_def)
   by_name = {n.name: n for n in graph.node}
-  additions = []
+  shapes = _static_shapes(graph_def)
+  additions, renames = [], {}
   for select in list(graph.node):
     match = _match_safe_lookup(select, by_name, context)
     if match is None:
@@ -441,6 +526,13 @@ def lean_embedding_lookups(graph_def: graph_pb2.GraphDef,
     unpruned = _unpruned(indices, values, by_name)
     if unpruned is not None:
       indices, values = unpruned
+    original_shape = _rank_two_sparse_shape(indices, dense_shape, by_name, shapes)
+    if original_shape is not None:
+      # Rank 2: the library's reshapes to [rows, columns] and back change nothing.
+      indices, dense_shape = by_name[node_name(indices)].input[0], original_shape
+      for user in graph.node:
+        if _is_reshape_back(user, select.name, original_shape, by_name):
+          renames[user.name + ":0"] = select.name
     prefix, device = select.name + "/lean", select.device
     tidx = tf.as_dtype(segment_op.attr["Tidx"].type)
     # Unique first: every duplicate id is then gathered (and dequantized) only once.
@@ -473,7 +565,93 @@ def lean_embedding_lookups(graph_def: graph_pb2.GraphDef,
       if attr not in ("T", "_class"):
         del select.attr[attr]
   graph.node.extend(additions)
+  for node in graph.node:
+    _rename_inputs(node, renames)
   return strip_unused_nodes(graph, context)
+
+
+def _rank_two_sparse_shape(indices, dense_shape, by_name, shapes):
+  """The original dense shape when `indices` come from safe_embedding_lookup_sparse's
+  SparseReshape of a rank-2 sparse tensor to [prod(shape[:-1]), shape[-1]]; else None."""
+  reshape = by_name.get(node_name(indices))
+  if (reshape is None or reshape.op != "SparseReshape" or _output_index(indices) != 0
+      or _producer(dense_shape, by_name) != (reshape, 1)):
+    return None
+  original = reshape.input[1]
+  if _dense_shape_length(original, by_name, shapes) != 2:
+    return None
+  new_shape = by_name.get(node_name(reshape.input[2]))
+  if new_shape is None or new_shape.op != "Pack" or len(new_shape.input) != 2:
+    return None
+  product, last = (by_name.get(node_name(t)) for t in new_shape.input)
+  head = by_name.get(node_name(product.input[0])) if product is not None else None
+  if (product is None or product.op != "Prod" or head is None or head.op != "Slice"
+      or head.input[0] != original or not _is_const(head.input[1], by_name, 0)
+      or not _is_const(head.input[2], by_name, 1)):
+    return None
+  if (last is None or last.op != "GatherV2" or last.input[0] != original
+      or not _is_const(last.input[1], by_name, 1)):
+    return None
+  return original
+
+
+def _dense_shape_length(tensor, by_name, shapes):
+  """How many dimensions a sparse tensor with dense shape `tensor` has, if known."""
+  known = _shape_of(tensor, shapes)
+  if known.rank == 1 and known[0] is not None:
+    return known[0]
+  node = by_name.get(node_name(tensor))
+  if node is not None and node.op == "RaggedTensorToSparse" and _output_index(tensor) == 2:
+    ragged_rank = int(node.attr["RAGGED_RANK"].i)
+    values_rank = _rank(node.input[ragged_rank], by_name, shapes)
+    return None if values_rank is None else ragged_rank + values_rank
+  return None
+
+
+def _rank(tensor, by_name, shapes, depth=0):
+  """The rank of `tensor`: TensorFlow's static shape, or else followed through the
+  elementwise ops, lookups and ragged gathers whose shape functions lose it."""
+  known = _shape_of(tensor, shapes).rank
+  node = by_name.get(node_name(tensor))
+  if known is not None or node is None or depth > 50:
+    return known
+
+  def rank_of(source):
+    return _rank(source, by_name, shapes, depth + 1)
+
+  if node.op == "LookupTableFindV2":
+    return rank_of(node.input[1]) if rank_of(node.input[2]) == 0 else None
+  if node.op == "RaggedGather" and _output_index(tensor) == node.attr["OUTPUT_RAGGED_RANK"].i:
+    return rank_of(node.input[node.attr["PARAMS_RAGGED_RANK"].i])
+  if node.op == "ConcatV2" or node.op in _ELEMENTWISE_OPS:
+    data = node.input[:int(node.attr["N"].i)] if node.op == "ConcatV2" else \
+        [t for t in node.input if not t.startswith("^")]
+    if node.op == "LookupTableFindV2":
+      data = data[1:]
+    ranks = [rank_of(t) for t in data]
+    return None if None in ranks else max(ranks)
+  return None
+
+
+def _is_reshape_back(node, result, original_shape, by_name) -> bool:
+  """Whether `node` is the library's final Reshape of `result` to
+  original_shape[:1] + Shape(result)[1:]: the identity for a rank-2 sparse input."""
+  if node.op != "Reshape" or node_name(node.input[0]) != result:
+    return False
+  target = by_name.get(node_name(node.input[1]))
+  if target is None or target.op != "ConcatV2" or len(target.input) != 3:
+    return False
+  leading, trailing = (by_name.get(node_name(t)) for t in target.input[:2])
+  cast = by_name.get(node_name(leading.input[0])) if leading is not None else None
+  if (leading is None or leading.op != "Slice" or cast is None or cast.op != "Cast"
+      or cast.input[0] != original_shape or not _is_const(leading.input[1], by_name, 0)
+      or not _is_const(leading.input[2], by_name, 1)):
+    return False
+  shape = by_name.get(node_name(trailing.input[0])) if trailing is not None else None
+  return (trailing is not None and trailing.op == "Slice" and shape is not None
+          and shape.op == "Shape" and node_name(shape.input[0]) == result
+          and _is_const(trailing.input[1], by_name, 1)
+          and _is_const(trailing.input[2], by_name, -1))
 
 
 def _unpruned(indices, values, by_name):
@@ -1251,6 +1429,7 @@ TRANSFORMS: Dict[str, Callable] = {
     "freeze": freeze,
     "strip_unused_nodes": strip_unused_nodes,
     "remove_nodes": remove_nodes,
+    "remove_identity_reshapes": remove_identity_reshapes,
     "merge_duplicate_nodes": merge_duplicate_nodes,
     "fold_constants": fold_constants,
     "fold_batch_norms": fold_batch_norms,
@@ -1266,7 +1445,8 @@ TRANSFORMS: Dict[str, Callable] = {
 DEFAULT_TRANSFORMS = (
     "freeze strip_unused_nodes remove_asserts remove_nodes(op=Identity) merge_duplicate_nodes "
     "fold_constants fold_batch_norms lean_embedding_lookups dedupe_char_ngrams "
-    "hoist_elementwise_ops quantize_weights(dtype=int8) prefer_eigen_kernels")
+    "hoist_elementwise_ops remove_identity_reshapes quantize_weights(dtype=int8) "
+    "prefer_eigen_kernels")
 
 _SPEC = re.compile(r"\s*([A-Za-z_][A-Za-z0-9_]*)(?:\(([^)]*)\))?\s*")
 

@@ -370,6 +370,8 @@ def test_lean_embedding_lookups_drops_id_pruning_only_when_ids_cannot_be_negativ
   lean = transforms.lean_embedding_lookups(
       graph_def, context("tokens", "splits", "y", "init_tables"))
   assert ("Where" in ops(lean)) == pruned
+  # Rank 2 is known through the vocabulary lookup; the reshapes go with the pruning.
+  assert ("SparseReshape" in ops(lean)) == pruned
   feeds = {"tokens:0": [b"a", b"zz", b"b", b"c", b"a"], "splits:0": [0, 2, 2, 5]}
   np.testing.assert_allclose(run_with_tables(lean, "y:0", feeds),
                              run_with_tables(graph_def, "y:0", feeds), rtol=1e-6)
@@ -392,3 +394,20 @@ def test_prefer_eigen_kernels_keeps_small_matmuls_and_softmax_off_onednn():
   feeds = {"x:0": rng.randn(5, 4).astype(np.float32) * 3}
   np.testing.assert_allclose(run(result, "probabilities:0", feeds),
                              run(graph_def, "probabilities:0", feeds), rtol=1e-5, atol=1e-7)
+
+
+def test_remove_identity_reshapes_bypasses_only_reshapes_that_change_nothing():
+  def fn():
+    words = tf.compat.v1.placeholder(tf.string, [None], name="words")
+    tf.identity(tf.reshape(tf.expand_dims(words, 1), [-1]), name="flat_words")
+    rows = tf.compat.v1.placeholder(tf.float32, [None, 3], name="rows")
+    tf.identity(tf.reshape(rows, tf.stack([tf.shape(rows)[0], 3])), name="same_rows")
+    tf.identity(tf.reshape(rows, [-1]), name="flat_rows")
+  graph_def, _ = build(fn)
+  result = transforms.remove_identity_reshapes(
+      graph_def, context("words", "rows", "flat_words", "same_rows", "flat_rows"))
+  assert ops(result).count("Reshape") == 1  # flattening a matrix does change it
+  feeds = {"words:0": [b"a", b"b"], "rows:0": np.arange(6, dtype=np.float32).reshape(2, 3)}
+  fetches = ["flat_words:0", "same_rows:0", "flat_rows:0"]
+  for actual, expected in zip(run(result, fetches, feeds), run(graph_def, fetches, feeds)):
+    np.testing.assert_array_equal(actual, expected)
