@@ -1160,6 +1160,85 @@ def _constant_source(tensor, by_name):
   return node
 
 
+def lean_row_splits(graph_def: graph_pb2.GraphDef, context: GraphContext) -> graph_pb2.GraphDef:
+  """Computes ragged row splits from row ids with one LowerBound instead of a bincount.
+
+  RaggedTensor.from_value_rowids (behind tf.strings.split and others) turns sorted row
+  ids into row splits as concat([0], cumsum(bincount(ids, minlength=n, maxlength=n))),
+  a dozen ops per request. For sorted ids in [0, n), which a ragged tensor's row ids
+  are, splits[i] is the number of ids below i: LowerBound(ids, range(n + 1)).
+  """
+  graph = _copy(graph_def)
+  by_name = {n.name: n for n in graph.node}
+  renames, additions = {}, []
+  for concat in list(graph.node):
+    match = _match_bincount_splits(concat, by_name, context)
+    if match is None:
+      continue
+    row_ids, nrows, index_type, splits_type = match
+    prefix, device = concat.name + "/lower_bound", concat.device
+    zero = _const_node(f"{prefix}/zero", np.array(0, index_type.as_numpy_dtype), device)
+    one = _const_node(f"{prefix}/one", np.array(1, index_type.as_numpy_dtype), device)
+    first_axis = _const_node(f"{prefix}/first_axis", np.array(0, np.int32), device)
+    limit = _op_node(f"{prefix}/limit", "AddV2", [nrows, one.name], device, T=index_type)
+    rows = _op_node(f"{prefix}/rows", "Range", [zero.name, limit.name, one.name], device,
+                    Tidx=index_type)
+    nodes = [zero, one, first_axis, limit, rows]
+    for name, source in (("sorted_ids", row_ids), ("row_numbers", rows.name)):
+      nodes.append(_op_node(f"{prefix}/{name}", "ExpandDims", [source, first_axis.name],
+                            device, T=index_type, Tdim=tf.int32))
+    bound = _op_node(f"{prefix}/bound", "LowerBound", [nodes[-2].name, nodes[-1].name], device,
+                     T=index_type, out_type=splits_type)
+    flat_shape = _const_node(f"{prefix}/flat_shape", np.array([-1], np.int32), device)
+    splits = _op_node(f"{prefix}/splits", "Reshape", [bound.name, flat_shape.name], device,
+                      T=splits_type, Tshape=tf.int32)
+    additions += nodes + [bound, flat_shape, splits]
+    renames[concat.name + ":0"] = splits.name
+  if not additions:
+    return graph
+  for node in graph.node:
+    _rename_inputs(node, renames)
+  graph.node.extend(additions)
+  return strip_unused_nodes(graph, context)
+
+
+def _match_bincount_splits(concat, by_name, context):
+  """(row ids, nrows, their dtype, splits dtype) for concat([0], cumsum(bincount(...)))."""
+  if concat.op != "ConcatV2" or concat.name in context.protected or concat.attr["N"].i != 2:
+    return None
+  if not _is_const(concat.input[0], by_name, 0) or not _is_const(concat.input[2], by_name, 0):
+    return None
+  cumsum = by_name.get(node_name(concat.input[1]))
+  if (cumsum is None or cumsum.op != "Cumsum" or cumsum.attr["exclusive"].b
+      or cumsum.attr["reverse"].b or not _is_const(cumsum.input[1], by_name, 0)):
+    return None
+  bincount = by_name.get(node_name(cumsum.input[0]))
+  if bincount is None or bincount.op != "DenseBincount" or bincount.attr["binary_output"].b:
+    return None
+  weights = by_name.get(node_name(bincount.input[2]))
+  if weights is None or weights.op != "Const" or _const_value(weights).size != 0:
+    return None
+  ids_cast, _ = _producer(bincount.input[0], by_name, ("Identity", "Reshape"))
+  size = by_name.get(node_name(bincount.input[1]))
+  if ids_cast is None or ids_cast.op != "Cast" or size is None or size.op != "Minimum":
+    return None
+  # minlength = maxlength = nrows: the size is min(nrows, max(nrows, ...)) = nrows.
+  bounds = [by_name.get(node_name(t)) for t in size.input[:2]]
+  nrows_cast = next((b for b in bounds if b is not None and b.op == "Cast"), None)
+  other = next((b for b in bounds if b is not nrows_cast), None)
+  if (nrows_cast is None or other is None or other.op != "Maximum"
+      or nrows_cast.name not in [node_name(t) for t in other.input[:2]]):
+    return None
+  index_type = tf.as_dtype(ids_cast.attr["SrcT"].type)
+  if tf.as_dtype(nrows_cast.attr["SrcT"].type) != index_type or \
+      index_type not in (tf.int32, tf.int64):
+    return None
+  splits_type = tf.as_dtype(bincount.attr["T"].type)
+  if splits_type not in (tf.int32, tf.int64):
+    return None
+  return ids_cast.input[0], nrows_cast.input[0], index_type, splits_type
+
+
 def fold_constants(graph_def: graph_pb2.GraphDef, context: GraphContext) -> graph_pb2.GraphDef:
   return run_grappler(graph_def, context, ["constfold"])
 
@@ -1430,6 +1509,7 @@ TRANSFORMS: Dict[str, Callable] = {
     "strip_unused_nodes": strip_unused_nodes,
     "remove_nodes": remove_nodes,
     "remove_identity_reshapes": remove_identity_reshapes,
+    "lean_row_splits": lean_row_splits,
     "merge_duplicate_nodes": merge_duplicate_nodes,
     "fold_constants": fold_constants,
     "fold_batch_norms": fold_batch_norms,
@@ -1445,7 +1525,7 @@ TRANSFORMS: Dict[str, Callable] = {
 DEFAULT_TRANSFORMS = (
     "freeze strip_unused_nodes remove_asserts remove_nodes(op=Identity) merge_duplicate_nodes "
     "fold_constants fold_batch_norms lean_embedding_lookups dedupe_char_ngrams "
-    "hoist_elementwise_ops remove_identity_reshapes quantize_weights(dtype=int8) "
+    "hoist_elementwise_ops remove_identity_reshapes lean_row_splits quantize_weights(dtype=int8) "
     "prefer_eigen_kernels")
 
 _SPEC = re.compile(r"\s*([A-Za-z_][A-Za-z0-9_]*)(?:\(([^)]*)\))?\s*")

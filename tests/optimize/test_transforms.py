@@ -411,3 +411,18 @@ def test_remove_identity_reshapes_bypasses_only_reshapes_that_change_nothing():
   fetches = ["flat_words:0", "same_rows:0", "flat_rows:0"]
   for actual, expected in zip(run(result, fetches, feeds), run(graph_def, fetches, feeds)):
     np.testing.assert_array_equal(actual, expected)
+
+
+def test_lean_row_splits_gives_the_same_splits_from_sorted_row_ids():
+  def fn():
+    sentences = tf.compat.v1.placeholder(tf.string, [None], name="sentences")
+    tf.identity(tf.strings.split(sentences).row_splits, name="splits")
+  graph_def, _ = build(fn)
+  # What tf.strings.split leaves after remove_asserts: the bincount without its checks.
+  graph_def = transforms.remove_asserts(graph_def, context("sentences", "splits"))
+  assert "DenseBincount" in ops(graph_def)
+  result = transforms.lean_row_splits(graph_def, context("sentences", "splits"))
+  assert "DenseBincount" not in ops(result) and "LowerBound" in ops(result)
+  for batch in ([b"a b c", b"", b"d", b"", b""], [b""], []):
+    np.testing.assert_array_equal(run(result, "splits:0", {"sentences:0": batch}),
+                                  run(graph_def, "splits:0", {"sentences:0": batch}))
