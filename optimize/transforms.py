@@ -626,8 +626,6 @@ def _rank(tensor, by_name, shapes, depth=0):
   if node.op == "ConcatV2" or node.op in _ELEMENTWISE_OPS:
     data = node.input[:int(node.attr["N"].i)] if node.op == "ConcatV2" else \
         [t for t in node.input if not t.startswith("^")]
-    if node.op == "LookupTableFindV2":
-      data = data[1:]
     ranks = [rank_of(t) for t in data]
     return None if None in ranks else max(ranks)
   return None
@@ -679,8 +677,12 @@ def _unpruned(indices, values, by_name):
 
 
 def _is_const(tensor, by_name, value) -> bool:
+  """Whether `tensor` is a non-empty constant whose every element equals `value`."""
   node = by_name.get(node_name(tensor))
-  return node is not None and node.op == "Const" and np.all(_const_value(node) == value)
+  if node is None or node.op != "Const":
+    return False
+  constant = _const_value(node)
+  return constant.size > 0 and bool(np.all(constant == value))
 
 
 def _table_writers(by_name):
