@@ -123,6 +123,10 @@ def _tensor(name: str, index: int) -> str:
   return name if index == 0 else f"{name}:{index}"
 
 
+def _tensor_key(tensor: str) -> str:
+  return tensor if ":" in tensor else tensor + ":0"
+
+
 def _is_stateful(op: str) -> bool:
   op_def = op_def_registry.get(op)
   return op_def is None or op_def.is_stateful
@@ -240,22 +244,28 @@ def remove_nodes(graph_def: graph_pb2.GraphDef, context: GraphContext,
     raise TransformError(f"remove_nodes: op={op!r} is not a pass-through op; "
                          f"supported: {', '.join(PASS_THROUGH_OPS)}")
   by_name = {n.name: n for n in graph_def.node}
-  renames: Dict[str, str] = {}
-  removed = set()
+  sources = {}
   for node in topological_order(graph_def):
     if node.op != op or node.name in context.protected:
       continue
     data_inputs = [i for i in node.input if not i.startswith("^")]
     if len(data_inputs) != 1 or len(node.input) != 1:
       continue
-    source = data_inputs[0]
-    if by_name[node_name(source)].op in ("Switch", "RefSwitch"):
+    if by_name[node_name(data_inputs[0])].op in ("Switch", "RefSwitch"):
       continue
-    source = renames.get(source if ":" in source else source + ":0", source)
-    renames[node.name + ":0"] = source
-    renames["^" + node.name] = "^" + node_name(source)
-    removed.add(node.name)
-  result = _with_nodes(graph_def, [n for n in graph_def.node if n.name not in removed])
+    sources[node.name] = data_inputs[0]
+  return _bypass(graph_def, sources)
+
+
+def _bypass(graph_def: graph_pb2.GraphDef, sources: Mapping[str, str]) -> graph_pb2.GraphDef:
+  """Removes the nodes named in `sources` (in topological order), pointing each reader
+  of a removed node's output at the tensor the node passed through."""
+  renames: Dict[str, str] = {}
+  for name, source in sources.items():
+    source = renames.get(_tensor_key(source), source)
+    renames[name + ":0"] = source
+    renames["^" + name] = "^" + node_name(source)
+  result = _with_nodes(graph_def, [n for n in graph_def.node if n.name not in sources])
   for node in result.node:
     _rename_inputs(node, renames)
   return _dedupe_control_inputs(result)
@@ -272,24 +282,15 @@ def remove_identity_reshapes(graph_def: graph_pb2.GraphDef,
   """
   shapes = _static_shapes(graph_def)
   by_name = {n.name: n for n in graph_def.node}
-  renames: Dict[str, str] = {}
-  removed = set()
+  sources = {}
   for node in topological_order(graph_def):
-    if node.op != "Reshape" or node.name in context.protected:
-      continue
-    source = _reshape_source(node, by_name, shapes)
-    if source is None:
-      continue
-    source = renames.get(_tensor_key(source), source)
-    renames[node.name + ":0"] = source
-    renames["^" + node.name] = "^" + node_name(source)
-    removed.add(node.name)
-  if not removed:
+    if node.op == "Reshape" and node.name not in context.protected:
+      source = _reshape_source(node, by_name, shapes)
+      if source is not None:
+        sources[node.name] = source
+  if not sources:
     return graph_def
-  result = _with_nodes(graph_def, [n for n in graph_def.node if n.name not in removed])
-  for node in result.node:
-    _rename_inputs(node, renames)
-  return strip_unused_nodes(_dedupe_control_inputs(result), context)
+  return strip_unused_nodes(_bypass(graph_def, sources), context)
 
 
 def _static_shapes(graph_def: graph_pb2.GraphDef) -> tf.Graph:
@@ -1052,10 +1053,6 @@ def _elementwise_region(moved, by_name, users, context):
   if len(outputs) != 1:
     return None
   return region, outputs.pop()
-
-
-def _tensor_key(tensor: str) -> str:
-  return tensor if ":" in tensor else tensor + ":0"
 
 
 def _elementwise_over(node, region_tensors, by_name) -> bool:
