@@ -7,7 +7,8 @@
 Trains the default model on ../shared/datasets/banking77 (or reuses the newest export
 in --job-dir), optimizes it, then measures both models alternately in this process:
 size on disk, cold start (load + first answer), batch-1 p50 latency, batch-64
-throughput, test accuracy and top-1 agreement. Prints JSON with the ratios.
+throughput, test accuracy and top-1 agreement, and the cost of a session call that runs
+no model (the floor under batch-1 latency). Prints JSON with the ratios.
 """
 
 import dataclasses
@@ -22,6 +23,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
+import tensorflow as tf  # noqa: E402
 
 from export import warmup  # noqa: E402
 from optimize import optimizer  # noqa: E402
@@ -75,6 +77,24 @@ def latencies(version_dir, signature, texts, batch_size, count):
       run(batch)
       samples.append(time.perf_counter() - started)
   return samples
+
+
+def session_call_floor(count=2000):
+  """Seconds per call of a session callable that only echoes its batch: the part of a
+  batch-1 latency that no graph rewrite can remove."""
+  graph = tf.Graph()
+  with graph.as_default():
+    inputs = tf.compat.v1.placeholder(tf.string, [None])
+    echoed = tf.identity(inputs)
+  with tf.compat.v1.Session(graph=graph) as session:
+    run = session.make_callable(echoed, feed_list=[inputs])
+    batch = [warmup.text_example("hello", "text").SerializeToString()]
+    samples = []
+    for _ in range(count):
+      started = time.perf_counter()
+      run(batch)
+      samples.append(time.perf_counter() - started)
+  return statistics.median(samples[count // 10:])
 
 
 def predicted_classes(version_dir, texts):
@@ -150,6 +170,7 @@ def main(argv):
   figures["top1_agreement_test_set"] = round(
       sum(a == b for a, b in zip(predictions["original"], predictions["optimized"])) / len(texts), 4)
   figures["guard_lowest_agreement"] = round(result.guard.agreement, 4)
+  figures["session_call_floor_ms"] = round(1000 * session_call_floor(), 4)
   figures["transforms"] = [s.step for s in result.steps[1:]]
   figures["latency_signature"] = signature
   figures["optimize_seconds"] = round(optimize_seconds, 1)
