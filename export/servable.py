@@ -1,114 +1,104 @@
-"""Exports a text classifier estimator as a TF Serving servable.
+"""Loads a SavedModel version the way TF Serving does and runs its signatures in-process.
 
-Layout: `<export_base>/<numeric version>/` with `saved_model.pb`, `variables/`, `assets/`
-and `assets.extra/tf_serving_warmup_requests`. Signatures:
-
-- `serving_default`, `classification`: classify; one DT_STRING input `inputs` of
-  serialized `tf.Example` (feature `text`); outputs `classes`, `scores`.
-- `predict`: every head output, from serialized `tf.Example` (input `examples`).
-- `predict_text`: every head output, from a plain string tensor (input `text`), so a REST
-  client can POST `{"instances": ["book a flight to rome"]}`.
+TF Serving loads the `serve` meta graph with TensorFlow's SavedModel loader, which
+restores the variables and runs the main op (table initializers included). This is the
+same loader, so an answer from here is the in-process reference for a served model.
 """
 
-import os
-import tempfile
-from typing import Sequence
+import threading
+from typing import Callable, Dict, List, Mapping, Optional, Sequence
 
+import numpy as np
 import tensorflow as tf
-from tensorflow.core.protobuf import saved_model_pb2
+from tensorflow.core.protobuf import meta_graph_pb2
 
-from export import artifact_io
-from export import warmup
-
-CLASSIFY_SIGNATURES = ("serving_default", "classification")
-PREDICT_SIGNATURE = "predict"
-RAW_TEXT_SIGNATURE = "predict_text"
-EXAMPLES_INPUT = "examples"
-_RAW_RECEIVER = "raw_text"
-_WARMUP_BATCH_SIZES = (1, 8)
+SERVE_TAG = "serve"
 
 
-def text_serving_input_receiver_fn(text_feature: str = "text"):
-  """Parses serialized `tf.Example`s, with the parsed text also feedable directly.
-
-  The raw string input is a `placeholder_with_default` downstream of the parser:
-  feeding it skips parsing, so one graph serves both the tf.Example and the raw-text
-  signatures.
-  """
-
-  def receiver_fn():
-    serialized = tf.compat.v1.placeholder(tf.string, [None], name="input_example_tensor")
-    parsed = tf.io.parse_example(
-        serialized, {text_feature: tf.io.FixedLenFeature([1], tf.string)})
-    text = tf.compat.v1.placeholder_with_default(
-        tf.reshape(parsed[text_feature], [-1]), [None], name=text_feature)
-    return tf.estimator.export.ServingInputReceiver(
-        features={text_feature: text},
-        receiver_tensors={EXAMPLES_INPUT: serialized},
-        receiver_tensors_alternatives={_RAW_RECEIVER: {text_feature: text}})
-
-  return receiver_fn
+class ServableError(RuntimeError):
+  """A version directory that cannot be loaded or a request it cannot answer."""
 
 
-def warmup_logs(texts: Sequence[str], text_feature: str = "text"):
-  """One record per signature and batch size, from real (eval) texts."""
-  logs = []
-  for batch in warmup.batches(list(texts), _WARMUP_BATCH_SIZES):
-    logs.extend(warmup.classify_log(name, batch, text_feature) for name in CLASSIFY_SIGNATURES)
-    serialized = [warmup.text_example(t, text_feature).SerializeToString() for t in batch]
-    logs.append(warmup.predict_log(PREDICT_SIGNATURE, {EXAMPLES_INPUT: serialized}))
-    logs.append(warmup.predict_log(RAW_TEXT_SIGNATURE, {text_feature: list(batch)}))
-  return logs
+class SessionServable:
+  """One loaded version: its graph, a session, and its signatures."""
 
+  def __init__(self, version_dir: str, tags: Sequence[str] = (SERVE_TAG,),
+               session_config: Optional[tf.compat.v1.ConfigProto] = None):
+    self.version_dir = version_dir
+    self._callables: Dict[tuple, Callable] = {}
+    self._callables_lock = threading.Lock()
+    self._graph = tf.Graph()
+    self._session = tf.compat.v1.Session(graph=self._graph, config=session_config)
+    try:
+      with self._graph.as_default():
+        self._meta_graph = tf.compat.v1.saved_model.load(self._session, list(tags), version_dir)
+    except Exception as e:
+      self._session.close()
+      raise ServableError(f"{version_dir}: cannot load the SavedModel: {e}") from e
 
-def _keep_serving_signatures(version_dir: str) -> None:
-  """Drops the estimator's alternative-receiver signatures except raw-text predict.
+  @property
+  def graph_def(self):
+    """The loaded meta graph's GraphDef, as stored in the version dir."""
+    return self._meta_graph.graph_def
 
-  The estimator derives a classify signature from every receiver; over a raw string it
-  would claim to classify tf.Examples, which TF Serving's Classify API would then send.
-  """
-  path = os.path.join(version_dir, "saved_model.pb")
-  saved_model = saved_model_pb2.SavedModel()
-  with tf.io.gfile.GFile(path, "rb") as f:
-    saved_model.ParseFromString(f.read())
-  for meta_graph in saved_model.meta_graphs:
-    signatures = meta_graph.signature_def
-    raw_predict = signatures[f"{_RAW_RECEIVER}:{PREDICT_SIGNATURE}"]
-    signatures[RAW_TEXT_SIGNATURE].CopyFrom(raw_predict)
-    for name in [n for n in signatures if n.startswith(_RAW_RECEIVER + ":")]:
-      del signatures[name]
-  artifact_io.write_atomic(path, saved_model.SerializeToString())
+  @property
+  def signatures(self) -> Mapping[str, meta_graph_pb2.SignatureDef]:
+    return self._meta_graph.signature_def
 
+  def signature(self, name: str) -> meta_graph_pb2.SignatureDef:
+    if name not in self.signatures:
+      raise ServableError(f'Serving signature name: "{name}" not found in signature def '
+                          f"(have: {sorted(self.signatures)})")
+    return self.signatures[name]
 
-def next_version(export_base: str, proposed: int) -> int:
-  """TF Serving serves the highest numeric version: never reuse or go below one."""
-  existing = [int(n.rstrip("/")) for n in (tf.io.gfile.listdir(export_base)
-                                          if tf.io.gfile.isdir(export_base) else [])
-              if n.rstrip("/").isdigit()]
-  return max([proposed] + [v + 1 for v in existing])
+  def run(self, signature_name: str, inputs: Mapping[str, object],
+          output_keys=None) -> Dict[str, np.ndarray]:
+    """Feeds `inputs` (by signature input key) and fetches outputs (all by default)."""
+    signature = self.signature(signature_name)
+    missing = set(signature.inputs) - set(inputs)
+    unknown = set(inputs) - set(signature.inputs)
+    if missing or unknown:
+      raise ServableError(f"signature {signature_name!r} takes inputs "
+                          f"{sorted(signature.inputs)}; missing {sorted(missing)}, "
+                          f"unknown {sorted(unknown)}")
+    output_keys = list(output_keys or signature.outputs)
+    feeds = {signature.inputs[k].name: v for k, v in inputs.items()}
+    fetches = [signature.outputs[k].name for k in output_keys]
+    values = self._session.run(fetches, feed_dict=feeds)
+    return dict(zip(output_keys, values))
 
+  def callable(self, signature_name: str, input_keys: Sequence[str],
+               output_keys: Optional[Sequence[str]] = None) -> Callable[..., List[np.ndarray]]:
+    """`run` as a function of the inputs in `input_keys` order, returning the outputs in
+    `output_keys` order (default: all, sorted). A session callable, made once per key
+    lists and cached: it skips session.run's per-call feed and fetch handling, which costs
+    a server more than the graph itself on small requests."""
+    if output_keys is None:
+      output_keys = sorted(self.signature(signature_name).outputs)
+    key = (signature_name, tuple(input_keys), tuple(output_keys))
+    with self._callables_lock:
+      found = self._callables.get(key)
+    if found is not None:
+      return found
+    signature = self.signature(signature_name)
+    unknown = [k for k in input_keys if k not in signature.inputs] + \
+        [k for k in output_keys if k not in signature.outputs]
+    if unknown or set(input_keys) != set(signature.inputs):
+      raise ServableError(f"signature {signature_name!r} takes inputs "
+                          f"{sorted(signature.inputs)} and has outputs "
+                          f"{sorted(signature.outputs)}; asked for inputs {list(input_keys)}, "
+                          f"outputs {list(output_keys)}")
+    made = self._session.make_callable(
+        [signature.outputs[k].name for k in output_keys],
+        feed_list=[signature.inputs[k].name for k in input_keys])
+    with self._callables_lock:
+      return self._callables.setdefault(key, made)
 
-def export_servable(estimator: tf.estimator.Estimator, export_base: str,
-                    warmup_texts: Sequence[str], text_feature: str = "text",
-                    checkpoint_path: str = None) -> str:
-  """Exports the latest (or given) checkpoint; returns the new version directory."""
-  local_scratch = tempfile.mkdtemp(prefix="warmup-")
-  warmup_path = os.path.join(local_scratch, warmup.WARMUP_FILENAME)
-  try:
-    warmup.write_warmup_file(warmup_path, warmup_logs(warmup_texts, text_feature))
-    staging_base = artifact_io.join(export_base, "_staging")
-    with artifact_io.staging_dir(staging_base, overwrite=True) as staging:
-      staged_version = estimator.export_saved_model(
-          staging, text_serving_input_receiver_fn(text_feature),
-          assets_extra={warmup.WARMUP_FILENAME: warmup_path},
-          checkpoint_path=checkpoint_path)
-      staged_version = staged_version.decode() if isinstance(staged_version, bytes) \
-          else staged_version
-      _keep_serving_signatures(staged_version)
-      version = next_version(export_base, int(os.path.basename(staged_version)))
-      version_dir = artifact_io.join(export_base, str(version))
-      tf.io.gfile.rename(staged_version, version_dir)
-  finally:
-    tf.io.gfile.rmtree(local_scratch)
-  tf.io.gfile.rmtree(staging_base)
-  return version_dir
+  def close(self):
+    self._session.close()
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    self.close()

@@ -1,14 +1,44 @@
-"""Warmup records: the `PredictionLog` TFRecord TF Serving replays when it loads a version."""
+"""Warmup records: the `PredictionLog` TFRecord TF Serving replays when it loads a version.
 
-from typing import Dict, List, Sequence
+Written by the exporter, replayed by the embedded server, and read back as requests by the
+optimizer's guard and the smoke test's probes: this module is the one reader, so all of them
+see the same records and the same limit.
+"""
 
+import dataclasses
+from typing import Dict, Iterator, List, Sequence, Tuple
+
+import numpy as np
 import tensorflow as tf
-from tensorflow_serving.apis import classification_pb2
-from tensorflow_serving.apis import predict_pb2
-from tensorflow_serving.apis import prediction_log_pb2
+from tensorflow_serving.apis import classification_pb2, predict_pb2, prediction_log_pb2
+
+from export import artifact_io
 
 WARMUP_FILENAME = "tf_serving_warmup_requests"
+WARMUP_PATH = f"assets.extra/{WARMUP_FILENAME}"  # relative to the version dir
 MAX_WARMUP_RECORDS = 1000  # TF Serving fails the load of a version with more.
+DEFAULT_SIGNATURE = "serving_default"  # what an empty signature name in a request means
+
+PREDICT, CLASSIFY, REGRESS, MULTI_INFERENCE = "predict", "classify", "regress", "multi_inference"
+
+
+class WarmupError(ValueError):
+  """The warmup file cannot be replayed; subclasses say why, as TF Serving tells them apart."""
+
+
+class CorruptWarmupFile(WarmupError):
+  """Not a readable TFRecord file (TF Serving: DATA_LOSS)."""
+
+
+class BadWarmupRecord(WarmupError):
+  """A record that is not a PredictionLog (TF Serving: INVALID_ARGUMENT)."""
+
+
+class TooManyWarmupRecords(WarmupError):
+  """More records than TF Serving replays (INVALID_ARGUMENT)."""
+
+
+# ------------------------------------------------------------------------------------ writing
 
 
 def text_example(text: str, feature: str) -> tf.train.Example:
@@ -24,7 +54,7 @@ def classify_log(signature_name: str, texts: Sequence[str], feature: str):
       classify_log=prediction_log_pb2.ClassifyLog(request=request))
 
 
-def predict_log(signature_name: str, inputs: Dict[str, tf.Tensor]):
+def predict_log(signature_name: str, inputs: Dict[str, object]):
   request = predict_pb2.PredictRequest()
   request.model_spec.signature_name = signature_name
   for key, value in inputs.items():
@@ -53,13 +83,99 @@ def write_warmup_file(path: str, logs: Sequence[prediction_log_pb2.PredictionLog
       writer.write(log.SerializeToString())
 
 
-def read_warmup_file(path: str) -> List[prediction_log_pb2.PredictionLog]:
-  logs = []
-  for number, record in enumerate(tf.compat.v1.io.tf_record_iterator(path), start=1):
-    log = prediction_log_pb2.PredictionLog()
-    try:
-      log.ParseFromString(record)
-    except Exception as e:  # protobuf raises its own DecodeError type
-      raise ValueError(f"{path}: record {number} is not a PredictionLog: {e}") from e
-    logs.append(log)
-  return logs
+# ------------------------------------------------------------------------------------ reading
+
+
+def warmup_file(version_dir: str) -> str:
+  return artifact_io.join(version_dir.rstrip("/"), WARMUP_PATH)
+
+
+def has_warmup_file(version_dir: str) -> bool:
+  return tf.io.gfile.exists(warmup_file(version_dir))
+
+
+def iter_records(path: str) -> Iterator[Tuple[int, prediction_log_pb2.PredictionLog]]:
+  """(record number from 1, PredictionLog) for each record of the warmup file at `path`.
+
+  Raises the WarmupError subclass TF Serving's status would distinguish, naming the file and
+  the record; the limit is checked as the records are read, so a huge file stops early.
+  """
+  number = 0
+  try:
+    for record in tf.data.TFRecordDataset(path).as_numpy_iterator():
+      number += 1
+      if number > MAX_WARMUP_RECORDS:
+        raise TooManyWarmupRecords(f"Number of warmup records exceeds the maximum "
+                                   f"({MAX_WARMUP_RECORDS}) at {path}")
+      log = prediction_log_pb2.PredictionLog()
+      try:
+        log.ParseFromString(record)
+      except Exception as e:  # protobuf raises its own DecodeError type
+        raise BadWarmupRecord(f"Failed to parse warmup record {number} from {path}: "
+                              f"{e}") from None
+      yield number, log
+  except tf.errors.DataLossError as e:
+    raise CorruptWarmupFile(f"{path}: {e.message}. Please verify your warmup data is in "
+                            f"TFRecord format.") from None
+  except tf.errors.OpError as e:
+    raise CorruptWarmupFile(f"{path}: cannot read the warmup records: {e.message}") from None
+
+
+def read_records(version_dir: str) -> List[prediction_log_pb2.PredictionLog]:
+  """The version's warmup records; none when it has no warmup file."""
+  if not has_warmup_file(version_dir):
+    return []
+  return [log for _, log in iter_records(warmup_file(version_dir))]
+
+
+@dataclasses.dataclass(frozen=True)
+class WarmupRequest:
+  """One request of a warmup record, as inputs a signature can be run on.
+
+  `signatures`: the signatures it asks for (one, or one per MultiInference task), empty names
+  resolved to serving_default. `inputs`: a Predict request's tensors by input alias. `examples`:
+  a Classify / Regress / MultiInference request's serialized tf.Examples (a context, when the
+  request has one, merged into each as TF Serving feeds it).
+  """
+  kind: str
+  signatures: Tuple[str, ...]
+  inputs: Dict[str, np.ndarray]
+  examples: Tuple[bytes, ...]
+
+
+def serialized_input(request_input) -> List[bytes]:
+  """An Input proto's examples, serialized, each prefixed with the context (a proto merge)."""
+  kind = request_input.WhichOneof("kind")
+  if kind == "example_list":
+    return [e.SerializeToString() for e in request_input.example_list.examples]
+  if kind == "example_list_with_context":
+    listed = request_input.example_list_with_context
+    context = listed.context.SerializeToString()
+    return [context + e.SerializeToString() for e in listed.examples]
+  return []
+
+
+def as_request(log: prediction_log_pb2.PredictionLog) -> WarmupRequest:
+  """The request a warmup record holds; its kind is '' for a log type TF Serving cannot replay."""
+  kind = log.WhichOneof("log_type")
+  if kind == "predict_log":
+    request = log.predict_log.request
+    return WarmupRequest(PREDICT, (request.model_spec.signature_name or DEFAULT_SIGNATURE,),
+                         {k: tf.make_ndarray(v) for k, v in request.inputs.items()}, ())
+  if kind in ("classify_log", "regress_log"):
+    request = getattr(log, kind).request
+    return WarmupRequest(CLASSIFY if kind == "classify_log" else REGRESS,
+                         (request.model_spec.signature_name or DEFAULT_SIGNATURE,), {},
+                         tuple(serialized_input(request.input)))
+  if kind == "multi_inference_log":
+    request = log.multi_inference_log.request
+    return WarmupRequest(MULTI_INFERENCE,
+                         tuple(t.model_spec.signature_name or DEFAULT_SIGNATURE
+                               for t in request.tasks), {},
+                         tuple(serialized_input(request.input)))
+  return WarmupRequest("", (), {}, ())
+
+
+def read_requests(version_dir: str) -> List[WarmupRequest]:
+  """The version's warmup records as requests (none without a warmup file)."""
+  return [request for request in map(as_request, read_records(version_dir)) if request.kind]

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import RUN_EVERY_SIGNATURE, run_python, small_config
-from export import servable
+from export import exporter
 from export import warmup
-from serving.servables import SessionServable
+from export.servable import SessionServable
+from tests.helpers import RUN_EVERY_SIGNATURE, run_python, small_config
 from trainer import pipeline
 
 TEXTS = ["book a flight to rome", "what is the weather like in oslo tomorrow", "tell me a joke"]
@@ -100,9 +100,9 @@ def test_warmup_records_cover_every_signature_and_replay_cleanly(trained):
 
 def test_each_export_gets_a_higher_version_and_leaves_no_staging_files(trained, tmp_path):
   base = str(tmp_path / "export" / "intent")
-  first = servable.export_servable(trained.train.estimator, base, TEXTS,
+  first = exporter.export_servable(trained.train.estimator, base, TEXTS,
                                    checkpoint_path=trained.train.checkpoint_path)
-  second = servable.export_servable(trained.train.estimator, base, TEXTS,
+  second = exporter.export_servable(trained.train.estimator, base, TEXTS,
                                     checkpoint_path=trained.train.checkpoint_path)
   assert int(second.rsplit("/", 1)[1]) > int(first.rsplit("/", 1)[1])
   assert sorted(tf.io.gfile.listdir(base)) == sorted(

@@ -1,0 +1,72 @@
+"""Errors: TF Serving's request statuses, and why a smoke test could not bless a model."""
+
+import grpc
+
+# TF Serving's http_server.cc ToHTTPStatusCode, so a REST client sees what the real server sends.
+_HTTP_STATUS = {
+    grpc.StatusCode.OK: 200,
+    grpc.StatusCode.CANCELLED: 499,
+    grpc.StatusCode.UNKNOWN: 500,
+    grpc.StatusCode.INVALID_ARGUMENT: 400,
+    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
+    grpc.StatusCode.NOT_FOUND: 404,
+    grpc.StatusCode.ALREADY_EXISTS: 409,
+    grpc.StatusCode.PERMISSION_DENIED: 403,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
+    grpc.StatusCode.FAILED_PRECONDITION: 400,
+    grpc.StatusCode.ABORTED: 409,
+    grpc.StatusCode.OUT_OF_RANGE: 400,
+    grpc.StatusCode.UNIMPLEMENTED: 501,
+    grpc.StatusCode.INTERNAL: 500,
+    grpc.StatusCode.UNAVAILABLE: 503,
+    grpc.StatusCode.DATA_LOSS: 500,
+    grpc.StatusCode.UNAUTHENTICATED: 401,
+}
+_BY_NUMBER = {code.value[0]: code for code in grpc.StatusCode}
+
+
+class ServingError(Exception):
+  """A request or a load that fails with a TF Serving status (code + message)."""
+
+  def __init__(self, code: grpc.StatusCode, message: str):
+    super().__init__(message)
+    self.code = code
+    self.message = message
+
+  @property
+  def http_status(self) -> int:
+    return _HTTP_STATUS[self.code]
+
+  def __str__(self):
+    # absl::Status::ToString(), which TF Serving embeds in wrapped messages.
+    return f"{self.code.name}: {self.message}"
+
+  @classmethod
+  def from_code_number(cls, number: int, message: str) -> "ServingError":
+    """From a numeric canonical code, as `tf.errors.OpError.error_code` carries."""
+    return cls(_BY_NUMBER.get(number, grpc.StatusCode.UNKNOWN), message)
+
+
+def invalid_argument(message: str) -> ServingError:
+  return ServingError(grpc.StatusCode.INVALID_ARGUMENT, message)
+
+
+def not_found(message: str) -> ServingError:
+  return ServingError(grpc.StatusCode.NOT_FOUND, message)
+
+
+class SmokeTestError(Exception):
+  """Why a smoke test could not bless a model; the verdict's reason."""
+  server_log_tail = ""  # the server's last log lines, when a server was started
+
+
+class ServerStartError(SmokeTestError):
+  """The server never answered, exited, or missed the readiness deadline: worth a retry."""
+
+
+class ModelLoadError(SmokeTestError):
+  """The server itself reports that the model failed to load: a retry cannot help."""
+
+
+class ProbeError(SmokeTestError):
+  """No request can be built for a signature from the evaluation examples given."""
