@@ -11,11 +11,13 @@ PushedModel output, or FAILED with the refusal's reason.
 import dataclasses
 from typing import Tuple, Union
 
+import tenacity
 import tensorflow as tf
 from absl import logging
 from ml_metadata.proto import metadata_store_pb2
 
 from export import artifact_io
+from export import versions
 from lineage import fingerprint as fingerprint_lib
 from lineage import query
 from lineage import schema
@@ -34,8 +36,8 @@ class PushRefused(RuntimeError):
   """The model may not be pushed; the message says why."""
 
 
-class _VersionTaken(Exception):
-  pass
+class _VersionTaken(RuntimeError):
+  """Another push renamed its copy into the version this one had picked."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,14 +46,6 @@ class PushResult:
   version_dir: str
   pushed: Artifact  # the PushedModel, with its store id
   source: Artifact  # the ExportedModel or OptimizedModel that was pushed
-
-
-def next_version(base_path: str) -> int:
-  """One more than the highest numeric version under `base_path` (1 for a new one)."""
-  if not tf.io.gfile.isdir(base_path):
-    return 1
-  names = [name.rstrip("/") for name in tf.io.gfile.listdir(base_path)]
-  return max((int(name) for name in names if name.isdigit()), default=0) + 1
 
 
 def _recorded_servable(recorder: Recorder, model: Union[Artifact, str]) -> Tuple[Artifact, str]:
@@ -116,24 +110,25 @@ def check_blessed(recorder: Recorder, model: Artifact) -> Artifact:
   return verdict
 
 
+@tenacity.retry(retry=tenacity.retry_if_exception_type(_VersionTaken),
+                stop=tenacity.stop_after_attempt(_VERSION_ATTEMPTS), reraise=True)
 def _copy_as_next_version(source_dir: str, base_path: str, content: str) -> Tuple[int, str]:
-  for _ in range(_VERSION_ATTEMPTS):
-    version = next_version(base_path)
-    final = artifact_io.join(base_path, str(version))
-    try:
-      with artifact_io.staging_dir(final) as staging:
-        artifact_io.copy_tree(source_dir, staging)
-        copied = fingerprint_lib.fingerprint_dir(staging).fingerprint
-        if copied != content:
-          raise PushRefused(f"{source_dir} changed while it was being copied (verified "
-                            f"content {content}, copied {copied}); nothing was pushed")
-        if tf.io.gfile.exists(final):
-          raise _VersionTaken()
-    except (FileExistsError, _VersionTaken):
-      continue
-    return version, final
-  raise RuntimeError(f"could not claim a new version under {base_path} in "
-                     f"{_VERSION_ATTEMPTS} attempts: other pushes kept taking them")
+  version = versions.next_version(base_path)
+  final = artifact_io.join(base_path, str(version))
+  taken = _VersionTaken(f"could not claim a new version under {base_path} in "
+                        f"{_VERSION_ATTEMPTS} attempts: other pushes kept taking them")
+  try:
+    with artifact_io.staging_dir(final) as staging:
+      artifact_io.copy_tree(source_dir, staging)
+      copied = fingerprint_lib.fingerprint_dir(staging).fingerprint
+      if copied != content:
+        raise PushRefused(f"{source_dir} changed while it was being copied (verified "
+                          f"content {content}, copied {copied}); nothing was pushed")
+      if tf.io.gfile.exists(final):
+        raise taken
+  except FileExistsError:
+    raise taken from None
+  return version, final
 
 
 def push(recorder: Recorder, model: Union[Artifact, str], push_to: str) -> PushResult:

@@ -65,6 +65,16 @@ def _first(items):
   return items[0] if items else None
 
 
+def servable_at(store: LineageStore, version_dir: str,
+                model_name: Optional[str] = None) -> Artifact:
+  """The servable stored for `version_dir` (exported or optimized, newest first), else a new
+  ExportedModel record of it: a stage run alone on a model links to its recorded lineage."""
+  version_dir = version_dir.rstrip("/")
+  known = newest(a for a in store.mlmd.get_artifacts_by_uri(version_dir)
+                 if store.type_name(a.type_id) in schema.SERVABLES)
+  return known[0] if known else schema.exported_model(version_dir, model_name)
+
+
 # ------------------------------------------------------------------------------------- chain
 
 

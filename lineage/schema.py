@@ -21,6 +21,7 @@ from typing import Any, Dict, Mapping, Optional
 
 from ml_metadata.proto import metadata_store_pb2
 
+from export import versions
 from lineage import fingerprint as fingerprint_lib
 
 INT, DOUBLE, STRING, BOOL, JSON = "int", "double", "string", "bool", "json"
@@ -176,9 +177,8 @@ def model(checkpoint_dir: str, checkpoint: Optional[str] = None,
 def _servable(type_name: str, version_dir: str, model_name: Optional[str]):
   version_dir = version_dir.rstrip("/")
   digest = fingerprint_lib.fingerprint_dir(version_dir)
-  name = posixpath.basename(version_dir)
   return new_artifact(type_name, version_dir, model_name=model_name,
-                      version=int(name) if name.isdigit() else None,
+                      version=versions.parse_version(posixpath.basename(version_dir)),
                       fingerprint=digest.fingerprint, size_bytes=digest.size_bytes)
 
 

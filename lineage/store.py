@@ -12,13 +12,11 @@ environment variable that holds it, read only when connecting.
 import dataclasses
 import logging as std_logging
 import os
-import random
-import time
 from typing import Callable, Dict, Optional, TypeVar, Union
 
 import ml_metadata as mlmd
-from absl import flags
-from absl import logging
+import tenacity
+from absl import flags, logging
 from ml_metadata import errors as mlmd_errors
 from ml_metadata.proto import metadata_store_pb2
 
@@ -81,9 +79,12 @@ class RetryPolicy:
   first_delay_secs: float = 0.05
   max_delay_secs: float = 2.0
 
-  def delay(self, attempt: int) -> float:
-    ceiling = min(self.max_delay_secs, self.first_delay_secs * 2 ** attempt)
-    return random.uniform(ceiling / 2, ceiling)
+  def retrying(self, retry, **options) -> tenacity.Retrying:
+    # Jitter keeps two writers that collided once from colliding again in step.
+    return tenacity.Retrying(
+        retry=retry, stop=tenacity.stop_after_attempt(self.attempts), reraise=True, **options,
+        wait=tenacity.wait_random_exponential(multiplier=self.first_delay_secs,
+                                              max=self.max_delay_secs))
 
 
 def store_config(job_dir: Optional[str] = None, metadata_db: Optional[str] = None,
@@ -155,18 +156,14 @@ def is_transient(error: BaseException) -> bool:
 
 
 def with_retries(call: Callable[[], T], what: str, policy: RetryPolicy) -> T:
-  attempt = 0
-  while True:
-    try:
-      return call()
-    except Exception as e:  # noqa: BLE001 -- is_transient decides; the rest re-raise
-      attempt += 1
-      if not is_transient(e) or attempt >= policy.attempts:
-        raise
-      delay = policy.delay(attempt - 1)
-      logging.info("%s: store busy (%s); retry %d of %d in %.2fs", what,
-                   str(e).splitlines()[0][:120], attempt, policy.attempts - 1, delay)
-      time.sleep(delay)
+  def log_retry(state: tenacity.RetryCallState) -> None:
+    error = state.outcome.exception()
+    logging.info("%s: store busy (%s); retry %d of %d in %.2fs", what,
+                 str(error).splitlines()[0][:120], state.attempt_number, policy.attempts - 1,
+                 state.next_action.sleep)
+
+  return policy.retrying(tenacity.retry_if_exception(is_transient),
+                         before_sleep=log_retry)(call)
 
 
 class _RetryingStore:
@@ -231,15 +228,12 @@ class LineageStore:
       type_proto = proto(name=name)
       for key, kind in properties.items():
         type_proto.properties[key] = schema.STORED_TYPES[kind]
-      for attempt in range(2):
-        try:
-          type_id = put(type_proto, can_add_fields=True, can_omit_fields=True)
-          break
-        except mlmd_errors.AlreadyExistsError:
-          # Another process registered it between our look-up and insert; the second
-          # put finds it.
-          if attempt:
-            raise
+      # Another process may register it between our look-up and insert; a second put
+      # then finds it.
+      type_id = tenacity.Retrying(
+          retry=tenacity.retry_if_exception_type(mlmd_errors.AlreadyExistsError),
+          stop=tenacity.stop_after_attempt(2), reraise=True)(
+              put, type_proto, can_add_fields=True, can_omit_fields=True)
       self._type_ids[name] = type_id
       self._type_names[type_id] = name
 
