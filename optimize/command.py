@@ -1,39 +1,40 @@
-"""python -m optimize --input_dir EXPORT_VERSION_DIR --output_dir DIR [--transforms ...]"""
+"""The command line of `python -m optimize`: flags, a run (recorded when given a store), exit
+status 1 with the failed step's message."""
 
-import os
+from absl import app, flags
 
-# TensorFlow's C++ start-up chatter buries the optimizer's own output.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from lineage import query
+from lineage import store as lineage_store
+from lineage.record import Recorder
+from optimize import guard
+from optimize import optimizer
+from optimize import recorded
+from optimize import transforms
 
-from absl import app  # noqa: E402
-from absl import flags  # noqa: E402
-
-from lineage import store as lineage_store  # noqa: E402
-from optimize import guard  # noqa: E402
-from optimize import optimizer  # noqa: E402
-from optimize import transforms  # noqa: E402
-
-flags.DEFINE_string("input_dir", None, "SavedModel version dir to optimize (never modified).")
-flags.DEFINE_string("output_dir", None, "Where the optimized SavedModel version goes.")
-flags.DEFINE_string("transforms", transforms.DEFAULT_TRANSFORMS,
-                    "Transforms in order, Graph Transform Tool style, e.g. 'freeze "
-                    "strip_unused_nodes remove_nodes(op=Identity) merge_duplicate_nodes "
-                    "fold_constants fold_batch_norms quantize_weights(dtype=int8|float16)'. "
-                    f"Known: {', '.join(transforms.TRANSFORMS)}.")
-flags.DEFINE_string("eval_data", None,
-                    "Evaluation inputs for the accuracy guard: a TFRecord of serialized "
-                    "tf.Example, or a CSV / JSON Lines file whose columns are features. "
-                    "Default: the export's warmup records.")
-flags.DEFINE_float("min_agreement", guard.DEFAULT_MIN_AGREEMENT,
-                   "Lowest top-1 agreement with the original, per signature, to accept.")
-flags.DEFINE_bool("force", False, "Write the optimized model even if the guard refuses it.")
-flags.DEFINE_bool("overwrite", False, "Replace a non-empty --output_dir.")
-flags.DEFINE_string("report_dir", None, "Report location (default: <output_dir>.report).")
-flags.DEFINE_bool("measure", True, "Measure size, load time and latency after every step.")
-flags.DEFINE_string("model_name", None, "Model name recorded with the lineage.")
-lineage_store.define_flags()
-flags.mark_flags_as_required(["input_dir", "output_dir"])
 FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+  flags.DEFINE_string("input_dir", None, "SavedModel version dir to optimize (never modified).")
+  flags.DEFINE_string("output_dir", None, "Where the optimized SavedModel version goes.")
+  flags.DEFINE_string("transforms", transforms.DEFAULT_TRANSFORMS,
+                      "Transforms in order, Graph Transform Tool style, e.g. 'freeze "
+                      "strip_unused_nodes remove_nodes(op=Identity) merge_duplicate_nodes "
+                      "fold_constants fold_batch_norms quantize_weights(dtype=int8|float16)'. "
+                      f"Known: {', '.join(transforms.names())}.")
+  flags.DEFINE_string("eval_data", None,
+                      "Evaluation inputs for the accuracy guard: a TFRecord of serialized "
+                      "tf.Example, or a CSV / JSON Lines file whose columns are features. "
+                      "Default: the export's warmup records.")
+  flags.DEFINE_float("min_agreement", guard.DEFAULT_MIN_AGREEMENT,
+                     "Lowest top-1 agreement with the original, per signature, to accept.")
+  flags.DEFINE_bool("force", False, "Write the optimized model even if the guard refuses it.")
+  flags.DEFINE_bool("overwrite", False, "Replace a non-empty --output_dir.")
+  flags.DEFINE_string("report_dir", None, "Report location (default: <output_dir>.report).")
+  flags.DEFINE_bool("measure", True, "Measure size, load time and latency after every step.")
+  flags.DEFINE_string("model_name", None, "Model name recorded with the lineage.")
+  lineage_store.define_flags()
+  flags.mark_flags_as_required(["input_dir", "output_dir"])
 
 
 def main(argv):
@@ -64,15 +65,15 @@ def main(argv):
 
 def _optimize_recorded(arguments):
   """Records the run as an Optimize execution in the store the flags name."""
-  from lineage import stages  # Only a recorded run needs the lineage stages.
-  from lineage.record import Recorder
   store = lineage_store.open_store(lineage_store.config_from_flags(None))
   recorder = Recorder(store, experiment=FLAGS.input_dir.rstrip("/").rsplit("/", 1)[0])
-  source = stages.recorded_servable(recorder, FLAGS.input_dir, FLAGS.model_name)
-  result, _ = stages.optimize(recorder, source, FLAGS.output_dir, FLAGS.model_name, **arguments)
+  source = query.servable_at(store, FLAGS.input_dir, FLAGS.model_name)
+  result, _ = recorded.optimize(recorder, source, FLAGS.output_dir, FLAGS.model_name,
+                                **arguments)
   print(f"lineage {store.describe()}")
   return result
 
 
-if __name__ == "__main__":
+def run() -> None:
+  define_flags()
   app.run(main)

@@ -1,39 +1,23 @@
 """The accuracy guard: original and optimized must answer the same on evaluation inputs.
 
-Inputs come from a file the user passes (a TFRecord of serialized `tf.Example`, or a
-CSV / JSON Lines file whose columns become `tf.Example` features) or, by default, from
-the export's own warmup records. Every signature is compared, output by output.
+Every signature is run on the inputs `evaluation_inputs` builds and compared, output by
+output, as an agreement rate. This rule differs on purpose from the smoke test's
+(`serving/smoke_test/checks.py`), which demands equal answers within float noise: the smoke
+test compares one model with itself served, where any difference is a serving bug; the guard
+compares two different models, where quantization is allowed to move scores as long as the
+decisions (top class, regression value within tolerance) stay the same.
 """
 
-import csv
 import dataclasses
-import io
-import json
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
-import tensorflow as tf
 
-from export import warmup
-from serving.servables import SessionServable
+from export.servable import SessionServable
+from optimize.evaluation_inputs import SignatureInputs
 
-PARSE_OPS = ("ParseExample", "ParseExampleV2", "ParseSingleExample")
 DEFAULT_MIN_AGREEMENT = 0.995
-_BATCH = 64
 _REGRESSION_RTOL, _REGRESSION_ATOL = 1e-2, 1e-3
-
-
-class GuardError(ValueError):
-  """The guard could not compare the models, or they disagree."""
-
-
-@dataclasses.dataclass
-class SignatureInputs:
-  batches: List[Dict[str, object]]
-
-  @property
-  def examples(self) -> int:
-    return sum(len(next(iter(b.values()))) for b in self.batches)
 
 
 @dataclasses.dataclass
@@ -70,171 +54,6 @@ class GuardResult:
 
   def to_dict(self) -> Dict:
     return dataclasses.asdict(self) | {"agreement": self.agreement, "passed": self.passed}
-
-
-# ------------------------------------------------------------------------------ inputs
-
-
-def read_examples(path: str, limit: int = 2048) -> List[bytes]:
-  """Serialized tf.Examples from a TFRecord, CSV (header) or JSON Lines file."""
-  lower = path.lower()
-  if lower.endswith((".csv", ".jsonl", ".ndjson")):
-    with tf.io.gfile.GFile(path, "rb") as f:
-      raw = f.read()
-    try:
-      text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-      line = raw[:e.start].count(b"\n") + 1
-      raise GuardError(f"{path}:{line}: not valid UTF-8") from e
-    rows = (csv.DictReader(io.StringIO(text, newline="")) if lower.endswith(".csv")
-            else _json_lines(path, text))
-    examples = [_example(row, f"{path}:{n + 2}").SerializeToString()
-                for n, row in zip(range(limit), rows)]
-  else:
-    examples = []
-    try:
-      for record in tf.compat.v1.io.tf_record_iterator(path):
-        tf.train.Example.FromString(record)
-        examples.append(record)
-        if len(examples) == limit:
-          break
-    except Exception as e:
-      raise GuardError(f"{path}: record {len(examples) + 1} is not a serialized tf.Example "
-                       f"in a TFRecord file: {e}") from e
-  if not examples:
-    raise GuardError(f"{path}: no evaluation examples")
-  return examples
-
-
-def _json_lines(path, text):
-  for number, line in enumerate(text.splitlines(), start=1):
-    if line.strip():
-      try:
-        yield json.loads(line)
-      except json.JSONDecodeError as e:
-        raise GuardError(f"{path}:{number}: not valid JSON: {e.msg}") from e
-
-
-def _example(row: Mapping[str, object], where: str) -> tf.train.Example:
-  features = {}
-  for key, value in row.items():
-    if key is None:
-      raise GuardError(f"{where}: more fields than the header names")
-    values = value if isinstance(value, list) else [value]
-    if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
-      features[key] = tf.train.Feature(float_list=tf.train.FloatList(value=values))
-    else:
-      numbers = _as_numbers(values)
-      features[key] = (tf.train.Feature(float_list=tf.train.FloatList(value=numbers))
-                       if numbers is not None else
-                       tf.train.Feature(bytes_list=tf.train.BytesList(
-                           value=[str(v).encode("utf-8") for v in values])))
-  return tf.train.Example(features=tf.train.Features(feature=features))
-
-
-def _as_numbers(values):
-  try:
-    return [float(v) for v in values]
-  except (TypeError, ValueError):
-    return None
-
-
-def warmup_inputs(version_dir: str, signatures) -> Tuple[Dict[str, List[Dict]], List[bytes]]:
-  """The export's warmup requests as inputs per signature, and every tf.Example in them."""
-  path = f"{version_dir}/assets.extra/{warmup.WARMUP_FILENAME}"
-  batches: Dict[str, List[Dict]] = {}
-  examples: List[bytes] = []
-  if not tf.io.gfile.exists(path):
-    return batches, examples
-  for log in warmup.read_warmup_file(path):
-    kind = log.WhichOneof("log_type")
-    if kind in ("classify_log", "regress_log"):
-      request = getattr(log, kind).request
-      name = request.model_spec.signature_name or "serving_default"
-      serialized = [e.SerializeToString() for e in request.input.example_list.examples]
-      examples.extend(serialized)
-      if name in signatures and len(signatures[name].inputs) == 1:
-        batches.setdefault(name, []).append({next(iter(signatures[name].inputs)): serialized})
-    elif kind == "predict_log":
-      request = log.predict_log.request
-      name = request.model_spec.signature_name or "serving_default"
-      batches.setdefault(name, []).append(
-          {k: tf.make_ndarray(v) for k, v in request.inputs.items()})
-  return batches, examples
-
-
-def _feeds_parser(graph_def, tensor_name: str) -> bool:
-  """Whether the tensor reaches a tf.Example parser (possibly through Identity nodes)."""
-  users: Dict[str, List] = {}
-  for node in graph_def.node:
-    for tensor in node.input:
-      users.setdefault(tensor.split(":")[0], []).append(node)
-  frontier, seen = [tensor_name.split(":")[0]], set()
-  while frontier:
-    name = frontier.pop()
-    if name in seen:
-      continue
-    seen.add(name)
-    for user in users.get(name, []):
-      if user.op in PARSE_OPS:
-        return True
-      if user.op == "Identity":
-        frontier.append(user.name)
-  return False
-
-
-def signature_inputs(servable: SessionServable, graph_def, examples: Sequence[bytes],
-                     warmup_batches: Mapping[str, List[Dict]]) -> Dict[str, SignatureInputs]:
-  """Inputs for every signature, from tf.Examples where it can and else from warmup
-  requests; raises naming the signature it cannot feed."""
-  result = {}
-  for name, signature in sorted(servable.signatures.items()):
-    keys = list(signature.inputs)
-    if examples:
-      batch_columns = {}
-      for key in keys:
-        info = signature.inputs[key]
-        if info.dtype == tf.string.as_datatype_enum and _feeds_parser(graph_def, info.name):
-          batch_columns[key] = list(examples)
-        else:
-          column = _feature_column(examples, key, info)
-          if column is None:
-            break
-          batch_columns[key] = column
-      if len(batch_columns) == len(keys):
-        result[name] = SignatureInputs([
-            {k: v[i:i + _BATCH] for k, v in batch_columns.items()}
-            for i in range(0, len(examples), _BATCH)])
-        continue
-    requests = [b for b in warmup_batches.get(name, []) if set(b) == set(keys)]
-    if requests:
-      result[name] = SignatureInputs(requests)
-      continue
-    raise GuardError(f"cannot build evaluation inputs for signature {name!r} (inputs {keys}): "
-                     f"pass evaluation data with a feature named after each input")
-  return result
-
-
-def _feature_column(examples: Sequence[bytes], key: str, info):
-  values = []
-  for serialized in examples:
-    feature = tf.train.Example.FromString(serialized).features.feature.get(key)
-    if feature is None:
-      return None
-    kind = feature.WhichOneof("kind")
-    values.append(list(getattr(feature, kind).value))
-  rank = len(info.tensor_shape.dim)
-  dtype = tf.as_dtype(info.dtype)
-  if dtype == tf.string:
-    array = np.array(values, dtype=object)
-  else:
-    array = np.array(values, dtype=dtype.as_numpy_dtype)
-  if rank == 1 and array.ndim == 2 and array.shape[1] == 1:
-    array = array[:, 0]
-  return array
-
-
-# --------------------------------------------------------------------------- comparison
 
 
 def compare_outputs(reference: np.ndarray, candidate: np.ndarray) -> OutputAgreement:

@@ -12,11 +12,12 @@ from absl import logging
 from tensorflow.python.framework import op_def_registry
 
 from export import artifact_io
+from export.servable import SessionServable
+from optimize import evaluation_inputs
 from optimize import guard
 from optimize import report
 from optimize import savedmodel_io
 from optimize import transforms
-from serving.servables import SessionServable
 
 # Registered in pip builds but absent from (or specific to) other builds of TF Serving.
 _BUILD_SPECIFIC_PREFIXES = ("_Mkl", "_MklNative", "_Fused", "_Quantized")
@@ -75,7 +76,7 @@ def _is_stock(op: str) -> bool:
   return op_def_registry.get(op) is not None and not op.startswith(_BUILD_SPECIFIC_PREFIXES)
 
 
-def _measure_inputs(inputs: Dict[str, guard.SignatureInputs]):
+def _measure_inputs(inputs: Dict[str, evaluation_inputs.SignatureInputs]):
   """A signature and its batch-1 and batch-64 inputs for latency figures."""
   name = "serving_default" if "serving_default" in inputs else sorted(inputs)[0]
   first = inputs[name].batches[0]
@@ -119,10 +120,11 @@ def optimize(input_dir: str, output_dir: str,
 
   with SessionServable(input_dir) as original:
     try:
-      batches, warmup_examples = guard.warmup_inputs(input_dir, original.signatures)
-      examples = guard.read_examples(eval_data) if eval_data else warmup_examples
-      inputs = guard.signature_inputs(original, source.graph_def, examples, batches)
-    except guard.GuardError as e:
+      batches, warmup_examples = evaluation_inputs.warmup_inputs(input_dir, original.signatures)
+      examples = (evaluation_inputs.read_eval_examples(eval_data, source.graph_def)
+                  if eval_data else warmup_examples)
+      inputs = evaluation_inputs.signature_inputs(original, source.graph_def, examples, batches)
+    except evaluation_inputs.GuardError as e:
       raise OptimizeError("guard", input_dir, str(e)) from e
   signature, batch1, batch64 = _measure_inputs(inputs)
 

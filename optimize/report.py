@@ -8,8 +8,8 @@ import time
 from typing import Dict, List, Mapping, Optional
 
 from export import artifact_io
+from export.servable import SessionServable
 from optimize import savedmodel_io
-from serving.servables import SessionServable
 
 
 @dataclasses.dataclass

@@ -20,8 +20,8 @@ from tensorflow.core.protobuf import saver_pb2
 from tensorflow.python.framework import op_def_registry
 
 from export import artifact_io
+from export.servable import SERVE_TAG
 
-SERVE_TAG = "serve"
 MAIN_OP_KEYS = ("saved_model_main_op", "legacy_init_op")
 ASSETS_KEY = "saved_model_assets"
 VARIABLE_OPS = ("VarHandleOp", "VariableV2", "Variable")
