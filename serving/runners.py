@@ -1,35 +1,39 @@
 """Starts a model server to test, as TFX's InfraValidator does: the real TF Serving when it
 can run, the embedded server otherwise.
 
-- `BinaryRunner`: `tensorflow_model_server` from PATH.
-- `DockerRunner`: the `tensorflow/serving:2.15.1` image, when a Docker engine answers.
-- `EmbeddedRunner`: `python -m serving.model_server`, the default when neither is present.
+- `BinaryRunner`: `tensorflow_model_server` from PATH, as a child process.
+- `DockerRunner`: the `tensorflow/serving:2.15.1` image, through the Docker SDK, when a Docker
+  engine answers.
+- `EmbeddedRunner`: `python -m serving.model_server`, a child process, the default when
+  neither is present.
 
-All three run as a child process with the same TF Serving flags: free ports on 127.0.0.1, a
-`--model_config_file` written here, optional `--enable_batching` with a
-`--batching_parameters_file`, and `--max_num_load_retries=0` (a model that fails to load
-fails the check at once instead of after the binary's five one-minute retries). Readiness is
-`wait_until_available`: gRPC ModelService.GetModelStatus polled until every model is
-AVAILABLE, END (a failed load) or a dead process failing it, within a deadline.
+All three get the same TF Serving flags: free ports on 127.0.0.1, a `--model_config_file`
+written here, optional `--enable_batching` with a `--batching_parameters_file`, and
+`--max_num_load_retries=0` (a model that fails to load fails the check at once instead of
+after the binary's five one-minute retries). Readiness is `wait_until_available`: gRPC
+ModelService.GetModelStatus polled until every model is AVAILABLE, END (a failed load) or a
+dead server failing it, within a deadline.
 """
 
 import abc
 import dataclasses
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
 import uuid
 from typing import Callable, Dict, List, Optional, Sequence
 
+import docker
 import grpc
-from tensorflow_serving.apis import get_model_status_pb2
-from tensorflow_serving.apis import model_service_pb2_grpc
+import portpicker
+import tenacity
+from docker import errors as docker_errors
+from tensorflow_serving.apis import get_model_status_pb2, model_service_pb2_grpc
 
-from serving import server_config
 from serving.errors import ModelLoadError, ServerStartError
+from serving.model_server import config_files
 
 BINARY = "tensorflow_model_server"
 DOCKER_IMAGE = "tensorflow/serving:2.15.1"
@@ -50,25 +54,29 @@ class ServedModel:
 
 
 def free_port() -> int:
-  with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-    s.bind((LOOPBACK, 0))
-    return s.getsockname()[1]
+  return portpicker.pick_unused_port()
 
 
 def binary_path() -> Optional[str]:
   return shutil.which(BINARY)
 
 
-def docker_engine_answers(timeout_secs: float = 10.0) -> bool:
-  docker = shutil.which("docker")
-  if not docker:
-    return False
+def docker_client(timeout_secs: float = 10.0) -> Optional[docker.DockerClient]:
+  """A client of the Docker engine DOCKER_HOST (or the local socket) names, if it answers."""
   try:
-    completed = subprocess.run([docker, "info", "--format", "{{.ServerVersion}}"],
-                               capture_output=True, timeout=timeout_secs, check=False)
-  except (OSError, subprocess.TimeoutExpired):
+    client = docker.from_env(timeout=timeout_secs)
+    client.ping()
+  except (docker_errors.DockerException, OSError):
+    return None
+  return client
+
+
+def docker_engine_answers(timeout_secs: float = 10.0) -> bool:
+  client = docker_client(timeout_secs)
+  if client is None:
     return False
-  return completed.returncode == 0
+  client.close()
+  return True
 
 
 def choose_backend(requested: str = "auto") -> str:
@@ -78,7 +86,7 @@ def choose_backend(requested: str = "auto") -> str:
   if requested == "binary" and not binary_path():
     raise ServerStartError(f"--backend=binary, but {BINARY} is not on PATH")
   if requested == "docker" and not docker_engine_answers():
-    raise ServerStartError("--backend=docker, but no Docker engine answers `docker info`")
+    raise ServerStartError("--backend=docker, but no Docker engine answers (DOCKER_HOST or the local socket)")
   if requested != "auto":
     return requested
   if binary_path():
@@ -89,7 +97,7 @@ def choose_backend(requested: str = "auto") -> str:
 
 
 class Runner(abc.ABC):
-  """One server process: `start()`, then `grpc_target` / `rest_target`, then `stop()`."""
+  """One server: `start()`, then `grpc_target` / `rest_target`, then `stop()`."""
 
   backend = ""
 
@@ -104,8 +112,6 @@ class Runner(abc.ABC):
     self.rest_port = free_port()
     while self.rest_port == self.grpc_port:
       self.rest_port = free_port()
-    self.log_path = os.path.join(work_dir, f"{self.backend}-server.log")
-    self._process: Optional[subprocess.Popen] = None
 
   @property
   def grpc_target(self) -> str:
@@ -124,47 +130,39 @@ class Runner(abc.ABC):
     """Writes models.config (and batching_parameters.txt) into the work dir; returns the
     server flags naming them, as seen from `config_dir` (the server's view of the work dir)."""
     os.makedirs(self.work_dir, exist_ok=True)
-    config = server_config.model_config(
+    config = config_files.model_config(
         [(m.name, model_dir(m)) for m in self.models],
         versions={m.name: m.versions for m in self.models if m.versions})
     seen_from = config_dir or self.work_dir
     with open(os.path.join(self.work_dir, "models.config"), "w") as f:
-      f.write(server_config.to_text(config))
+      f.write(config_files.to_text(config))
     flags = [f"--model_config_file={seen_from}/models.config"]
     if self.max_batch_size is not None:
       with open(os.path.join(self.work_dir, "batching_parameters.txt"), "w") as f:
-        f.write(server_config.to_text(server_config.batching_parameters(self.max_batch_size)))
+        f.write(config_files.to_text(config_files.batching_parameters(self.max_batch_size)))
       flags += ["--enable_batching", f"--batching_parameters_file={seen_from}/"
                                      f"batching_parameters.txt"]
     return flags
 
   @abc.abstractmethod
-  def command(self) -> List[str]:
-    """The command line that starts the server (writing its config files first)."""
-
-  def environment(self) -> Dict[str, str]:
-    return dict(os.environ)
-
   def start(self) -> None:
-    command = self.command()
-    log = open(self.log_path, "ab")
-    log.write(f"$ {' '.join(command)}\n".encode())
-    log.flush()
-    try:
-      self._process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
-                                       stdin=subprocess.DEVNULL, env=self.environment(),
-                                       start_new_session=True)
-    except OSError as e:
-      raise ServerStartError(f"cannot start the {self.backend} server ({command[0]}): "
-                             f"{e}") from e
-    finally:
-      log.close()
+    """Starts the server (writing its config files first); raises ServerStartError."""
+
+  @abc.abstractmethod
+  def exit_code(self) -> Optional[int]:
+    """None while the server runs; its exit code once it stopped."""
+
+  @abc.abstractmethod
+  def stop(self) -> None:
+    """Stops the server, if it runs."""
+
+  @abc.abstractmethod
+  def log_text(self) -> str:
+    """Everything the server logged."""
 
   def check_alive(self) -> None:
-    """Raises ServerStartError when the server process has exited."""
-    if self._process is None:
-      raise ServerStartError(f"the {self.backend} server was never started")
-    code = self._process.poll()
+    """Raises ServerStartError (or ModelLoadError) when the server has exited."""
+    code = self.exit_code()
     if code is None:
       return
     lines = [l.strip() for l in self.log_text().splitlines() if l.strip()]
@@ -180,6 +178,50 @@ class Runner(abc.ABC):
     raise ServerStartError(f"the {self.backend} server exited with code {code} before its "
                            f"models were AVAILABLE; "
                            f"{(failed or lines or ['its log is empty'])[-1]}")
+
+  def log_tail(self, lines: int = 60) -> str:
+    return "\n".join(self.log_text().splitlines()[-lines:])
+
+  def __enter__(self):
+    self.start()
+    return self
+
+  def __exit__(self, *exc):
+    self.stop()
+
+
+class _ProcessRunner(Runner):
+  """A server run as a child process of this one, logging to a file in the work dir."""
+
+  def __init__(self, *args, **kwargs):
+    super().__init__(*args, **kwargs)
+    self.log_path = os.path.join(self.work_dir, f"{self.backend}-server.log")
+    self._process: Optional[subprocess.Popen] = None
+
+  @abc.abstractmethod
+  def command(self) -> List[str]:
+    """The command line that starts the server (writing its config files first)."""
+
+  def environment(self) -> Dict[str, str]:
+    return dict(os.environ)
+
+  def start(self) -> None:
+    command = self.command()
+    with open(self.log_path, "ab") as log:
+      log.write(f"$ {' '.join(command)}\n".encode())
+      log.flush()
+      try:
+        self._process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
+                                         stdin=subprocess.DEVNULL, env=self.environment(),
+                                         start_new_session=True)
+      except OSError as e:
+        raise ServerStartError(f"cannot start the {self.backend} server ({command[0]}): "
+                               f"{e}") from e
+
+  def exit_code(self) -> Optional[int]:
+    if self._process is None:
+      raise ServerStartError(f"the {self.backend} server was never started")
+    return self._process.poll()
 
   def stop(self) -> None:
     process, self._process = self._process, None
@@ -199,18 +241,8 @@ class Runner(abc.ABC):
     except FileNotFoundError:
       return ""
 
-  def log_tail(self, lines: int = 60) -> str:
-    return "\n".join(self.log_text().splitlines()[-lines:])
 
-  def __enter__(self):
-    self.start()
-    return self
-
-  def __exit__(self, *exc):
-    self.stop()
-
-
-class BinaryRunner(Runner):
+class BinaryRunner(_ProcessRunner):
   backend = "binary"
 
   def __init__(self, *args, binary: Optional[str] = None, **kwargs):
@@ -223,7 +255,7 @@ class BinaryRunner(Runner):
             "--max_num_load_retries=0", *self.write_config_files()]
 
 
-class EmbeddedRunner(Runner):
+class EmbeddedRunner(_ProcessRunner):
   backend = "embedded"
 
   def command(self) -> List[str]:
@@ -238,34 +270,77 @@ class EmbeddedRunner(Runner):
 
 
 class DockerRunner(Runner):
+  """The TF Serving image in a container of the Docker engine, with the models mounted
+  read-only and the ports published on 127.0.0.1 only."""
+
   backend = "docker"
 
   def __init__(self, *args, image: str = DOCKER_IMAGE, **kwargs):
     super().__init__(*args, **kwargs)
     self.image = image
-    self.container = f"smoke-test-{uuid.uuid4().hex[:12]}"
+    self.container_name = f"smoke-test-{uuid.uuid4().hex[:12]}"
+    self._client: Optional[docker.DockerClient] = None
+    self._container = None
+    self._last_log = ""
 
-  def command(self) -> List[str]:
+  def container_spec(self) -> Dict:
+    """The arguments of `containers.run` (writing the config files first)."""
     flags = self.write_config_files(lambda m: f"{_CONTAINER_MODELS}/{m.name}",
                                     config_dir=_CONTAINER_CONFIG)
-    mounts = []
-    for model in self.models:
-      mounts += ["-v", f"{os.path.abspath(model.base_path)}:{_CONTAINER_MODELS}/{model.name}:ro"]
+    volumes = {os.path.abspath(m.base_path): {"bind": f"{_CONTAINER_MODELS}/{m.name}",
+                                              "mode": "ro"} for m in self.models}
+    volumes[os.path.abspath(self.work_dir)] = {"bind": _CONTAINER_CONFIG, "mode": "ro"}
     # The image's entrypoint adds --port=8500 --rest_api_port=8501; the config file then
     # overrides its --model_name / --model_base_path.
-    return ["docker", "run", "--rm", "--name", self.container,
-            "-p", f"{LOOPBACK}:{self.grpc_port}:{_CONTAINER_GRPC_PORT}",
-            "-p", f"{LOOPBACK}:{self.rest_port}:{_CONTAINER_REST_PORT}",
-            *mounts, "-v", f"{os.path.abspath(self.work_dir)}:{_CONTAINER_CONFIG}:ro",
-            self.image, "--max_num_load_retries=0", *flags]
+    return {"image": self.image, "command": ["--max_num_load_retries=0", *flags],
+            "name": self.container_name, "detach": True, "volumes": volumes,
+            "ports": {f"{_CONTAINER_GRPC_PORT}/tcp": (LOOPBACK, self.grpc_port),
+                      f"{_CONTAINER_REST_PORT}/tcp": (LOOPBACK, self.rest_port)}}
+
+  def start(self) -> None:
+    spec = self.container_spec()
+    self._client = docker_client()
+    if self._client is None:
+      raise ServerStartError("no Docker engine answers (DOCKER_HOST or the local socket)")
+    try:
+      self._container = self._client.containers.run(**spec)
+    except docker_errors.DockerException as e:
+      raise ServerStartError(f"cannot start the {self.image} container: {e}") from e
+
+  def exit_code(self) -> Optional[int]:
+    if self._container is None:
+      raise ServerStartError("the docker server was never started")
+    try:
+      self._container.reload()
+    except docker_errors.NotFound:
+      return -1
+    if self._container.status in ("created", "running", "restarting"):
+      return None
+    return int(self._container.attrs["State"]["ExitCode"])
+
+  def log_text(self) -> str:
+    if self._container is not None:
+      try:
+        self._last_log = self._container.logs().decode("utf-8", "replace")
+      except docker_errors.DockerException:
+        pass
+    return self._last_log
 
   def stop(self) -> None:
-    if self._process is not None and self._process.poll() is None:
-      subprocess.run(["docker", "stop", "--time", "5", self.container], capture_output=True,
-                     timeout=60, check=False)
-    super().stop()
-    subprocess.run(["docker", "rm", "--force", self.container], capture_output=True,
-                   timeout=60, check=False)
+    container, self._container = self._container, None
+    if container is not None:
+      try:
+        self._last_log = container.logs().decode("utf-8", "replace")
+        container.stop(timeout=5)
+      except docker_errors.DockerException:
+        pass
+      try:
+        container.remove(force=True)
+      except docker_errors.DockerException:
+        pass
+    if self._client is not None:
+      self._client.close()
+      self._client = None
 
 
 RUNNERS = {"binary": BinaryRunner, "docker": DockerRunner, "embedded": EmbeddedRunner}
@@ -276,6 +351,10 @@ def make_runner(backend: str, models: Sequence[ServedModel], work_dir: str,
   return RUNNERS[backend](models, work_dir, max_batch_size=max_batch_size)
 
 
+class _NotAvailableYet(Exception):
+  """A model has no AVAILABLE version yet (or the server does not answer yet)."""
+
+
 def wait_until_available(grpc_target: str, model_names: Sequence[str], deadline_secs: float,
                          check_alive: Optional[Callable[[], None]] = None,
                          ) -> Dict[str, List[int]]:
@@ -283,48 +362,47 @@ def wait_until_available(grpc_target: str, model_names: Sequence[str], deadline_
 
   A server that does not answer yet is polled again until the deadline (a slow start is not
   a failure); a version in END with an error status raises ModelLoadError; `check_alive`
-  raises when the server process died.
+  raises when the server died.
   """
   deadline = time.monotonic() + deadline_secs
-  last = "the server never answered"
-  delay = 0.05
   with grpc.insecure_channel(grpc_target) as channel:
     stub = model_service_pb2_grpc.ModelServiceStub(channel)
-    while True:
+
+    def poll() -> Dict[str, List[int]]:
       if check_alive is not None:
         check_alive()
-      available: Dict[str, List[int]] = {}
-      for name in model_names:
-        remaining = max(deadline - time.monotonic(), 0.1)
-        request = get_model_status_pb2.GetModelStatusRequest()
-        request.model_spec.name = name
-        try:
-          response = stub.GetModelStatus(request, timeout=min(5.0, remaining))
-        except grpc.RpcError as e:
-          last = f"GetModelStatus({name}): {e.code().name}: {e.details()}"
-          break
-        for status in response.model_version_status:
-          if status.state == _State.END and status.status.error_code != 0:
-            raise ModelLoadError(
-                f"model {name} version {status.version} failed to load (state END): "
-                f"{_code_name(status.status.error_code)}: "
-                f"{status.status.error_message}")
-        ready = [s.version for s in response.model_version_status if s.state == _State.AVAILABLE]
-        pending = [s for s in response.model_version_status
-                   if s.state not in (_State.AVAILABLE, _State.END)]
-        if ready and not pending:
-          available[name] = sorted(ready)
-        else:
-          last = f"{name}: " + ", ".join(
-              f"version {s.version} {_State.Name(s.state)}" for s in response.model_version_status)
-          break
-      if len(available) == len(model_names):
-        return available
-      if time.monotonic() >= deadline:
-        raise ServerStartError(f"models {list(model_names)} not AVAILABLE at {grpc_target} "
-                               f"within {deadline_secs:g}s; last status: {last}")
-      time.sleep(min(delay, max(deadline - time.monotonic(), 0)))
-      delay = min(delay * 1.5, 1.0)
+      return {name: _available_versions(stub, name, max(deadline - time.monotonic(), 0.1))
+              for name in model_names}
+
+    try:
+      return tenacity.Retrying(
+          retry=tenacity.retry_if_exception_type(_NotAvailableYet),
+          wait=tenacity.wait_exponential(multiplier=0.05, exp_base=1.5, max=1.0),
+          stop=tenacity.stop_before_delay(deadline_secs), reraise=True)(poll)
+    except _NotAvailableYet as last:
+      raise ServerStartError(f"models {list(model_names)} not AVAILABLE at {grpc_target} "
+                             f"within {deadline_secs:g}s; last status: {last}") from None
+
+
+def _available_versions(stub, name: str, remaining_secs: float) -> List[int]:
+  request = get_model_status_pb2.GetModelStatusRequest()
+  request.model_spec.name = name
+  try:
+    response = stub.GetModelStatus(request, timeout=min(5.0, remaining_secs))
+  except grpc.RpcError as e:
+    raise _NotAvailableYet(f"GetModelStatus({name}): {e.code().name}: {e.details()}") from None
+  for status in response.model_version_status:
+    if status.state == _State.END and status.status.error_code != 0:
+      raise ModelLoadError(
+          f"model {name} version {status.version} failed to load (state END): "
+          f"{_code_name(status.status.error_code)}: {status.status.error_message}")
+  ready = [s.version for s in response.model_version_status if s.state == _State.AVAILABLE]
+  pending = [s for s in response.model_version_status
+             if s.state not in (_State.AVAILABLE, _State.END)]
+  if not ready or pending:
+    raise _NotAvailableYet(f"{name}: " + ", ".join(
+        f"version {s.version} {_State.Name(s.state)}" for s in response.model_version_status))
+  return sorted(ready)
 
 
 def _code_name(number: int) -> str:

@@ -1,11 +1,11 @@
-"""The models a server serves, and TF Serving's Predict / Classify / Regress / MultiInference /
-GetModelMetadata / GetModelStatus over them, with TF Serving's checks, statuses and messages.
+"""The models a server serves, and TF Serving's APIs over them, with its statuses and messages.
 
-Models come from a ModelServerConfig: each a base path of numeric version directories, of
-which the version policy picks the ones to load (by default the highest). Each version is
-loaded with the SessionServable (TensorFlow's SavedModel loader, tag `serve`, main op and table
-initializers run) and warmed up by replaying `assets.extra/tf_serving_warmup_requests` as TF
-Serving does: at most 1000 records, and a record that fails fails the load.
+Models come from a ModelServerConfig: each a base path of numeric version directories
+(`export.versions`), of which the version policy picks the ones to load (by default the
+highest). Each version is loaded with the SessionServable (TensorFlow's SavedModel loader, tag
+`serve`, main op and table initializers run) and warmed up by replaying its warmup records as
+TF Serving does: at most 1000 records, and a record that fails fails the load. The APIs
+themselves are in `inference.py`; this module resolves which loaded version answers.
 
 As the real server does at start-up, `load()` fails when any version fails to load. Unlike the
 real server, a base path with no version to load fails at once instead of waiting for one to
@@ -13,36 +13,36 @@ appear, so a bad model dir gives an error, never a hang.
 """
 
 import dataclasses
-import re
 import threading
-import time
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import grpc
 import numpy as np
+import tenacity
 import tensorflow as tf
 from absl import logging
-from tensorflow.core.framework import tensor_pb2
 from tensorflow.core.protobuf import meta_graph_pb2
-from tensorflow_serving.apis import classification_pb2
-from tensorflow_serving.apis import get_model_metadata_pb2
-from tensorflow_serving.apis import get_model_status_pb2
-from tensorflow_serving.apis import inference_pb2
-from tensorflow_serving.apis import model_pb2
-from tensorflow_serving.apis import prediction_log_pb2
-from tensorflow_serving.apis import regression_pb2
+from tensorflow_serving.apis import (
+  classification_pb2,
+  get_model_metadata_pb2,
+  get_model_status_pb2,
+  inference_pb2,
+  model_pb2,
+  prediction_log_pb2,
+  regression_pb2,
+)
 from tensorflow_serving.config import model_server_config_pb2
 
-from serving.errors import ServingError, invalid_argument, not_found
-from serving.servables import ServableError, SessionServable
+from export import versions as versions_lib
+from export import warmup
+from export.servable import ServableError, SessionServable
+from export.warmup import DEFAULT_SIGNATURE
+from serving.model_server import inference
+from serving.model_server.inference import Handle
+from serving.model_server.status import ServingError, from_tf_error, invalid_argument, not_found
+from serving.model_server.tensors import tensor_protos_to_arrays
 
-DEFAULT_SIGNATURE = "serving_default"
-CLASSIFY_METHOD = "tensorflow/serving/classify"
-REGRESS_METHOD = "tensorflow/serving/regress"
-WARMUP_FILE = "assets.extra/tf_serving_warmup_requests"
-MAX_WARMUP_RECORDS = 1000
 SIGNATURE_DEF_FIELD = "signature_def"
-_VERSION_DIR = re.compile(r"\d+")
 _State = get_model_status_pb2.ModelVersionStatus.State
 
 
@@ -72,44 +72,12 @@ class _Model:
   versions: Dict[int, _Version]
 
 
-@dataclasses.dataclass(frozen=True)
-class Handle:
-  """A resolved request: which version of which model answers it."""
-  name: str
-  version: int
-  servable: SessionServable
-
-  def model_spec(self, signature_name: str) -> model_pb2.ModelSpec:
-    """The answer's ModelSpec (MakeModelSpec): the version that answered, and the
-    signature, `serving_default` when the request left it empty."""
-    spec = model_pb2.ModelSpec(name=self.name, signature_name=signature_name or DEFAULT_SIGNATURE)
-    spec.version.value = self.version
-    return spec
-
-
-def _tf_error(error: Exception) -> ServingError:
-  if isinstance(error, ServingError):
-    return error
-  if isinstance(error, tf.errors.OpError):
-    # The Python session re-raises the runtime's error with a traceback-style preamble; the
-    # error it handled carries the message TF Serving would give.
-    original = error.__context__
-    if isinstance(original, tf.errors.OpError) and original.error_code == error.error_code:
-      error = original
-    return ServingError.from_code_number(error.error_code, error.message)
-  cause = error.__cause__
-  if isinstance(cause, tf.errors.OpError):
-    return ServingError.from_code_number(cause.error_code, str(error))
-  return ServingError(grpc.StatusCode.UNKNOWN, str(error))
-
-
 def aspired_versions(config: model_server_config_pb2.ModelConfig) -> List[int]:
   """The versions under the base path that the model's version policy asks for."""
   base = config.base_path
   if not tf.io.gfile.isdir(base):
     raise not_found(f"Could not find base path {base} for servable {config.name}")
-  found = sorted(int(n.rstrip("/")) for n in tf.io.gfile.listdir(base)
-                 if _VERSION_DIR.fullmatch(n.rstrip("/")))
+  found = sorted(versions_lib.version_dirs(base))
   policy = config.model_version_policy
   choice = policy.WhichOneof("policy_choice")
   if choice == "all":
@@ -169,9 +137,9 @@ class ServerCore:
   def load(self) -> None:
     """Loads every aspired version; raises the first failure, as TF Serving fails to start."""
     for config in self._config.model_config_list.config:
-      versions = aspired_versions(config)
+      dirs = versions_lib.version_dirs(config.base_path)
       model = _Model(config.name, config.base_path, dict(config.version_labels),
-                     {v: _Version(v, f"{config.base_path.rstrip('/')}/{v}") for v in versions})
+                     {v: _Version(v, dirs[v]) for v in aspired_versions(config)})
       with self._lock:
         self._models[config.name] = model
     for model in self._models.values():
@@ -186,65 +154,64 @@ class ServerCore:
 
   def _load_version(self, model: _Model, version: _Version) -> None:
     attempts = self.options.max_num_load_retries + 1
-    for attempt in range(1, attempts + 1):
-      self._set_state(version, _State.LOADING)
-      try:
-        servable = SessionServable(version.path)
-      except ServableError as e:
-        error = _tf_error(e)
-      else:
-        try:
-          if self.options.enable_model_warmup:
-            self._warm_up(Handle(model.name, version.version, servable))
-        except ServingError as e:
-          servable.close()
-          error = e
-        else:
-          with self._lock:
-            version.servable = servable
-            version.state, version.error = _State.AVAILABLE, None
-          logging.info("Successfully loaded servable version {name: %s version: %d}",
-                       model.name, version.version)
-          return
+
+    def log_failure(state: tenacity.RetryCallState) -> None:
       logging.error("Loading servable {name: %s version: %d} failed (attempt %d of %d): %s",
-                    model.name, version.version, attempt, attempts, error)
-      if attempt < attempts:
-        time.sleep(self.options.load_retry_interval_secs)
-    self._set_state(version, _State.END, error)
-    raise ServingError(error.code, f"Loading servable: {{name: {model.name} version: "
-                                   f"{version.version}}} failed: {error}")
+                    model.name, version.version, state.attempt_number, attempts,
+                    state.outcome.exception())
+
+    retrying = tenacity.Retrying(
+        retry=tenacity.retry_if_exception_type(ServingError),
+        stop=tenacity.stop_after_attempt(attempts),
+        wait=tenacity.wait_fixed(self.options.load_retry_interval_secs),
+        after=log_failure, reraise=True)
+    try:
+      servable = retrying(self._load_once, model, version)
+    except ServingError as error:
+      self._set_state(version, _State.END, error)
+      raise ServingError(error.code, f"Loading servable: {{name: {model.name} version: "
+                                     f"{version.version}}} failed: {error}") from None
+    with self._lock:
+      version.servable = servable
+      version.state, version.error = _State.AVAILABLE, None
+    logging.info("Successfully loaded servable version {name: %s version: %d}",
+                 model.name, version.version)
+
+  def _load_once(self, model: _Model, version: _Version) -> SessionServable:
+    self._set_state(version, _State.LOADING)
+    try:
+      servable = SessionServable(version.path)
+    except ServableError as e:
+      raise from_tf_error(e) from None
+    try:
+      if self.options.enable_model_warmup:
+        self._warm_up(Handle(model.name, version.version, servable))
+    except ServingError:
+      servable.close()
+      raise
+    return servable
 
   def _set_state(self, version: _Version, state: int, error: ServingError = None) -> None:
     with self._lock:
       version.state, version.error = state, error
 
   def _warm_up(self, handle: Handle) -> None:
-    path = f"{handle.servable.version_dir.rstrip('/')}/{WARMUP_FILE}"
+    path = warmup.warmup_file(handle.servable.version_dir)
     if not tf.io.gfile.exists(path):
       logging.info("No warmup data file found at %s", path)
       return
     count = 0
     try:
-      for record in tf.data.TFRecordDataset(path).as_numpy_iterator():
-        count += 1
-        if count > MAX_WARMUP_RECORDS:
-          raise invalid_argument(f"Number of warmup records exceeds the maximum "
-                                 f"({MAX_WARMUP_RECORDS}) at {path}")
-        log = prediction_log_pb2.PredictionLog()
-        try:
-          log.ParseFromString(record)
-        except Exception as e:  # protobuf raises its own DecodeError type
-          raise invalid_argument(f"Failed to parse warmup record {count} from {path}: "
-                                 f"{e}") from None
+      for count, log in warmup.iter_records(path):
         try:
           self._replay(handle, log)
         except ServingError as e:
           raise ServingError(e.code, f"warmup record {count} of {path} failed: "
                                      f"{e.message}") from None
-    except tf.errors.DataLossError as e:
-      raise ServingError(grpc.StatusCode.DATA_LOSS,
-                         f"{e.message}. Please verify your warmup data is in TFRecord "
-                         f"format.") from None
+    except warmup.CorruptWarmupFile as e:
+      raise ServingError(grpc.StatusCode.DATA_LOSS, str(e)) from None
+    except warmup.WarmupError as e:
+      raise invalid_argument(str(e)) from None
     logging.info("Finished reading warmup data for model at %s. Number of warmup records "
                  "read: %d.", path, count)
 
@@ -252,18 +219,19 @@ class ServerCore:
     kind = log.WhichOneof("log_type")
     if kind == "predict_log":
       request = log.predict_log.request
-      self.predict_on(handle, request.model_spec.signature_name,
-                      tensor_protos_to_arrays(request.inputs), request.output_filter)
+      inference.predict(handle, request.model_spec.signature_name,
+                        tensor_protos_to_arrays(request.inputs), request.output_filter,
+                        self._run)
     elif kind == "classify_log":
       request = log.classify_log.request
-      self.classify_on(handle, request.model_spec.signature_name,
-                       serialized_input(request.input))
+      inference.classify(handle, request.model_spec.signature_name,
+                         warmup.serialized_input(request.input), self._run)
     elif kind == "regress_log":
       request = log.regress_log.request
-      self.regress_on(handle, request.model_spec.signature_name,
-                      serialized_input(request.input))
+      inference.regress(handle, request.model_spec.signature_name,
+                        warmup.serialized_input(request.input), self._run)
     elif kind == "multi_inference_log":
-      self.multi_inference_on(handle, log.multi_inference_log.request)
+      inference.multi_inference(handle, log.multi_inference_log.request, self._run)
     elif kind is not None:
       raise ServingError(grpc.StatusCode.UNIMPLEMENTED,
                          f"Unsupported log_type for warmup: {kind}")
@@ -374,280 +342,27 @@ class ServerCore:
       run = handle.servable.callable(signature_name, input_keys, output_keys)
       return dict(zip(output_keys, run(*[inputs[k] for k in input_keys])))
     except (tf.errors.OpError, ServableError) as e:
-      raise _tf_error(e) from None
+      raise from_tf_error(e) from None
     except (TypeError, ValueError) as e:  # a feed that numpy/TensorFlow cannot convert
       raise invalid_argument(f"signature {signature_name}: {e}") from None
 
   def predict(self, spec: model_pb2.ModelSpec, inputs: Mapping[str, np.ndarray],
-              output_filter: Sequence[str] = ()) -> Tuple[model_pb2.ModelSpec,
-                                                          Dict[str, np.ndarray]]:
-    return self.predict_on(self.handle(spec), spec.signature_name, inputs, output_filter)
+              output_filter: Sequence[str] = ()
+              ) -> Tuple[model_pb2.ModelSpec, Dict[str, np.ndarray]]:
+    return inference.predict(self.handle(spec), spec.signature_name, inputs, output_filter,
+                             self._run)
 
-  def predict_on(self, handle: Handle, signature_name: str, inputs: Mapping[str, np.ndarray],
-                 output_filter: Sequence[str] = ()):
-    name = signature_name or DEFAULT_SIGNATURE
-    signatures = handle.servable.signatures
-    if name not in signatures:
-      raise ServingError(grpc.StatusCode.FAILED_PRECONDITION,
-                         f'Serving signature key "{name}" not found.')
-    signature = signatures[name]
-    _check_predict_inputs(signature, inputs)
-    output_keys = _output_keys(signature, output_filter)
-    outputs = self._run(handle, name, inputs, output_keys)
-    return handle.model_spec(name), outputs
+  def classify(self, spec: model_pb2.ModelSpec, examples: Sequence[bytes]
+               ) -> Tuple[model_pb2.ModelSpec, classification_pb2.ClassificationResult]:
+    return inference.classify(self.handle(spec), spec.signature_name, examples, self._run)
 
-  def classify(self, spec: model_pb2.ModelSpec, examples: Sequence[bytes]):
-    return self.classify_on(self.handle(spec), spec.signature_name, examples)
+  def regress(self, spec: model_pb2.ModelSpec, examples: Sequence[bytes]
+              ) -> Tuple[model_pb2.ModelSpec, regression_pb2.RegressionResult]:
+    return inference.regress(self.handle(spec), spec.signature_name, examples, self._run)
 
-  def classify_on(self, handle: Handle, signature_name: str, examples: Sequence[bytes]
-                  ) -> Tuple[model_pb2.ModelSpec, classification_pb2.ClassificationResult]:
-    name = signature_name or DEFAULT_SIGNATURE
-    signature = _find_signature(handle, name)
-    input_key, classes_key, scores_key = _classification_keys(signature)
-    batch = _examples_tensor(examples)
-    keys = [k for k in (classes_key, scores_key) if k]
-    outputs = self._run(handle, name, {input_key: batch}, keys)
-    classes = outputs.get(classes_key) if classes_key else None
-    scores = outputs.get(scores_key) if scores_key else None
-    return handle.model_spec(name), _classification_result(len(batch), classes, scores)
-
-  def regress(self, spec: model_pb2.ModelSpec, examples: Sequence[bytes]):
-    return self.regress_on(self.handle(spec), spec.signature_name, examples)
-
-  def regress_on(self, handle: Handle, signature_name: str, examples: Sequence[bytes]
-                 ) -> Tuple[model_pb2.ModelSpec, regression_pb2.RegressionResult]:
-    name = signature_name or DEFAULT_SIGNATURE
-    signature = _find_signature(handle, name)
-    input_key, output_key = _regression_keys(signature)
-    batch = _examples_tensor(examples)
-    values = self._run(handle, name, {input_key: batch}, [output_key])[output_key]
-    return handle.model_spec(name), _regression_result(len(batch), values)
-
-  def multi_inference(self, request: inference_pb2.MultiInferenceRequest):
+  def multi_inference(self, request: inference_pb2.MultiInferenceRequest
+                      ) -> inference_pb2.MultiInferenceResponse:
     if not request.tasks:
       raise invalid_argument("MultiInferenceRequest has no tasks")
-    return self.multi_inference_on(self.handle(request.tasks[0].model_spec), request)
-
-  def multi_inference_on(self, handle: Handle, request: inference_pb2.MultiInferenceRequest
-                         ) -> inference_pb2.MultiInferenceResponse:
-    seen = set()
-    for task in request.tasks:
-      if not task.model_spec.name:
-        raise invalid_argument("Found ModelSpec with an empty model name.")
-      if task.model_spec.name != request.tasks[0].model_spec.name:
-        raise invalid_argument("All ModelSpecs in a MultiInferenceRequest must access the "
-                               "same model name.")
-      signature_name = task.model_spec.signature_name or DEFAULT_SIGNATURE
-      if signature_name in seen:
-        raise invalid_argument(f"Duplicate evaluation of signature: {signature_name}")
-      seen.add(signature_name)
-      if signature_name not in handle.servable.signatures:
-        raise invalid_argument(
-            f"Requested signature not found in model graph: {signature_name}")
-    examples = serialized_input(request.input)
-    response = inference_pb2.MultiInferenceResponse()
-    for task in request.tasks:
-      result = response.results.add()
-      if task.method_name == CLASSIFY_METHOD:
-        spec, answer = self.classify_on(handle, task.model_spec.signature_name, examples)
-        result.classification_result.CopyFrom(answer)
-      elif task.method_name == REGRESS_METHOD:
-        spec, answer = self.regress_on(handle, task.model_spec.signature_name, examples)
-        result.regression_result.CopyFrom(answer)
-      else:
-        raise ServingError(grpc.StatusCode.UNIMPLEMENTED,
-                           f"Unsupported signature method_name: {task.method_name}")
-      result.model_spec.CopyFrom(spec)
-    return response
-
-
-# ---------------------------------------------------------------------------------------------
-# TF Serving's per-API checks
-
-
-def _check_predict_inputs(signature: meta_graph_pb2.SignatureDef,
-                          inputs: Mapping[str, np.ndarray]) -> None:
-  expected, sent = sorted(signature.inputs), sorted(inputs)
-  if len(sent) != len(expected):
-    extra = sorted(set(sent) - set(expected))
-    missing = sorted(set(expected) - set(sent))
-    raise invalid_argument(
-        f"input size does not match signature: {len(sent)}!={len(expected)} "
-        f"len({{{','.join(sent)}}}) != len({{{','.join(expected)}}}). Sent extra: "
-        f"{{{','.join(extra)}}}. Missing but required: {{{','.join(missing)}}}.")
-  for index, alias in enumerate(signature.inputs):
-    info = signature.inputs[alias]
-    if alias not in inputs:
-      raise invalid_argument(
-          f"Signature input alias: {alias}({info.name}) not found in request and no default "
-          f"value provided. Inputs expected to be in the request {{{','.join(expected)}}}")
-    want, got = tf.as_dtype(info.dtype), tf.as_dtype(inputs[alias].dtype)
-    if want != got:
-      raise invalid_argument(f"Expects arg[{index}] to be {want.name} but {got.name} is "
-                             f"provided (input {alias!r})")
-
-
-def _output_keys(signature: meta_graph_pb2.SignatureDef, output_filter: Sequence[str]):
-  keys: List[str] = []
-  for alias in output_filter:
-    if alias not in signature.outputs:
-      raise invalid_argument(
-          f"output tensor alias not found in signature: {alias} Outputs expected to be in the "
-          f"set {{{','.join(sorted(signature.outputs))}}}.")
-    if alias in keys:
-      raise invalid_argument(f"duplicate output tensor alias: {alias}")
-    keys.append(alias)
-  return keys or list(signature.outputs)
-
-
-def _find_signature(handle: Handle, name: str) -> meta_graph_pb2.SignatureDef:
-  signatures = handle.servable.signatures
-  if name not in signatures:
-    raise invalid_argument(f"No signature was found with the name: {name}")
-  return signatures[name]
-
-
-def _classification_keys(signature: meta_graph_pb2.SignatureDef):
-  if len(signature.inputs) != 1:
-    raise invalid_argument("Expected one input Tensor.")
-  if len(signature.outputs) not in (1, 2):
-    raise invalid_argument(
-        f"Expected one or two output Tensors, found {len(signature.outputs)}")
-  if "inputs" not in signature.inputs:
-    raise invalid_argument(f"No classification inputs found in SignatureDef: {signature}")
-  classes = "classes" if "classes" in signature.outputs else None
-  scores = "scores" if "scores" in signature.outputs else None
-  if not classes and not scores:
-    raise invalid_argument(
-        f'Expected classification signature outputs to contain at least one of "classes" or '
-        f'"scores". Signature was: {signature}')
-  return "inputs", classes, scores
-
-
-def _regression_keys(signature: meta_graph_pb2.SignatureDef):
-  if len(signature.inputs) != 1:
-    raise invalid_argument("Expected one input Tensor.")
-  if len(signature.outputs) != 1:
-    raise invalid_argument("Expected one output Tensor.")
-  if "inputs" not in signature.inputs:
-    raise invalid_argument(f"No regression inputs found in SignatureDef: {signature}")
-  if "outputs" not in signature.outputs:
-    raise invalid_argument(f"No regression outputs found in SignatureDef: {signature}")
-  return "inputs", "outputs"
-
-
-def _examples_tensor(examples: Sequence[bytes]) -> np.ndarray:
-  if not examples:
-    raise invalid_argument("Input is empty.")
-  batch = np.empty(len(examples), dtype=object)
-  batch[:] = list(examples)
-  return batch
-
-
-def _shape(array: np.ndarray) -> str:
-  return "[" + ",".join(str(d) for d in array.shape) + "]"
-
-
-def _classification_result(num_examples: int, classes: Optional[np.ndarray],
-                           scores: Optional[np.ndarray]
-                           ) -> classification_pb2.ClassificationResult:
-  for name, tensor, dtype in (("classes", classes, tf.string), ("scores", scores, tf.float32)):
-    if tensor is None:
-      continue
-    if tensor.ndim != 2:
-      raise invalid_argument(f"Expected Tensor shape: [batch_size num_classes] but got "
-                             f"{_shape(tensor)}")
-    if tf.as_dtype(tensor.dtype) != dtype:
-      raise invalid_argument(f"Expected {name} Tensor of DT_{dtype.name.upper()}. Got: "
-                             f"DT_{tf.as_dtype(tensor.dtype).name.upper()}")
-    if tensor.shape[0] != num_examples:
-      raise invalid_argument(f"Expected {name} output batch size of {num_examples}. Got: "
-                             f"{tensor.shape[0]}")
-  if classes is not None and scores is not None and classes.shape[1] != scores.shape[1]:
-    raise invalid_argument(f"Tensors class and score should match in dim_size(1). Got "
-                           f"{classes.shape[1]} vs. {scores.shape[1]}")
-  num_classes = (classes if classes is not None else scores).shape[1]
-  result = classification_pb2.ClassificationResult()
-  score_rows = scores.tolist() if scores is not None else None
-  for i in range(num_examples):
-    entries = [{} for _ in range(num_classes)]
-    if classes is not None:
-      for c, label in enumerate(classes[i]):
-        try:
-          entries[c]["label"] = label.decode("utf-8")
-        except UnicodeDecodeError:
-          raise ServingError(grpc.StatusCode.INTERNAL,
-                             f"class label {label!r} (example {i}, class {c}) is not UTF-8, "
-                             f"which the ClassificationResult proto requires") from None
-    if score_rows is not None:
-      for c, score in enumerate(score_rows[i]):
-        entries[c]["score"] = score
-    result.classifications.add().classes.extend(
-        classification_pb2.Class(**entry) for entry in entries)
-  return result
-
-
-def _regression_result(num_examples: int, values: np.ndarray
-                       ) -> regression_pb2.RegressionResult:
-  if not (values.ndim == 1 or (values.ndim == 2 and values.shape[1] == 1)):
-    raise invalid_argument(f"Expected output Tensor shape to be either [batch_size] or "
-                           f"[batch_size, 1] but got {_shape(values)}")
-  if values.shape[0] != num_examples:
-    raise invalid_argument(f"Input batch size did not match output batch size: "
-                           f"{num_examples} vs. {values.shape[0]}")
-  if tf.as_dtype(values.dtype) != tf.float32:
-    raise invalid_argument(f"Expected output Tensor of DT_FLOAT.  Got: "
-                           f"DT_{tf.as_dtype(values.dtype).name.upper()}")
-  result = regression_pb2.RegressionResult()
-  for value in values.reshape(-1).tolist():
-    result.regressions.add(value=value)
-  return result
-
-
-# ---------------------------------------------------------------------------------------------
-# protos <-> numpy
-
-
-def serialized_input(request_input) -> List[bytes]:
-  """An Input proto's examples, serialized, each prefixed with the context (a proto merge)."""
-  kind = request_input.WhichOneof("kind")
-  if kind == "example_list":
-    return [e.SerializeToString() for e in request_input.example_list.examples]
-  if kind == "example_list_with_context":
-    listed = request_input.example_list_with_context
-    context = listed.context.SerializeToString()
-    return [context + e.SerializeToString() for e in listed.examples]
-  return []
-
-
-def tensor_protos_to_arrays(protos: Mapping[str, object]) -> Dict[str, np.ndarray]:
-  arrays = {}
-  for alias, proto in protos.items():
-    try:
-      arrays[alias] = tf.make_ndarray(proto)
-    except (TypeError, ValueError) as e:
-      raise invalid_argument(f"tensor parsing error: {alias}: {e}") from None
-  return arrays
-
-
-# Tensor::AsProtoField: values in the typed repeated field, as TF Serving answers Predict.
-_PROTO_FIELDS = {
-    tf.float32: "float_val", tf.float64: "double_val", tf.int32: "int_val",
-    tf.int16: "int_val", tf.int8: "int_val", tf.uint8: "int_val", tf.uint16: "int_val",
-    tf.int64: "int64_val", tf.bool: "bool_val", tf.string: "string_val",
-    tf.uint32: "uint32_val", tf.uint64: "uint64_val",
-}
-
-
-def array_to_tensor_proto(array: np.ndarray):
-  dtype = tf.as_dtype(array.dtype)
-  proto = tensor_pb2.TensorProto(dtype=dtype.as_datatype_enum)
-  for size in array.shape:
-    proto.tensor_shape.dim.add(size=size)
-  if dtype == tf.float16:
-    proto.half_val.extend(array.view(np.uint16).reshape(-1).tolist())
-  elif dtype in _PROTO_FIELDS:
-    getattr(proto, _PROTO_FIELDS[dtype]).extend(array.reshape(-1).tolist())
-  else:
-    proto.tensor_content = np.ascontiguousarray(array).tobytes()
-  return proto
+    return inference.multi_inference(self.handle(request.tasks[0].model_spec), request,
+                                     self._run)

@@ -1,15 +1,11 @@
-"""TF Serving's REST JSON rules (util/json_tensor.cc), with its error messages.
-
-Requests: `instances` (row) or `inputs` (columnar) tensors for predict, `examples` (+ optional
-`context`) as JSON features for classify and regress, `{"b64": ...}` for binary strings.
-Answers: `predictions` / `outputs` (a lone output loses its name), `results`; float32 values
-written as TF Serving writes them (shortest of %g and %.9g that round-trips, a trailing `.0` on
-whole numbers, NaN / Infinity), outputs named `*_bytes` as `{"b64": ...}`.
+"""Requests as TF Serving's REST API reads them (util/json_tensor.cc), with its error messages:
+`instances` (row) or `inputs` (columnar) tensors for predict, `examples` (+ optional `context`)
+as JSON features for classify and regress, `{"b64": ...}` for binary strings. The answers are
+json_answers.py.
 """
 
 import base64
 import binascii
-import functools
 import json
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -18,13 +14,12 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.core.protobuf import meta_graph_pb2
 
-from serving.errors import ServingError, invalid_argument
+from serving.model_server.status import ServingError, invalid_argument
 
 _B64 = "b64"
-_BYTES_SUFFIX = "_bytes"
 # DataTypeString() names where they differ from tf.DType.name.
 _TF_TYPE_NAMES = {tf.float32: "float", tf.float64: "double", tf.float16: "half"}
-_INT_RANGES = {
+INT_RANGES = {
     tf.int8: (-2**31, 2**31 - 1), tf.int16: (-2**31, 2**31 - 1), tf.uint8: (-2**31, 2**31 - 1),
     tf.int32: (-2**31, 2**31 - 1), tf.int64: (-2**63, 2**63 - 1),
     tf.uint32: (0, 2**32 - 1), tf.uint64: (0, 2**64 - 1),
@@ -118,8 +113,8 @@ def _scalar(value, dtype: tf.DType):
     if not _is_number(value):
       raise _type_error(value, dtype)
     return float(value)
-  if dtype in _INT_RANGES:
-    low, high = _INT_RANGES[dtype]
+  if dtype in INT_RANGES:
+    low, high = INT_RANGES[dtype]
     if not (isinstance(value, int) and not isinstance(value, bool) and low <= value <= high):
       raise _type_error(value, dtype)
     return value
@@ -368,157 +363,3 @@ def serialized_examples(document: dict) -> List[bytes]:
   if not examples:
     raise invalid_argument(f"JSON Value: {_dump(document)} 'examples' value is an empty array")
   return [context + example_from_json(e).SerializeToString() for e in examples]
-
-
-def example_to_json(example: tf.train.Example) -> dict:
-  """A tf.Example as a REST `examples` entry, the inverse of `example_from_json`."""
-  result = {}
-  for name, feature in example.features.feature.items():
-    kind = feature.WhichOneof("kind")
-    if kind == "bytes_list":
-      result[name] = [_bytes_json_value(v) for v in feature.bytes_list.value]
-    elif kind == "float_list":
-      result[name] = [float(v) for v in feature.float_list.value]
-    elif kind == "int64_list":
-      result[name] = list(feature.int64_list.value)
-    else:
-      result[name] = []
-  return result
-
-
-def _bytes_json_value(value: bytes):
-  try:
-    return value.decode("utf-8")
-  except UnicodeDecodeError:
-    return {_B64: base64.b64encode(value).decode("ascii")}
-
-
-def array_to_json_value(array: np.ndarray):
-  """A tensor as a JSON-able value a client sends: strings as text, or b64 when not UTF-8."""
-  if array.dtype != object:
-    return array.tolist()
-  if not array.ndim:
-    return _bytes_json_value(array.item())
-  return np.frompyfunc(_bytes_json_value, 1, 1)(array).tolist()
-
-
-# ---------------------------------------------------------------------------------------------
-# tensors -> JSON
-
-
-def _float_texts(values: np.ndarray) -> List[str]:
-  """WriteDecimal(): '%g', or full precision when '%g' does not round-trip."""
-  digits = 9 if values.dtype == np.float32 else 17
-  as_python = values.tolist()
-  texts = ["%g" % v for v in as_python]
-  finite = np.isfinite(values)
-  with np.errstate(all="ignore"):
-    round_trip = np.array([float(t) if f else 0.0 for t, f in zip(texts, finite)],
-                          dtype=np.float64).astype(values.dtype)
-  result = []
-  for value, text, ok, is_finite in zip(as_python, texts, round_trip == values, finite):
-    if not is_finite:
-      result.append("NaN" if value != value else ("-Infinity" if value < 0 else "Infinity"))
-      continue
-    if not ok:
-      text = "%.*g" % (digits, value)
-    if "." not in text and "e" not in text:
-      text += ".0"
-    result.append(text)
-  return result
-
-
-def _string_text(value: bytes, as_bytes: bool) -> str:
-  if as_bytes:
-    return '{"b64": "' + base64.b64encode(value).decode("ascii") + '"}'
-  # TF Serving writes the raw bytes; surrogateescape keeps bytes that are not UTF-8 as they are.
-  return json.dumps(value.decode("utf-8", "surrogateescape"), ensure_ascii=False)
-
-
-def _value_texts(name: str, array: np.ndarray) -> List[str]:
-  flat = array.reshape(-1)
-  dtype = tf.as_dtype(array.dtype)
-  if dtype in (tf.float32, tf.float64):
-    return _float_texts(flat)
-  if dtype == tf.string:
-    as_bytes = name.endswith(_BYTES_SUFFIX)
-    return [_string_text(v, as_bytes) for v in flat]
-  if dtype == tf.bool:
-    return ["true" if v else "false" for v in flat.tolist()]
-  if dtype in _INT_RANGES:
-    return [str(v) for v in flat.tolist()]
-  raise invalid_argument(f"Failed to write JSON value for tensor type: {type_name(dtype)}")
-
-
-def _nest(texts: List[str], shape: Sequence[int]) -> str:
-  if not shape:
-    return texts[0]
-  if len(shape) == 1:
-    return "[" + ",".join(texts) + "]"
-  step = int(np.prod(shape[1:], dtype=np.int64))
-  return "[" + ",".join(_nest(texts[i * step:(i + 1) * step], shape[1:])
-                        for i in range(shape[0])) + "]"
-
-
-@functools.lru_cache(maxsize=4096)
-def _key(name: str) -> str:
-  """A JSON string of an output name or class label; they repeat across answers."""
-  return json.dumps(name, ensure_ascii=False)
-
-
-def predict_response(outputs: Mapping[str, np.ndarray], row_format: bool) -> bytes:
-  if not outputs:
-    raise invalid_argument("Cannot convert empty tensor map to JSON")
-  texts = {name: _value_texts(name, array) for name, array in outputs.items()}
-  named = len(outputs) > 1
-  if not row_format:
-    parts = [(_key(n) + ":" if named else "") + _nest(texts[n], outputs[n].shape)
-             for n in outputs]
-    body = "{" + ",".join(parts) + "}" if named else parts[0]
-    return _encode('{"outputs":' + body + "}")
-  batch = None
-  for name, array in outputs.items():
-    if array.ndim == 0:
-      raise invalid_argument(f"Tensor name: {name} has no shape information ")
-    if batch is not None and array.shape[0] != batch:
-      raise invalid_argument(f"Tensor name: {name} has inconsistent batch size: "
-                             f"{array.shape[0]} expecting: {batch}")
-    batch = array.shape[0]
-  rows = []
-  for item in range(batch):
-    parts = []
-    for name, array in outputs.items():
-      step = int(np.prod(array.shape[1:], dtype=np.int64))
-      value = _nest(texts[name][item * step:(item + 1) * step], array.shape[1:])
-      parts.append(_key(name) + ":" + value if named else value)
-    rows.append("{" + ",".join(parts) + "}" if named else parts[0])
-  return _encode('{"predictions":[' + ",".join(rows) + "]}")
-
-
-def classify_response(result) -> bytes:
-  """A ClassificationResult as `{"results": [[[label, score], ...], ...]}`."""
-  if not result.classifications:
-    raise invalid_argument("Cannot convert empty ClassificationResults to JSON")
-  items = []
-  for classifications in result.classifications:
-    labels = [c.label for c in classifications.classes]
-    scores = _float_texts(np.array([c.score for c in classifications.classes],
-                                   dtype=np.float32))
-    items.append("[" + ",".join(f"[{_key(label)},{score}]"
-                                for label, score in zip(labels, scores)) + "]")
-  return _encode('{"results":[' + ",".join(items) + "]}")
-
-
-def regress_response(result) -> bytes:
-  if not result.regressions:
-    raise invalid_argument("Cannot convert empty RegressionResults to JSON")
-  values = _float_texts(np.array([r.value for r in result.regressions], dtype=np.float32))
-  return _encode('{"results":[' + ",".join(values) + "]}")
-
-
-def error_body(message: str) -> bytes:
-  return _encode(json.dumps({"error": message}, ensure_ascii=False))
-
-
-def _encode(text: str) -> bytes:
-  return text.encode("utf-8", "surrogateescape")

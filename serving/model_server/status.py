@@ -1,6 +1,7 @@
-"""Errors: TF Serving's request statuses, and why a smoke test could not bless a model."""
+"""TF Serving's statuses: the error a request or a load fails with, and its HTTP mapping."""
 
 import grpc
+import tensorflow as tf
 
 # TF Serving's http_server.cc ToHTTPStatusCode, so a REST client sees what the real server sends.
 _HTTP_STATUS = {
@@ -55,18 +56,18 @@ def not_found(message: str) -> ServingError:
   return ServingError(grpc.StatusCode.NOT_FOUND, message)
 
 
-class SmokeTestError(Exception):
-  """Why a smoke test could not bless a model; the verdict's reason."""
-  server_log_tail = ""  # the server's last log lines, when a server was started
-
-
-class ServerStartError(SmokeTestError):
-  """The server never answered, exited, or missed the readiness deadline: worth a retry."""
-
-
-class ModelLoadError(SmokeTestError):
-  """The server itself reports that the model failed to load: a retry cannot help."""
-
-
-class ProbeError(SmokeTestError):
-  """No request can be built for a signature from the evaluation examples given."""
+def from_tf_error(error: Exception) -> ServingError:
+  """The TF Serving status of an error the TensorFlow runtime (or a loader) raised."""
+  if isinstance(error, ServingError):
+    return error
+  if isinstance(error, tf.errors.OpError):
+    # The Python session re-raises the runtime's error with a traceback-style preamble; the
+    # error it handled carries the message TF Serving would give.
+    original = error.__context__
+    if isinstance(original, tf.errors.OpError) and original.error_code == error.error_code:
+      error = original
+    return ServingError.from_code_number(error.error_code, error.message)
+  cause = error.__cause__
+  if isinstance(cause, tf.errors.OpError):
+    return ServingError.from_code_number(cause.error_code, str(error))
+  return ServingError(grpc.StatusCode.UNKNOWN, str(error))

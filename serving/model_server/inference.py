@@ -1,0 +1,256 @@
+"""TF Serving's Predict / Classify / Regress / MultiInference on one loaded version: the
+checks each API makes, in the binary's order and words, and the results it builds.
+
+Each takes a `run` callable that runs a signature's session (ServerCore's: it enforces the
+batching limit), so warmup replay and requests go through the same path.
+"""
+
+import dataclasses
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import grpc
+import numpy as np
+import tensorflow as tf
+from tensorflow.core.protobuf import meta_graph_pb2
+from tensorflow_serving.apis import classification_pb2, inference_pb2, model_pb2, regression_pb2
+
+from export.servable import SessionServable
+from export.warmup import DEFAULT_SIGNATURE, serialized_input
+from serving.model_server.status import ServingError, invalid_argument
+
+CLASSIFY_METHOD = tf.saved_model.CLASSIFY_METHOD_NAME
+REGRESS_METHOD = tf.saved_model.REGRESS_METHOD_NAME
+
+
+@dataclasses.dataclass(frozen=True)
+class Handle:
+  """A resolved request: which version of which model answers it."""
+  name: str
+  version: int
+  servable: SessionServable
+
+  def model_spec(self, signature_name: str) -> model_pb2.ModelSpec:
+    """The answer's ModelSpec (MakeModelSpec): the version that answered, and the
+    signature, `serving_default` when the request left it empty."""
+    spec = model_pb2.ModelSpec(name=self.name, signature_name=signature_name or DEFAULT_SIGNATURE)
+    spec.version.value = self.version
+    return spec
+
+
+
+Run = Callable[["Handle", str, Mapping[str, np.ndarray], Sequence[str]], Dict[str, np.ndarray]]
+
+
+def predict(handle: Handle, signature_name: str, inputs: Mapping[str, np.ndarray],
+            output_filter: Sequence[str], run: Run
+            ) -> Tuple[model_pb2.ModelSpec, Dict[str, np.ndarray]]:
+  name = signature_name or DEFAULT_SIGNATURE
+  signatures = handle.servable.signatures
+  if name not in signatures:
+    raise ServingError(grpc.StatusCode.FAILED_PRECONDITION,
+                       f'Serving signature key "{name}" not found.')
+  signature = signatures[name]
+  _check_predict_inputs(signature, inputs)
+  output_keys = _output_keys(signature, output_filter)
+  outputs = run(handle, name, inputs, output_keys)
+  return handle.model_spec(name), outputs
+
+
+def classify(handle: Handle, signature_name: str, examples: Sequence[bytes], run: Run
+             ) -> Tuple[model_pb2.ModelSpec, classification_pb2.ClassificationResult]:
+  name = signature_name or DEFAULT_SIGNATURE
+  signature = _find_signature(handle, name)
+  input_key, classes_key, scores_key = _classification_keys(signature)
+  batch = _examples_tensor(examples)
+  keys = [k for k in (classes_key, scores_key) if k]
+  outputs = run(handle, name, {input_key: batch}, keys)
+  classes = outputs.get(classes_key) if classes_key else None
+  scores = outputs.get(scores_key) if scores_key else None
+  return handle.model_spec(name), _classification_result(len(batch), classes, scores)
+
+
+def regress(handle: Handle, signature_name: str, examples: Sequence[bytes], run: Run
+            ) -> Tuple[model_pb2.ModelSpec, regression_pb2.RegressionResult]:
+  name = signature_name or DEFAULT_SIGNATURE
+  signature = _find_signature(handle, name)
+  input_key, output_key = _regression_keys(signature)
+  batch = _examples_tensor(examples)
+  values = run(handle, name, {input_key: batch}, [output_key])[output_key]
+  return handle.model_spec(name), _regression_result(len(batch), values)
+
+
+def multi_inference(handle: Handle, request: inference_pb2.MultiInferenceRequest, run: Run
+                    ) -> inference_pb2.MultiInferenceResponse:
+  seen = set()
+  for task in request.tasks:
+    if not task.model_spec.name:
+      raise invalid_argument("Found ModelSpec with an empty model name.")
+    if task.model_spec.name != request.tasks[0].model_spec.name:
+      raise invalid_argument("All ModelSpecs in a MultiInferenceRequest must access the "
+                             "same model name.")
+    signature_name = task.model_spec.signature_name or DEFAULT_SIGNATURE
+    if signature_name in seen:
+      raise invalid_argument(f"Duplicate evaluation of signature: {signature_name}")
+    seen.add(signature_name)
+    if signature_name not in handle.servable.signatures:
+      raise invalid_argument(
+          f"Requested signature not found in model graph: {signature_name}")
+  examples = serialized_input(request.input)
+  response = inference_pb2.MultiInferenceResponse()
+  for task in request.tasks:
+    result = response.results.add()
+    if task.method_name == CLASSIFY_METHOD:
+      spec, answer = classify(handle, task.model_spec.signature_name, examples, run)
+      result.classification_result.CopyFrom(answer)
+    elif task.method_name == REGRESS_METHOD:
+      spec, answer = regress(handle, task.model_spec.signature_name, examples, run)
+      result.regression_result.CopyFrom(answer)
+    else:
+      raise ServingError(grpc.StatusCode.UNIMPLEMENTED,
+                         f"Unsupported signature method_name: {task.method_name}")
+    result.model_spec.CopyFrom(spec)
+  return response
+
+
+# ---------------------------------------------------------------------------------------------
+# TF Serving's per-API checks
+
+
+def _check_predict_inputs(signature: meta_graph_pb2.SignatureDef,
+                          inputs: Mapping[str, np.ndarray]) -> None:
+  expected, sent = sorted(signature.inputs), sorted(inputs)
+  if len(sent) != len(expected):
+    extra = sorted(set(sent) - set(expected))
+    missing = sorted(set(expected) - set(sent))
+    raise invalid_argument(
+        f"input size does not match signature: {len(sent)}!={len(expected)} "
+        f"len({{{','.join(sent)}}}) != len({{{','.join(expected)}}}). Sent extra: "
+        f"{{{','.join(extra)}}}. Missing but required: {{{','.join(missing)}}}.")
+  for index, alias in enumerate(signature.inputs):
+    info = signature.inputs[alias]
+    if alias not in inputs:
+      raise invalid_argument(
+          f"Signature input alias: {alias}({info.name}) not found in request and no default "
+          f"value provided. Inputs expected to be in the request {{{','.join(expected)}}}")
+    want, got = tf.as_dtype(info.dtype), tf.as_dtype(inputs[alias].dtype)
+    if want != got:
+      raise invalid_argument(f"Expects arg[{index}] to be {want.name} but {got.name} is "
+                             f"provided (input {alias!r})")
+
+
+def _output_keys(signature: meta_graph_pb2.SignatureDef, output_filter: Sequence[str]):
+  keys: List[str] = []
+  for alias in output_filter:
+    if alias not in signature.outputs:
+      raise invalid_argument(
+          f"output tensor alias not found in signature: {alias} Outputs expected to be in the "
+          f"set {{{','.join(sorted(signature.outputs))}}}.")
+    if alias in keys:
+      raise invalid_argument(f"duplicate output tensor alias: {alias}")
+    keys.append(alias)
+  return keys or list(signature.outputs)
+
+
+def _find_signature(handle: Handle, name: str) -> meta_graph_pb2.SignatureDef:
+  signatures = handle.servable.signatures
+  if name not in signatures:
+    raise invalid_argument(f"No signature was found with the name: {name}")
+  return signatures[name]
+
+
+def _classification_keys(signature: meta_graph_pb2.SignatureDef):
+  if len(signature.inputs) != 1:
+    raise invalid_argument("Expected one input Tensor.")
+  if len(signature.outputs) not in (1, 2):
+    raise invalid_argument(
+        f"Expected one or two output Tensors, found {len(signature.outputs)}")
+  if "inputs" not in signature.inputs:
+    raise invalid_argument(f"No classification inputs found in SignatureDef: {signature}")
+  classes = "classes" if "classes" in signature.outputs else None
+  scores = "scores" if "scores" in signature.outputs else None
+  if not classes and not scores:
+    raise invalid_argument(
+        f'Expected classification signature outputs to contain at least one of "classes" or '
+        f'"scores". Signature was: {signature}')
+  return "inputs", classes, scores
+
+
+def _regression_keys(signature: meta_graph_pb2.SignatureDef):
+  if len(signature.inputs) != 1:
+    raise invalid_argument("Expected one input Tensor.")
+  if len(signature.outputs) != 1:
+    raise invalid_argument("Expected one output Tensor.")
+  if "inputs" not in signature.inputs:
+    raise invalid_argument(f"No regression inputs found in SignatureDef: {signature}")
+  if "outputs" not in signature.outputs:
+    raise invalid_argument(f"No regression outputs found in SignatureDef: {signature}")
+  return "inputs", "outputs"
+
+
+def _examples_tensor(examples: Sequence[bytes]) -> np.ndarray:
+  if not examples:
+    raise invalid_argument("Input is empty.")
+  batch = np.empty(len(examples), dtype=object)
+  batch[:] = list(examples)
+  return batch
+
+
+def _shape(array: np.ndarray) -> str:
+  return "[" + ",".join(str(d) for d in array.shape) + "]"
+
+
+def _classification_result(num_examples: int, classes: Optional[np.ndarray],
+                           scores: Optional[np.ndarray]
+                           ) -> classification_pb2.ClassificationResult:
+  for name, tensor, dtype in (("classes", classes, tf.string), ("scores", scores, tf.float32)):
+    if tensor is None:
+      continue
+    if tensor.ndim != 2:
+      raise invalid_argument(f"Expected Tensor shape: [batch_size num_classes] but got "
+                             f"{_shape(tensor)}")
+    if tf.as_dtype(tensor.dtype) != dtype:
+      raise invalid_argument(f"Expected {name} Tensor of DT_{dtype.name.upper()}. Got: "
+                             f"DT_{tf.as_dtype(tensor.dtype).name.upper()}")
+    if tensor.shape[0] != num_examples:
+      raise invalid_argument(f"Expected {name} output batch size of {num_examples}. Got: "
+                             f"{tensor.shape[0]}")
+  if classes is not None and scores is not None and classes.shape[1] != scores.shape[1]:
+    raise invalid_argument(f"Tensors class and score should match in dim_size(1). Got "
+                           f"{classes.shape[1]} vs. {scores.shape[1]}")
+  num_classes = (classes if classes is not None else scores).shape[1]
+  result = classification_pb2.ClassificationResult()
+  score_rows = scores.tolist() if scores is not None else None
+  for i in range(num_examples):
+    entries = [{} for _ in range(num_classes)]
+    if classes is not None:
+      for c, label in enumerate(classes[i]):
+        try:
+          entries[c]["label"] = label.decode("utf-8")
+        except UnicodeDecodeError:
+          raise ServingError(grpc.StatusCode.INTERNAL,
+                             f"class label {label!r} (example {i}, class {c}) is not UTF-8, "
+                             f"which the ClassificationResult proto requires") from None
+    if score_rows is not None:
+      for c, score in enumerate(score_rows[i]):
+        entries[c]["score"] = score
+    result.classifications.add().classes.extend(
+        classification_pb2.Class(**entry) for entry in entries)
+  return result
+
+
+def _regression_result(num_examples: int, values: np.ndarray
+                       ) -> regression_pb2.RegressionResult:
+  if not (values.ndim == 1 or (values.ndim == 2 and values.shape[1] == 1)):
+    raise invalid_argument(f"Expected output Tensor shape to be either [batch_size] or "
+                           f"[batch_size, 1] but got {_shape(values)}")
+  if values.shape[0] != num_examples:
+    raise invalid_argument(f"Input batch size did not match output batch size: "
+                           f"{num_examples} vs. {values.shape[0]}")
+  if tf.as_dtype(values.dtype) != tf.float32:
+    raise invalid_argument(f"Expected output Tensor of DT_FLOAT.  Got: "
+                           f"DT_{tf.as_dtype(values.dtype).name.upper()}")
+  result = regression_pb2.RegressionResult()
+  for value in values.reshape(-1).tolist():
+    result.regressions.add(value=value)
+  return result
+

@@ -1,0 +1,135 @@
+"""Answers as TF Serving's REST API writes them (util/json_tensor.cc): `predictions` / `outputs`
+(a lone output loses its name), `results`; float32 values written as TF Serving writes them
+(shortest of %g and %.9g that round-trips, a trailing `.0` on whole numbers, NaN / Infinity),
+outputs named `*_bytes` as `{"b64": ...}`; errors as `{"error": message}`.
+"""
+
+import base64
+import functools
+import json
+from typing import List, Mapping, Sequence
+
+import numpy as np
+import tensorflow as tf
+
+from serving.model_server.json_requests import INT_RANGES, type_name
+from serving.model_server.status import invalid_argument
+
+_BYTES_SUFFIX = "_bytes"
+
+def _float_texts(values: np.ndarray) -> List[str]:
+  """WriteDecimal(): '%g', or full precision when '%g' does not round-trip."""
+  digits = 9 if values.dtype == np.float32 else 17
+  as_python = values.tolist()
+  texts = ["%g" % v for v in as_python]
+  finite = np.isfinite(values)
+  with np.errstate(all="ignore"):
+    round_trip = np.array([float(t) if f else 0.0 for t, f in zip(texts, finite)],
+                          dtype=np.float64).astype(values.dtype)
+  result = []
+  for value, text, ok, is_finite in zip(as_python, texts, round_trip == values, finite):
+    if not is_finite:
+      result.append("NaN" if value != value else ("-Infinity" if value < 0 else "Infinity"))
+      continue
+    if not ok:
+      text = "%.*g" % (digits, value)
+    if "." not in text and "e" not in text:
+      text += ".0"
+    result.append(text)
+  return result
+
+
+def _string_text(value: bytes, as_bytes: bool) -> str:
+  if as_bytes:
+    return '{"b64": "' + base64.b64encode(value).decode("ascii") + '"}'
+  # TF Serving writes the raw bytes; surrogateescape keeps bytes that are not UTF-8 as they are.
+  return json.dumps(value.decode("utf-8", "surrogateescape"), ensure_ascii=False)
+
+
+def _value_texts(name: str, array: np.ndarray) -> List[str]:
+  flat = array.reshape(-1)
+  dtype = tf.as_dtype(array.dtype)
+  if dtype in (tf.float32, tf.float64):
+    return _float_texts(flat)
+  if dtype == tf.string:
+    as_bytes = name.endswith(_BYTES_SUFFIX)
+    return [_string_text(v, as_bytes) for v in flat]
+  if dtype == tf.bool:
+    return ["true" if v else "false" for v in flat.tolist()]
+  if dtype in INT_RANGES:
+    return [str(v) for v in flat.tolist()]
+  raise invalid_argument(f"Failed to write JSON value for tensor type: {type_name(dtype)}")
+
+
+def _nest(texts: List[str], shape: Sequence[int]) -> str:
+  if not shape:
+    return texts[0]
+  if len(shape) == 1:
+    return "[" + ",".join(texts) + "]"
+  step = int(np.prod(shape[1:], dtype=np.int64))
+  return "[" + ",".join(_nest(texts[i * step:(i + 1) * step], shape[1:])
+                        for i in range(shape[0])) + "]"
+
+
+@functools.lru_cache(maxsize=4096)
+def _key(name: str) -> str:
+  """A JSON string of an output name or class label; they repeat across answers."""
+  return json.dumps(name, ensure_ascii=False)
+
+
+def predict_response(outputs: Mapping[str, np.ndarray], row_format: bool) -> bytes:
+  if not outputs:
+    raise invalid_argument("Cannot convert empty tensor map to JSON")
+  texts = {name: _value_texts(name, array) for name, array in outputs.items()}
+  named = len(outputs) > 1
+  if not row_format:
+    parts = [(_key(n) + ":" if named else "") + _nest(texts[n], outputs[n].shape)
+             for n in outputs]
+    body = "{" + ",".join(parts) + "}" if named else parts[0]
+    return _encode('{"outputs":' + body + "}")
+  batch = None
+  for name, array in outputs.items():
+    if array.ndim == 0:
+      raise invalid_argument(f"Tensor name: {name} has no shape information ")
+    if batch is not None and array.shape[0] != batch:
+      raise invalid_argument(f"Tensor name: {name} has inconsistent batch size: "
+                             f"{array.shape[0]} expecting: {batch}")
+    batch = array.shape[0]
+  rows = []
+  for item in range(batch):
+    parts = []
+    for name, array in outputs.items():
+      step = int(np.prod(array.shape[1:], dtype=np.int64))
+      value = _nest(texts[name][item * step:(item + 1) * step], array.shape[1:])
+      parts.append(_key(name) + ":" + value if named else value)
+    rows.append("{" + ",".join(parts) + "}" if named else parts[0])
+  return _encode('{"predictions":[' + ",".join(rows) + "]}")
+
+
+def classify_response(result) -> bytes:
+  """A ClassificationResult as `{"results": [[[label, score], ...], ...]}`."""
+  if not result.classifications:
+    raise invalid_argument("Cannot convert empty ClassificationResults to JSON")
+  items = []
+  for classifications in result.classifications:
+    labels = [c.label for c in classifications.classes]
+    scores = _float_texts(np.array([c.score for c in classifications.classes],
+                                   dtype=np.float32))
+    items.append("[" + ",".join(f"[{_key(label)},{score}]"
+                                for label, score in zip(labels, scores)) + "]")
+  return _encode('{"results":[' + ",".join(items) + "]}")
+
+
+def regress_response(result) -> bytes:
+  if not result.regressions:
+    raise invalid_argument("Cannot convert empty RegressionResults to JSON")
+  values = _float_texts(np.array([r.value for r in result.regressions], dtype=np.float32))
+  return _encode('{"results":[' + ",".join(values) + "]}")
+
+
+def error_body(message: str) -> bytes:
+  return _encode(json.dumps({"error": message}, ensure_ascii=False))
+
+
+def _encode(text: str) -> bytes:
+  return text.encode("utf-8", "surrogateescape")
