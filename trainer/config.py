@@ -1,15 +1,20 @@
-"""The trainer's typed configuration, validated once where the job starts."""
+"""The trainer's typed configuration: every setting declared once (its flag derives from it,
+see trainer/settings.py) and validated once, where the job starts."""
 
 import dataclasses
 import os
 from typing import Optional
 
 from optimize import guard
-from optimize import transforms
+from optimize import transforms as transforms_lib
+from serving import runners
+from trainer import inputs
+from trainer import settings
 from trainer.model import ModelConfig
+from trainer.settings import setting
 from trainer.text_module import TextModuleConfig
 
-SMOKE_TEST_BACKENDS = ("auto", "binary", "docker", "embedded")
+SMOKE_TEST_BACKENDS = ("auto",) + runners.BACKENDS
 
 PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BUNDLED_TRAIN = os.path.join(PROJECT_ROOT, "data", "train.csv")
@@ -19,48 +24,70 @@ DEFAULT_JOB_DIR = os.path.join("jobs", "intent")
 
 @dataclasses.dataclass(frozen=True)
 class TrainerConfig:
-  train_files: str = BUNDLED_TRAIN
-  eval_files: str = BUNDLED_EVAL
-  data_format: str = "auto"
-  train_split: str = "train"
-  eval_split: str = "val"
-  drop_unseen_eval_labels: bool = False
-  job_dir: str = DEFAULT_JOB_DIR
-  model_name: str = "intent"
-  train_steps: int = 0
-  num_epochs: float = 40.0
-  batch_size: int = 64
-  seed: int = 42
-  save_checkpoints_steps: int = 500
-  eval_throttle_secs: int = 60
-  hub_module: Optional[str] = None
+  train_files: str = setting(
+      BUNDLED_TRAIN, "Training data: comma-separated files or globs (CSV, JSON Lines or "
+      "CLINC-style JSON; local, gs:// or any tf.io.gfile path).")
+  eval_files: str = setting(BUNDLED_EVAL, "Evaluation data, as --train_files.")
+  data_format: str = setting("auto", "Data file format; auto goes by extension (.csv, .jsonl, "
+                             ".json).", choices=("auto",) + inputs.FORMATS)
+  train_split: str = setting("train", "Split to train on in CLINC-style JSON files.")
+  eval_split: str = setting("val", "Split to evaluate on in CLINC-style JSON files.")
+  drop_unseen_eval_labels: bool = setting(
+      False, "Drop eval examples whose label never appears in training (with a warning and a "
+      "count) instead of stopping with an error.")
+  job_dir: str = setting(
+      DEFAULT_JOB_DIR, "Where checkpoints, summaries, the hub module, the eval report and the "
+      "export go (Cloud AI Platform passes --job-dir).", flag="job-dir", aliases=("job_dir",))
+  model_name: str = setting("intent", "Servable name: the export goes to "
+                            "<job-dir>/export/<model_name>/<version>.")
+  train_steps: int = setting(0, "Training steps; 0 derives them from --num_epochs.")
+  num_epochs: float = setting(40.0, "Passes over the training data, used when --train_steps "
+                              "is 0.")
+  batch_size: int = setting(64, "Training batch size.")
+  seed: int = setting(42, "Random seed of initialization and shuffling.")
+  save_checkpoints_steps: int = setting(500, "Save a checkpoint (and evaluate) every this many "
+                                        "steps.")
+  eval_throttle_secs: int = setting(60, "Evaluate at most once per this many seconds while "
+                                    "training.")
+  hub_module: Optional[str] = setting(
+      None, "A TF1-Hub-format text-embedding module (handle or path). Unset: build one from "
+      "the training corpus into <job-dir>/hub_module.")
   # Where the estimator keeps checkpoints, its summaries and the built hub module; None
   # means the job dir. Vertex AI sets it through AIP_CHECKPOINT_DIR.
-  checkpoint_dir: Optional[str] = None
+  checkpoint_dir: Optional[str] = setting(None, command_line=False)
   # The export base (versions go below it); None means <job_dir>/export/<model_name>.
   # Vertex AI sets it through AIP_MODEL_DIR.
-  export_dir: Optional[str] = None
+  export_dir: Optional[str] = setting(None, command_line=False)
   # Also receives the training summaries and the final eval metrics (AIP_TENSORBOARD_LOG_DIR);
   # None leaves TensorBoard on the checkpoint dir, where the estimator writes anyway.
-  tensorboard_dir: Optional[str] = None
-  # How long other cluster tasks wait for the chief's hub module (workers: and for its
-  # first checkpoint).
-  chief_wait_secs: int = 600
-  # Caps tf.estimator's start-up delay of worker k ((k + 1) * 5 s); None keeps its cap (60 s).
-  max_worker_delay_secs: Optional[int] = None
+  tensorboard_dir: Optional[str] = setting(None, command_line=False)
+  chief_wait_secs: int = setting(
+      600, "On a cluster: how long workers, parameter servers and the evaluator wait for the "
+      "chief's text module (workers also for its first checkpoint) before giving up.")
+  max_worker_delay_secs: Optional[int] = setting(
+      None, "On a cluster: cap of tf.estimator's start-up delay of worker k ((k + 1) * 5 s; "
+      "unset keeps its 60 s cap).")
   # The stages after export: optimize, then the smoke test of the final servable, then a
   # push into a TF Serving base path when one is given.
-  optimize: bool = True
-  transforms: str = transforms.DEFAULT_TRANSFORMS
-  min_agreement: float = guard.DEFAULT_MIN_AGREEMENT
-  smoke_test: bool = True
-  smoke_test_backend: str = "auto"
-  push_to: Optional[str] = None
+  optimize: bool = setting(True, "Optimize the export (python -m optimize) before the smoke "
+                           "test.")
+  transforms: str = setting(transforms_lib.DEFAULT_TRANSFORMS,
+                            "Optimizer transforms, in order (see python -m optimize --help).")
+  min_agreement: float = setting(guard.DEFAULT_MIN_AGREEMENT,
+                                 "The optimizer's accuracy guard: lowest top-1 agreement to "
+                                 "accept.")
+  smoke_test: bool = setting(True, "Serve the final servable and check every signature over "
+                             "REST and gRPC.")
+  smoke_test_backend: str = setting("auto", "Server for the smoke test; auto takes the real TF "
+                                    "Serving when it can run.", choices=SMOKE_TEST_BACKENDS)
+  push_to: Optional[str] = setting(
+      None, "TF Serving model base path to push a blessed servable to, as its next numeric "
+      "version (nothing is pushed when unset).")
   model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
   text_module: TextModuleConfig = dataclasses.field(default_factory=TextModuleConfig)
 
   def __post_init__(self):
-    problems = []
+    problems = settings.choice_problems(self)
     for name in ("train_files", "eval_files", "job_dir", "model_name"):
       if not getattr(self, name):
         problems.append(f"{name} must not be empty")
@@ -81,14 +108,11 @@ class TrainerConfig:
       problems.append(f"max_worker_delay_secs must be >= 0, got {self.max_worker_delay_secs}")
     if not 0.0 <= self.min_agreement <= 1.0:
       problems.append(f"min_agreement must be in [0, 1], got {self.min_agreement}")
-    if self.smoke_test_backend not in SMOKE_TEST_BACKENDS:
-      problems.append(f"smoke_test_backend must be one of {SMOKE_TEST_BACKENDS}, "
-                      f"got {self.smoke_test_backend!r}")
     if self.push_to and not self.smoke_test:
       problems.append("push_to needs the smoke test: only a blessed model is pushed")
     try:
-      transforms.parse_transforms(self.transforms)
-    except transforms.TransformError as e:
+      transforms_lib.parse_transforms(self.transforms)
+    except transforms_lib.TransformError as e:
       problems.append(f"transforms: {e}")
     for name in ("checkpoint_dir", "export_dir", "tensorboard_dir", "push_to"):
       if getattr(self, name) == "":

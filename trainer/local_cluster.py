@@ -12,17 +12,17 @@ task's status (124 on --timeout_secs).
 """
 
 import argparse
-import contextlib
 import dataclasses
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
 from typing import Dict, List, Optional, Sequence, TextIO
+
+import portpicker
 
 CHIEF, WORKER, PS, EVALUATOR = "chief", "worker", "ps", "evaluator"
 TIMEOUT_STATUS = 124
@@ -44,14 +44,13 @@ class Task:
 
 
 def free_ports(count: int) -> List[int]:
-  """Ports the OS reports free, held open together so no two are the same."""
-  with contextlib.ExitStack() as stack:
-    sockets = []
-    for _ in range(count):
-      s = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
-      s.bind(("127.0.0.1", 0))
-      sockets.append(s)
-    return [s.getsockname()[1] for s in sockets]
+  """`count` distinct ports that are free now."""
+  ports: List[int] = []
+  while len(ports) < count:
+    port = portpicker.pick_unused_port()
+    if port not in ports:
+      ports.append(port)
+  return ports
 
 
 def cluster_spec(workers: int, ps: int, evaluator: bool) -> Dict[str, List[str]]:

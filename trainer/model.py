@@ -6,6 +6,9 @@ from typing import Sequence, Tuple
 import tensorflow as tf
 import tensorflow_hub as hub
 
+from trainer import settings
+from trainer.settings import setting
+
 TEXT_FEATURE = "text"
 
 _OPTIMIZERS = {
@@ -28,26 +31,25 @@ _SPARSE_OPTIMIZERS = {
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-  hidden_units: Tuple[int, ...] = (256,)
-  dropout: float = 0.5
-  batch_norm: bool = False
-  optimizer: str = "Adam"
-  learning_rate: float = 0.001
-  train_embeddings: bool = True
-  embedding_optimizer: str = "Adagrad"
-  embedding_learning_rate: float = 0.5
+  hidden_units: Tuple[int, ...] = setting((256,), "Sizes of the hidden layers, e.g. 256,128.")
+  dropout: float = setting(0.5, "Dropout rate of the hidden layers (0 = none).")
+  batch_norm: bool = setting(False, "Batch normalization after hidden layers.")
+  optimizer: str = setting("Adam", "Optimizer of the dense layers.", choices=tuple(_OPTIMIZERS))
+  learning_rate: float = setting(0.001, "Learning rate of the dense layers.")
+  train_embeddings: bool = setting(
+      True, "Train the text module's embeddings too (the canned estimator alone would leave "
+      "them at their initial values).")
+  embedding_optimizer: str = setting(
+      "Adagrad", "Optimizer of the embedding table; all of these update only the rows a batch "
+      "touches.", choices=tuple(_SPARSE_OPTIMIZERS))
+  embedding_learning_rate: float = setting(0.5, "Learning rate of the embedding table.")
 
   def __post_init__(self):
-    problems = []
+    problems = settings.choice_problems(self)
     if not self.hidden_units or any(u < 1 for u in self.hidden_units):
       problems.append(f"hidden_units must be positive layer sizes, got {self.hidden_units}")
     if not 0.0 <= self.dropout < 1.0:
       problems.append(f"dropout must be in [0, 1), got {self.dropout}")
-    if self.optimizer not in _OPTIMIZERS:
-      problems.append(f"optimizer must be one of {sorted(_OPTIMIZERS)}, got {self.optimizer!r}")
-    if self.embedding_optimizer not in _SPARSE_OPTIMIZERS:
-      problems.append(f"embedding_optimizer must be one of {sorted(_SPARSE_OPTIMIZERS)} "
-                      f"(sparse updates), got {self.embedding_optimizer!r}")
     for name in ("learning_rate", "embedding_learning_rate"):
       if getattr(self, name) <= 0:
         problems.append(f"{name} must be > 0, got {getattr(self, name)}")

@@ -1,4 +1,5 @@
-"""Train -> evaluate -> export, each step leaving an artifact on disk in the job dir.
+"""The pipeline: train -> export -> optimize -> smoke test -> push, each stage run here and
+recorded in ML Metadata, each leaving an artifact on disk in the job dir.
 
 Job dir layout (the census-sample convention, so TensorBoard points at the job dir):
   metadata.sqlite           ML Metadata lineage of every run (unless --metadata_db / MySQL)
@@ -22,17 +23,19 @@ import dataclasses
 import time
 from typing import Callable, Dict, Optional
 
+import tenacity
 import tensorflow as tf
 from absl import logging
 
 from export import artifact_io
-from export import servable
+from export import exporter
 from lineage import push
 from lineage import schema
-from lineage import stages
 from lineage import store
 from lineage.record import Recorder
 from optimize import optimizer
+from optimize import recorded as recorded_optimize
+from serving.smoke_test import recorded as recorded_smoke_test
 from trainer import cloud
 from trainer import evaluation
 from trainer import inputs
@@ -125,17 +128,18 @@ def ensure_text_module(config: TrainerConfig, train_texts,
 
 def _wait_for_chief(config: TrainerConfig, environment: cloud.JobEnvironment, what: str,
                     where: str, ready: Callable[[], bool]) -> None:
-  deadline = time.monotonic() + config.chief_wait_secs
   logging.info("%s: waiting up to %ds for the chief's %s (%s)",
                environment.name, config.chief_wait_secs, what, where)
-  while not ready():
-    if time.monotonic() >= deadline:
-      raise TimeoutError(
-          f"{environment.name}: the chief's {what} did not appear within "
-          f"{config.chief_wait_secs}s (waited for {where}). Is the chief running, and do "
-          f"all tasks get the same --job-dir on storage they all can reach (gs://, not a "
-          f"local path, across machines)?")
-    time.sleep(_CHIEF_POLL_SECS)
+  try:
+    tenacity.Retrying(retry=tenacity.retry_if_result(lambda done: not done),
+                      wait=tenacity.wait_fixed(_CHIEF_POLL_SECS),
+                      stop=tenacity.stop_after_delay(config.chief_wait_secs))(ready)
+  except tenacity.RetryError:
+    raise TimeoutError(
+        f"{environment.name}: the chief's {what} did not appear within "
+        f"{config.chief_wait_secs}s (waited for {where}). Is the chief running, and do "
+        f"all tasks get the same --job-dir on storage they all can reach (gs://, not a "
+        f"local path, across machines)?") from None
 
 
 def make_estimator(config: TrainerConfig, module_path: str, labels) -> tf.estimator.Estimator:
@@ -225,7 +229,7 @@ def train(config: TrainerConfig, train_examples, eval_examples,
 
 
 def export(config: TrainerConfig, result: TrainResult, warmup_texts) -> str:
-  return servable.export_servable(result.estimator, export_base(config), warmup_texts,
+  return exporter.export_servable(result.estimator, export_base(config), warmup_texts,
                                   text_feature=model.TEXT_FEATURE,
                                   checkpoint_path=result.checkpoint_path)
 
@@ -274,7 +278,7 @@ def run(config: TrainerConfig, environment: Optional[cloud.JobEnvironment] = Non
                           params={"model_name": config.model_name,
                                   "export_base": export_base(config)}) as step:
     export_dir = export(config, train_result, warmup_texts)
-    step.results(warmup_records=len(servable.warmup_logs(warmup_texts)))
+    step.results(warmup_records=len(exporter.warmup_logs(warmup_texts)))
     final = step.output("exported_model", schema.exported_model(export_dir, config.model_name))
   logging.info("Exported the servable to %s", export_dir)
   version = export_dir.rstrip("/").rsplit("/", 1)[1]
@@ -283,7 +287,7 @@ def run(config: TrainerConfig, environment: Optional[cloud.JobEnvironment] = Non
   if config.optimize:
     optimized_dir = artifact_io.join(config.job_dir, "optimized", config.model_name, version)
     try:
-      optimized, final = stages.optimize(
+      optimized, final = recorded_optimize.optimize(
           recorder, final, optimized_dir, config.model_name, transform_specs=config.transforms,
           min_agreement=config.min_agreement)
     except optimizer.OptimizeError as e:
@@ -293,7 +297,7 @@ def run(config: TrainerConfig, environment: Optional[cloud.JobEnvironment] = Non
 
   verdict_path = None
   if config.smoke_test:
-    verdict, _ = stages.smoke_test_version(
+    verdict, _ = recorded_smoke_test.smoke_test_version(
         recorder, final, config.model_name,
         output_dir=artifact_io.join(config.job_dir, "smoke_test", version),
         backend=config.smoke_test_backend, log=lambda line: logging.info("smoke test: %s", line))

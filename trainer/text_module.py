@@ -18,6 +18,8 @@ import tensorflow as tf
 import tensorflow_hub as hub
 
 from export import artifact_io
+from trainer import settings
+from trainer.settings import setting
 
 VOCABULARY = "vocabulary"
 HASHED = "hashed"
@@ -29,20 +31,24 @@ _CHAR_NGRAM_MARK = "~"
 class TextModuleConfig:
   """How text becomes tokens and tokens become one embedding."""
 
-  embedding_dim: int = 128
-  word_ngrams: Tuple[int, ...] = (1, 2, 3)
-  char_ngrams: Tuple[int, ...] = (3, 4, 5)
-  id_mode: str = VOCABULARY
-  max_vocabulary_size: int = 200_000
+  embedding_dim: int = setting(128, "Embedding size of the built module.")
+  word_ngrams: Tuple[int, ...] = setting((1, 2, 3), "Word n-gram widths of the built module, "
+                                         "e.g. 1,2.")
+  char_ngrams: Tuple[int, ...] = setting((3, 4, 5), "Character n-gram widths of the built "
+                                         "module, e.g. 3,4 (empty = none).")
+  id_mode: str = setting(VOCABULARY, "vocabulary: corpus vocabulary + OOV buckets; hashed: "
+                         "hash buckets only.", choices=(VOCABULARY, HASHED))
+  max_vocabulary_size: int = setting(200_000, "Most frequent n-grams kept in the vocabulary.")
   # N-grams seen once share OOV buckets with the unseen ones, so those buckets get
   # trained; with min_count=1 they stayed random and added noise at test time.
-  min_count: int = 2
-  oov_buckets: int = 50_000
-  hash_buckets: int = 1 << 18
-  combiner: str = "sqrtn"
+  min_count: int = setting(2, "Minimum count of a vocabulary n-gram.")
+  oov_buckets: int = setting(50_000, "Hash buckets for n-grams outside the vocabulary.")
+  hash_buckets: int = setting(1 << 18, "Embedding rows in hashed mode.")
+  combiner: str = setting("sqrtn", "How the n-gram embeddings of one text are combined.",
+                          choices=("sum", "mean", "sqrtn"))
 
   def __post_init__(self):
-    problems = []
+    problems = settings.choice_problems(self)
     if self.embedding_dim < 1:
       problems.append(f"embedding_dim must be >= 1, got {self.embedding_dim}")
     if not self.word_ngrams and not self.char_ngrams:
@@ -50,8 +56,6 @@ class TextModuleConfig:
     for name in ("word_ngrams", "char_ngrams"):
       if any(n < 1 for n in getattr(self, name)):
         problems.append(f"{name} must hold positive widths, got {getattr(self, name)}")
-    if self.id_mode not in (VOCABULARY, HASHED):
-      problems.append(f"id_mode must be {VOCABULARY!r} or {HASHED!r}, got {self.id_mode!r}")
     if self.min_count < 1:
       problems.append(f"min_count must be >= 1, got {self.min_count}")
     if self.oov_buckets < 1:
@@ -60,8 +64,6 @@ class TextModuleConfig:
       problems.append(f"hash_buckets must be >= 1, got {self.hash_buckets}")
     if self.max_vocabulary_size < 1:
       problems.append(f"max_vocabulary_size must be >= 1, got {self.max_vocabulary_size}")
-    if self.combiner not in ("sum", "mean", "sqrtn"):
-      problems.append(f"combiner must be sum, mean or sqrtn, got {self.combiner!r}")
     if problems:
       raise ValueError("Invalid text module config: " + "; ".join(problems))
 
