@@ -4,7 +4,7 @@ VENV ?= .venv
 PYTHON_BIN := $(VENV)/bin/python
 JOB_DIR ?= jobs/intent
 
-.PHONY: demo test bench-train bench-optimize clean
+.PHONY: demo test test-quick bench-train bench-optimize clean
 
 $(VENV)/.installed-test: pyproject.toml tools/bootstrap.sh
 	tools/bootstrap.sh $(VENV) test
@@ -19,6 +19,10 @@ demo: $(VENV)/.installed-test
 
 test: $(VENV)/.installed-test
 	$(PYTHON_BIN) -m pytest tests
+
+# The tier for a quick check while developing: no test that trains or starts a process.
+test-quick: $(VENV)/.installed-test
+	$(PYTHON_BIN) -m pytest tests -m "not slow"
 
 bench-train: $(VENV)/.installed-bench
 	$(PYTHON_BIN) benchmarks/train_banking77.py

@@ -21,31 +21,35 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from absl import app  # noqa: E402
-from absl import flags  # noqa: E402
-import tensorflow as tf  # noqa: E402
-
-from export import warmup  # noqa: E402
-from optimize import optimizer  # noqa: E402
-from optimize import savedmodel_io  # noqa: E402
-from serving.servables import SessionServable  # noqa: E402
-from trainer import pipeline  # noqa: E402
-from trainer import task  # noqa: E402
-
 import banking77  # noqa: E402  (beside this script)
+import tensorflow as tf  # noqa: E402
+from absl import (
+  app,  # noqa: E402
+  flags,  # noqa: E402
+)
 
-banking77.use_as_default_data()
+from export import (
+  versions,  # noqa: E402
+  warmup,  # noqa: E402
+)
+from export.servable import SessionServable  # noqa: E402
+from optimize import (
+  optimizer,  # noqa: E402
+  savedmodel_io,  # noqa: E402
+)
+from trainer import (
+  command,  # noqa: E402
+  pipeline,  # noqa: E402
+)
+
+banking77.define_trainer_flags()
 flags.DEFINE_string("signature", "serving_default", "Signature timed for latency.")
 flags.DEFINE_integer("rounds", 10, "Alternating measurement rounds per model.")
 FLAGS = flags.FLAGS
 
 
 def newest_export(job_dir):
-  base = os.path.join(job_dir, "export", FLAGS.model_name)
-  if not os.path.isdir(base):
-    return None
-  versions = sorted((d for d in os.listdir(base) if d.isdigit()), key=int)
-  return os.path.join(base, versions[-1]) if versions else None
+  return versions.latest_version_dir(os.path.join(job_dir, "export", FLAGS.model_name))
 
 
 def signature_batch(signature, texts):
@@ -111,7 +115,7 @@ def main(argv):
   if not FLAGS["job-dir"].value:
     FLAGS["job-dir"].value = tempfile.mkdtemp(prefix="banking77-optimize-")
   # The benchmark optimizes and measures itself; the pipeline only trains and exports.
-  config = dataclasses.replace(task.config_from_flags(), optimize=False, smoke_test=False)
+  config = dataclasses.replace(command.config_from_flags(), optimize=False, smoke_test=False)
   train_examples, test_examples = pipeline.load_data(config)
   original = newest_export(config.job_dir)
   if original is None:

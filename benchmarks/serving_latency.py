@@ -22,20 +22,21 @@ from concurrent import futures
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import http.client  # noqa: E402
-
-import grpc  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
-from absl import app  # noqa: E402
-from absl import flags  # noqa: E402
+from absl import (
+  app,  # noqa: E402
+  flags,  # noqa: E402
+)
 from tensorflow_serving.apis import classification_pb2  # noqa: E402
-from tensorflow_serving.apis import prediction_service_pb2_grpc  # noqa: E402
 
-from serving import json_tensor  # noqa: E402
-from serving import probe_requests  # noqa: E402
-from serving import runners  # noqa: E402
-from serving.servables import SessionServable  # noqa: E402
+from export import versions  # noqa: E402
+from export.servable import SessionServable  # noqa: E402
+from serving import (
+  clients,  # noqa: E402
+  probes,  # noqa: E402
+  runners,  # noqa: E402
+)
 
 PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIGNATURE = "serving_default"
@@ -54,12 +55,11 @@ FLAGS = flags.FLAGS
 
 
 def highest_version(base_path):
-  versions = [int(n.rstrip("/")) for n in tf.io.gfile.listdir(base_path)
-              if n.rstrip("/").isdigit()]
-  if not versions:
+  newest = versions.latest_version_dir(base_path)
+  if newest is None:
     raise SystemExit(f"{base_path} has no numeric version dir; run `make demo` first or pass "
                      f"--model_base_path")
-  return f"{base_path.rstrip('/')}/{max(versions)}"
+  return newest
 
 
 def percentiles(seconds):
@@ -71,7 +71,7 @@ def percentiles(seconds):
 def one_example(version_dir):
   """The first evaluation example the version's warmup records hold for the signature."""
   with SessionServable(version_dir) as model:
-    probe = probe_requests.build_probes(model)[SIGNATURE]
+    probe = probes.build_probes(model)[SIGNATURE]
   return probe.batch(1)["inputs"][0]
 
 
@@ -91,7 +91,7 @@ class Clients:
   def __init__(self, runner, model_name, serialized):
     example = tf.train.Example.FromString(serialized)
     self._rest_body = json.dumps({"signature_name": SIGNATURE,
-                                  "examples": [json_tensor.example_to_json(example)]}).encode()
+                                  "examples": [clients.example_to_json(example)]}).encode()
     self._rest_path = f"/v1/models/{model_name}:classify"
     self._request = classification_pb2.ClassificationRequest()
     self._request.model_spec.name = model_name
@@ -104,29 +104,24 @@ class Clients:
 
   def _own(self):
     if not hasattr(self._local, "rest"):
-      host, port = self._runner.rest_target.rsplit(":", 1)
-      self._local.rest = http.client.HTTPConnection(host, int(port), timeout=60)
-      self._local.channel = grpc.insecure_channel(self._runner.grpc_target)
-      self._local.stub = prediction_service_pb2_grpc.PredictionServiceStub(self._local.channel)
+      self._local.rest = clients.RestClient(self._runner.rest_target)
+      self._local.grpc = clients.GrpcClient(self._runner.grpc_target)
       with self._lock:
-        self._opened.append((self._local.rest, self._local.channel))
+        self._opened.append((self._local.rest, self._local.grpc))
     return self._local
 
   def rest(self):
-    own = self._own()
-    own.rest.request("POST", self._rest_path, body=self._rest_body)
-    response = own.rest.getresponse()
-    body = response.read()
-    if response.status != 200:
-      raise RuntimeError(f"REST {response.status}: {body[:300]!r}")
+    status, body = self._own().rest.send("POST", self._rest_path, self._rest_body)
+    if status != 200:
+      raise RuntimeError(f"REST {status}: {body[:300]!r}")
 
   def grpc(self):
-    self._own().stub.Classify(self._request, timeout=60)
+    self._own().grpc.prediction.Classify(self._request, timeout=60)
 
   def close(self):
-    for connection, channel in self._opened:
-      connection.close()
-      channel.close()
+    for rest, grpc_client in self._opened:
+      rest.close()
+      grpc_client.close()
 
 
 def sequential(call, requests):

@@ -15,15 +15,18 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from absl import app  # noqa: E402
-from absl import flags  # noqa: E402
-
-from trainer import pipeline  # noqa: E402
-from trainer import task  # noqa: E402
-
 import banking77  # noqa: E402  (beside this script)
+from absl import (
+  app,  # noqa: E402
+  flags,  # noqa: E402
+)
 
-banking77.use_as_default_data()
+from trainer import (
+  command,  # noqa: E402
+  pipeline,  # noqa: E402
+)
+
+banking77.define_trainer_flags()
 
 
 def tfidf_svm_baseline(train, test):
@@ -45,7 +48,7 @@ def main(argv):
   del argv
   if not flags.FLAGS["job-dir"].value:
     flags.FLAGS["job-dir"].value = tempfile.mkdtemp(prefix="banking77-job-")
-  config = task.config_from_flags()
+  config = command.config_from_flags()
   started = time.time()
   train_examples, eval_examples = pipeline.load_data(config)
   result = pipeline.train(config, train_examples, eval_examples)

@@ -9,14 +9,23 @@ import sys
 import pytest
 from ml_metadata.proto import metadata_store_pb2
 
-from conftest import PROJECT_ROOT, RUN_EVERY_SIGNATURE, run_python, scramble_weights, small_config
 from export import warmup
 from lineage import query
 from lineage import store as lineage_store
 from optimize import transforms
-from trainer import pipeline
+from tests.helpers import (
+  PROJECT_ROOT,
+  RUN_EVERY_SIGNATURE,
+  run_python,
+  scramble_weights,
+  small_config,
+)
 from trainer import config as config_lib
 from trainer import inputs
+from trainer import pipeline
+
+# Trains a model or starts processes: the slow tier.
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")

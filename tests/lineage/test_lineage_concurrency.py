@@ -8,13 +8,17 @@ import subprocess
 import sys
 import time
 
+import pytest
 from ml_metadata.proto import metadata_store_pb2
 
-import lineage_chain
-from conftest import PROJECT_ROOT
 from lineage import query
 from lineage import schema
 from lineage import store as store_lib
+from tests.helpers import PROJECT_ROOT
+from tests.lineage import lineage_chain
+
+# Trains a model or starts processes: the slow tier.
+pytestmark = pytest.mark.slow
 
 PROCESSES, CHAINS = 2, 3
 # Longer than the MLMD C++ layer waits on a busy database (about 2 s) before it gives up.

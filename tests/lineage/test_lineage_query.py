@@ -7,13 +7,13 @@ import sys
 
 import pytest
 
-import lineage_chain
-from conftest import PROJECT_ROOT
 from lineage import push
 from lineage import query
 from lineage import record
 from lineage import schema
 from lineage import store as store_lib
+from tests.helpers import PROJECT_ROOT
+from tests.lineage import lineage_chain
 
 
 def run_cli(*args: str, expect: int = 0) -> subprocess.CompletedProcess:

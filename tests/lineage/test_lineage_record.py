@@ -6,11 +6,11 @@ import os
 import pytest
 from ml_metadata.proto import metadata_store_pb2
 
-import lineage_chain
 from lineage import fingerprint
 from lineage import record
 from lineage import schema
 from lineage import store as store_lib
+from tests.lineage import lineage_chain
 
 Event = metadata_store_pb2.Event
 Execution = metadata_store_pb2.Execution

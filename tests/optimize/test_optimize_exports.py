@@ -11,13 +11,13 @@ import pytest
 import tensorflow as tf
 from tensorflow.python.framework import op_def_registry
 
-import estimator_exports
-from conftest import PROJECT_ROOT, run_python, scramble_weights
+from export.servable import SessionServable
 from optimize import guard
 from optimize import optimizer
 from optimize import savedmodel_io
 from optimize import transforms
-from serving.servables import SessionServable
+from tests.helpers import PROJECT_ROOT, run_python, scramble_weights
+from tests.optimize import estimator_exports
 
 # Loads a version dir in a fresh interpreter and runs every signature on the inputs the
 # test computed; prints the answers.

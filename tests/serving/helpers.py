@@ -1,18 +1,14 @@
 """Helpers for the serving tests: REST calls, gRPC stubs, requests for the intent model."""
 
-import http.client
 import json
 import shutil
 
-import grpc
 import numpy as np
 import tensorflow as tf
-from tensorflow_serving.apis import classification_pb2
-from tensorflow_serving.apis import model_service_pb2_grpc
-from tensorflow_serving.apis import predict_pb2
-from tensorflow_serving.apis import prediction_service_pb2_grpc
+from tensorflow_serving.apis import classification_pb2, predict_pb2
 
 from export import warmup
+from serving.clients import GrpcClient, RestClient
 
 TEXTS = ["book a flight to rome", "what is the weather like in oslo tomorrow",
          "tell me a joke", "play some jazz", "move 50 dollars to savings",
@@ -30,31 +26,23 @@ def object_array(values):
   return array
 
 
-def rest(port, method, path, body=None, connection=None):
+def rest(port, method, path, body=None, client=None):
   """(HTTP status, decoded JSON) of one request; `body` is a dict (sent as JSON) or bytes."""
   if isinstance(body, dict):
     body = json.dumps(body).encode("utf-8")
-  own = connection is None
-  connection = connection or http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+  own = client is None
+  client = client or RestClient(f"127.0.0.1:{port}")
   try:
-    connection.request(method, path, body=body)
-    response = connection.getresponse()
-    return response.status, json.loads(response.read())
+    status, payload = client.send(method, path, body)
+    return status, json.loads(payload)
   finally:
     if own:
-      connection.close()
+      client.close()
 
 
-class Stubs:
-  """gRPC stubs on one channel to a server's port."""
-
-  def __init__(self, port):
-    self.channel = grpc.insecure_channel(f"127.0.0.1:{port}")
-    self.prediction = prediction_service_pb2_grpc.PredictionServiceStub(self.channel)
-    self.model = model_service_pb2_grpc.ModelServiceStub(self.channel)
-
-  def close(self):
-    self.channel.close()
+def grpc_stubs(port) -> GrpcClient:
+  """gRPC stubs (`.prediction`, `.model`) on one channel to a server's port on loopback."""
+  return GrpcClient(f"127.0.0.1:{port}")
 
 
 def predict_request(signature, inputs, name="intent"):

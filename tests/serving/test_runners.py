@@ -7,14 +7,14 @@ import sys
 import pytest
 from absl import flags
 
-from serving import model_server
 from serving import runners
-from serving import server_config
-from serving import smoke_test
 from serving.errors import ModelLoadError, ServerStartError
+from serving.model_server import command as model_server_command
+from serving.model_server import config_files
+from serving.smoke_test import verdict as smoke_test
 
 NO_BINARY = f"{runners.BINARY} is not on PATH"
-NO_DOCKER = "no Docker engine answers `docker info`"
+NO_DOCKER = "no Docker engine answers (DOCKER_HOST or the local socket)"
 
 
 def models(base):
@@ -41,13 +41,13 @@ def test_every_process_runner_passes_tf_serving_flags_and_the_same_config(tmp_pa
     assert runner.grpc_port != runner.rest_port
     assert given["--max_num_load_retries"] == "0"
     assert given["--enable_batching"] is True
-    config = server_config.read_model_config_file(given["--model_config_file"])
+    config = config_files.read_model_config_file(given["--model_config_file"])
     entries = {m.name: m for m in config.model_config_list.config}
     assert entries["intent"].base_path == "/data/intent"
     assert list(entries["other"].model_version_policy.specific.versions) == [3, 5]
     assert all(m.model_platform == "tensorflow" for m in entries.values())
-    params = server_config.read_batching_parameters(given["--batching_parameters_file"])
-    assert server_config.max_batch_size(params) == 16
+    params = config_files.read_batching_parameters(given["--batching_parameters_file"])
+    assert config_files.max_batch_size(params) == 16
     assert runner.grpc_target == f"127.0.0.1:{runner.grpc_port}"
   assert set(flag_map(binary_command)) == set(flag_map(embedded_command))
 
@@ -55,9 +55,9 @@ def test_every_process_runner_passes_tf_serving_flags_and_the_same_config(tmp_pa
 def test_the_embedded_server_accepts_exactly_what_its_runner_passes(tmp_path):
   runner = runners.EmbeddedRunner(models("/data"), str(tmp_path), max_batch_size=8)
   values = flags.FlagValues()
-  model_server.define_flags(values)
+  model_server_command.define_flags(values)
   values(["model_server", *runner.command()[3:]])
-  config, options, core_options = model_server.options_from_flags(values)
+  config, options, core_options = model_server_command.options_from_flags(values)
   assert [m.name for m in config.model_config_list.config] == ["intent", "other"]
   assert options.grpc_port == runner.grpc_port and options.rest_api_port == runner.rest_port
   assert options.bind_address == "127.0.0.1"
@@ -66,20 +66,38 @@ def test_the_embedded_server_accepts_exactly_what_its_runner_passes(tmp_path):
 
 def test_the_docker_runner_maps_loopback_ports_and_mounts_models_read_only(tmp_path):
   runner = runners.DockerRunner(models(str(tmp_path)), str(tmp_path / "work"))
-  command = runner.command()
-  assert command[:3] == ["docker", "run", "--rm"]
-  assert runners.DOCKER_IMAGE == "tensorflow/serving:2.15.1" and runners.DOCKER_IMAGE in command
-  published = [command[i + 1] for i, a in enumerate(command) if a == "-p"]
-  assert published == [f"127.0.0.1:{runner.grpc_port}:8500", f"127.0.0.1:{runner.rest_port}:8501"]
-  mounts = [command[i + 1] for i, a in enumerate(command) if a == "-v"]
-  assert mounts == [f"{tmp_path}/intent:/models/intent:ro", f"{tmp_path}/other:/models/other:ro",
-                    f"{tmp_path}/work:/config:ro"]
-  after_image = command[command.index(runners.DOCKER_IMAGE) + 1:]
-  assert flag_map(after_image) == {"--max_num_load_retries": "0",
-                                   "--model_config_file": "/config/models.config"}
-  config = server_config.read_model_config_file(str(tmp_path / "work" / "models.config"))
+  spec = runner.container_spec()
+  assert runners.DOCKER_IMAGE == "tensorflow/serving:2.15.1" and spec["image"] == runners.DOCKER_IMAGE
+  assert spec["ports"] == {"8500/tcp": ("127.0.0.1", runner.grpc_port),
+                           "8501/tcp": ("127.0.0.1", runner.rest_port)}
+  assert spec["volumes"] == {
+      f"{tmp_path}/intent": {"bind": "/models/intent", "mode": "ro"},
+      f"{tmp_path}/other": {"bind": "/models/other", "mode": "ro"},
+      f"{tmp_path}/work": {"bind": "/config", "mode": "ro"}}
+  assert flag_map(spec["command"]) == {"--max_num_load_retries": "0",
+                                       "--model_config_file": "/config/models.config"}
+  assert spec["detach"] and spec["name"] == runner.container_name
+  config = config_files.read_model_config_file(str(tmp_path / "work" / "models.config"))
   assert [m.base_path for m in config.model_config_list.config] == ["/models/intent",
                                                                     "/models/other"]
+
+
+@pytest.mark.parametrize("has_binary, has_docker, chosen", [
+    (True, True, "binary"), (True, False, "binary"), (False, True, "docker"),
+    (False, False, "embedded")])
+def test_auto_prefers_the_binary_then_docker_then_the_embedded_server(
+    monkeypatch, has_binary, has_docker, chosen):
+  monkeypatch.setattr(runners, "binary_path",
+                      lambda: "/opt/tfs/tensorflow_model_server" if has_binary else None)
+  monkeypatch.setattr(runners, "docker_engine_answers", lambda timeout_secs=10.0: has_docker)
+  assert runners.choose_backend("auto") == chosen
+  for backend, available in (("binary", has_binary), ("docker", has_docker)):
+    if available:
+      assert runners.choose_backend(backend) == backend
+    else:
+      with pytest.raises(ServerStartError):
+        runners.choose_backend(backend)
+  assert runners.choose_backend("embedded") == "embedded"
 
 
 @pytest.mark.skipif(runners.binary_path() is not None or runners.docker_engine_answers(),
@@ -134,11 +152,11 @@ def test_tf_serving_in_docker_blesses_the_export(trained, tmp_path):
 
 def test_the_docker_deployment_files_are_valid_tf_serving_configs():
   docker_dir = os.path.join(os.path.dirname(os.path.abspath(runners.__file__)), "docker")
-  config = server_config.read_model_config_file(os.path.join(docker_dir, "models.config"))
+  config = config_files.read_model_config_file(os.path.join(docker_dir, "models.config"))
   (model,) = config.model_config_list.config
-  params = server_config.read_batching_parameters(
+  params = config_files.read_batching_parameters(
       os.path.join(docker_dir, "batching_parameters.txt"))
-  assert server_config.max_batch_size(params) == 32
+  assert config_files.max_batch_size(params) == 32
   with open(os.path.join(docker_dir, "Dockerfile")) as f:
     dockerfile = f.read()
   assert f"FROM {runners.DOCKER_IMAGE}\n" in dockerfile

@@ -10,12 +10,12 @@ import types
 
 import pytest
 import tensorflow as tf
-from absl import flags
 
-from conftest import PROJECT_ROOT, small_config
+from tests.helpers import PROJECT_ROOT, small_config
 from trainer import cloud
 from trainer import pipeline
-from trainer import task  # noqa: F401  (defines the trainer flags checked below)
+from trainer import settings
+from trainer import config as config_lib
 
 CLUSTER = {"chief": ["h:1"], "worker": ["h:2", "h:3"], "ps": ["h:4"]}
 
@@ -104,7 +104,8 @@ def test_hptuning_config_names_the_metric_tag_and_tunes_real_trainer_flags():
   assert re.findall(r"hyperparameterMetricTag:\s*(\S+)", text) == [cloud.METRIC_TAG]
   assert re.search(r"goal:\s*MAXIMIZE", text)
   tuned = re.findall(r"parameterName:\s*(\S+)", text)
-  assert tuned and all(name in flags.FLAGS for name in tuned), tuned
+  known = settings.flag_names(config_lib.TrainerConfig)
+  assert tuned and all(name in known for name in tuned), tuned
 
 
 def test_config_yaml_is_a_distributed_scale_tier():

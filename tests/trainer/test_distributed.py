@@ -13,7 +13,7 @@ import pytest
 import tensorflow as tf
 from google.protobuf import text_format
 
-from conftest import PROJECT_ROOT, small_config
+from tests.helpers import PROJECT_ROOT, small_config
 from trainer import cloud
 from trainer import local_cluster
 from trainer import pipeline
@@ -113,6 +113,9 @@ def test_cluster_training_updates_the_module_embeddings_on_the_parameter_server(
 # like a parameter server that never exits on its own.
 FAKE_TASK = r"""
 import json, os, sys, time
+
+# Trains a model or starts processes: the slow tier.
+pytestmark = pytest.mark.slow
 task_type = json.loads(os.environ["TF_CONFIG"])["task"]["type"]
 status = json.loads(sys.argv[1]).get(task_type)
 if status is None:

@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import PROJECT_ROOT, small_config
+from tests.helpers import PROJECT_ROOT, small_config
 from trainer import config as config_lib
 from trainer import pipeline
 

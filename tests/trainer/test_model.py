@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import small_config
+from tests.helpers import small_config
 from trainer import inputs
 from trainer import pipeline
 from trainer.model import ModelConfig

@@ -9,7 +9,10 @@ import zipfile
 
 import pytest
 
-from conftest import PROJECT_ROOT
+from tests.helpers import PROJECT_ROOT
+
+# Trains a model or starts processes: the slow tier.
+pytestmark = pytest.mark.slow
 
 _SOURCES = ("pyproject.toml", "setup.py", "README.md")
 _PACKAGES = ("trainer", "export", "optimize", "serving", "lineage")

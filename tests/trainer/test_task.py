@@ -4,11 +4,12 @@ import subprocess
 import sys
 
 import pytest
-from absl import app
-from absl import flags
+from absl import app, flags
 
-from conftest import PROJECT_ROOT
-from trainer import task
+from tests.helpers import PROJECT_ROOT
+from trainer import command
+from trainer import settings
+from trainer import config as config_lib
 
 
 def run_task(*args, timeout=300):
@@ -18,12 +19,14 @@ def run_task(*args, timeout=300):
 
 @pytest.fixture
 def parsed_flags():
+  values = flags.FlagValues()
+  command.define_flags(values)
+
   def parse(*args):
-    flags.FLAGS.unparse_flags()
-    flags.FLAGS(["trainer.task", *args])
-    return task.config_from_flags()
-  yield parse
-  flags.FLAGS.unparse_flags()
+    values.unparse_flags()
+    values(["trainer.task", *args])
+    return command.config_from_flags(values)
+  return parse
 
 
 @pytest.mark.parametrize("spelling", ["--job-dir", "--job_dir"])
@@ -50,7 +53,7 @@ def test_no_flags_train_on_the_bundled_data(parsed_flags):
 def test_help_documents_every_trainer_flag():
   completed = run_task("--help")  # absl exits 1 after printing help
   assert "Trains the text-intent model" in completed.stdout
-  own_flags = [f.name for f in flags.FLAGS.get_key_flags_for_module(task)]
+  own_flags = settings.flag_names(config_lib.TrainerConfig)
   assert len(own_flags) > 25
   for name in own_flags:
     assert f"--{name}" in completed.stdout or f"--[no]{name}" in completed.stdout, name
@@ -72,6 +75,6 @@ def test_bad_data_stops_with_the_file_and_line_and_writes_nothing(tmp_path):
   assert not (tmp_path / "job").exists()
 
 
-def test_unexpected_positional_arguments_are_refused(parsed_flags):
+def test_unexpected_positional_arguments_are_refused():
   with pytest.raises(app.UsageError, match="Unexpected arguments"):
-    task.main(["trainer.task", "extra"])
+    command.main(["trainer.task", "extra"])

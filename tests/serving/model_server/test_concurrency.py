@@ -1,8 +1,6 @@
 """8 concurrent clients x 500 requests, mixed REST and gRPC, against the embedded server run
 as TF Serving would be (its own process): no error, every answer the in-process one."""
 
-import http.client
-import json
 import posixpath
 from concurrent import futures
 
@@ -10,10 +8,22 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from export.servable import SessionServable
 from serving import runners
-from serving.servables import SessionServable
-from serving_helpers import (TEXTS, Stubs, classify_answer, classify_request, object_array,
-                             predict_request, serialized)
+from serving.clients import RestClient
+from tests.serving.helpers import (
+  TEXTS,
+  classify_answer,
+  classify_request,
+  grpc_stubs,
+  object_array,
+  predict_request,
+  rest,
+  serialized,
+)
+
+# Trains a model or starts processes: the slow tier.
+pytestmark = pytest.mark.slow
 
 CLIENTS = 8
 REQUESTS_PER_CLIENT = 500
@@ -52,8 +62,8 @@ def expected(trained):
 def _client(number, rest_port, grpc_port, expected):
   """Sends this client's requests; returns a description of each error or wrong answer."""
   problems = []
-  connection = http.client.HTTPConnection("127.0.0.1", rest_port, timeout=60)
-  stubs = Stubs(grpc_port)
+  client = RestClient(f"127.0.0.1:{rest_port}")
+  stubs = grpc_stubs(grpc_port)
   try:
     for i in range(REQUESTS_PER_CLIENT):
       kind = KINDS[(number + i) % len(KINDS)]
@@ -62,19 +72,15 @@ def _client(number, rest_port, grpc_port, expected):
       try:
         if kind == "rest_predict":
           body = {"signature_name": "predict_text", "instances": [text]}
-          connection.request("POST", "/v1/models/intent:predict", json.dumps(body))
-          response = connection.getresponse()
-          answer = json.loads(response.read())
-          assert response.status == 200, answer
+          status, answer = rest(rest_port, "POST", "/v1/models/intent:predict", body, client)
+          assert status == 200, answer
           row = answer["predictions"][0]
           same = row["classes"] == want["classes"] and np.array_equal(
               np.array(row["probabilities"], dtype=np.float32), want["probabilities"])
         elif kind == "rest_classify":
           body = {"examples": [{"text": text}]}
-          connection.request("POST", "/v1/models/intent:classify", json.dumps(body))
-          response = connection.getresponse()
-          answer = json.loads(response.read())
-          assert response.status == 200, answer
+          status, answer = rest(rest_port, "POST", "/v1/models/intent:classify", body, client)
+          assert status == 200, answer
           (result,) = answer["results"]
           same = [label for label, _ in result] == want["labels"] and np.array_equal(
               np.array([score for _, score in result], dtype=np.float32), want["scores"])
@@ -92,9 +98,8 @@ def _client(number, rest_port, grpc_port, expected):
           problems.append(f"client {number} request {i} ({kind}, {text!r}): wrong answer")
       except Exception as e:  # every failure is a finding, whatever its type
         problems.append(f"client {number} request {i} ({kind}): {type(e).__name__}: {e}")
-        connection.close()
   finally:
-    connection.close()
+    client.close()
     stubs.close()
   return problems
 

@@ -8,8 +8,10 @@ import pytest
 import tensorflow as tf
 from tensorflow.core.protobuf import meta_graph_pb2
 
-from serving import json_tensor
-from serving.errors import ServingError
+from serving import clients
+from serving.model_server import json_answers
+from serving.model_server import json_requests
+from serving.model_server.status import ServingError
 
 
 def specs(**dtypes):
@@ -22,25 +24,25 @@ def specs(**dtypes):
     (0.123456789, "0.123456791"), (float("nan"), "NaN"), (float("inf"), "Infinity"),
     (float("-inf"), "-Infinity"), (0.999882, "0.999882")])
 def test_float32_values_are_written_as_tf_serving_writes_them(value, text):
-  body = json_tensor.predict_response({"y": np.array([value], dtype=np.float32)}, False)
+  body = json_answers.predict_response({"y": np.array([value], dtype=np.float32)}, False)
   assert body.decode() == '{"outputs":[' + text + "]}"
 
 
 def test_written_floats_read_back_to_the_same_float32():
   values = np.random.default_rng(0).standard_normal(1000).astype(np.float32)
-  body = json_tensor.predict_response({"y": values}, False)
+  body = json_answers.predict_response({"y": values}, False)
   np.testing.assert_array_equal(np.array(json.loads(body)["outputs"], dtype=np.float32), values)
 
 
 def test_row_answers_name_outputs_only_when_there_are_several():
-  single = json_tensor.predict_response({"y": np.array([[1, 2], [3, 4]], dtype=np.int64)}, True)
+  single = json_answers.predict_response({"y": np.array([[1, 2], [3, 4]], dtype=np.int64)}, True)
   assert json.loads(single) == {"predictions": [[1, 2], [3, 4]]}
-  several = json_tensor.predict_response(
+  several = json_answers.predict_response(
       {"classes": np.array([[b"a"], [b"b"]], dtype=object),
        "ok": np.array([True, False])}, True)
   assert json.loads(several) == {"predictions": [{"classes": ["a"], "ok": True},
                                                  {"classes": ["b"], "ok": False}]}
-  columnar = json_tensor.predict_response(
+  columnar = json_answers.predict_response(
       {"classes": np.array([[b"a"], [b"b"]], dtype=object),
        "ok": np.array([True, False])}, False)
   assert json.loads(columnar) == {"outputs": {"classes": [["a"], ["b"]], "ok": [True, False]}}
@@ -48,7 +50,7 @@ def test_row_answers_name_outputs_only_when_there_are_several():
 
 def test_outputs_named_bytes_travel_as_b64_and_other_strings_keep_their_bytes():
   raw = b"\xff\x00ok"
-  body = json_tensor.predict_response(
+  body = json_answers.predict_response(
       {"image_bytes": np.array([raw], dtype=object), "label": np.array([raw], dtype=object)},
       False)
   assert json.loads(body.decode("utf-8", "surrogateescape"))["outputs"]["image_bytes"] == [
@@ -59,13 +61,13 @@ def test_outputs_named_bytes_travel_as_b64_and_other_strings_keep_their_bytes():
 
 def test_row_and_columnar_requests_give_the_same_tensors():
   text = specs(text=tf.string)
-  rows, row_format = json_tensor.predict_inputs(
+  rows, row_format = json_requests.predict_inputs(
       {"instances": ["a", {"b64": base64.b64encode(b"\xff").decode()}]}, text, "")
-  columns, columnar = json_tensor.predict_inputs({"inputs": {"text": ["a", "b"]}}, text, "")
+  columns, columnar = json_requests.predict_inputs({"inputs": {"text": ["a", "b"]}}, text, "")
   assert row_format and not columnar
   assert rows["text"].tolist() == [b"a", b"\xff"] and columns["text"].tolist() == [b"a", b"b"]
   several = specs(x=tf.float32, n=tf.int64)
-  arrays, _ = json_tensor.predict_inputs(
+  arrays, _ = json_requests.predict_inputs(
       {"instances": [{"x": [1, 2.5], "n": 3}, {"x": [0, 1], "n": 4}]}, several, "")
   assert arrays["x"].dtype == np.float32 and arrays["x"].shape == (2, 2)
   assert arrays["n"].tolist() == [3, 4]
@@ -97,7 +99,7 @@ def test_row_and_columnar_requests_give_the_same_tensors():
 ])
 def test_bad_predict_requests_get_tf_serving_messages(document, dtypes, message):
   with pytest.raises(ServingError) as raised:
-    json_tensor.predict_inputs(document, specs(**dtypes), "")
+    json_requests.predict_inputs(document, specs(**dtypes), "")
   assert message in raised.value.message
   assert raised.value.http_status == 400
 
@@ -111,12 +113,12 @@ def test_bad_predict_requests_get_tf_serving_messages(document, dtypes, message)
 ])
 def test_unparseable_bodies_are_invalid_arguments(body, message):
   with pytest.raises(ServingError) as raised:
-    json_tensor.signature_name(json_tensor.parse_request(body))
+    json_requests.signature_name(json_requests.parse_request(body))
   assert message in raised.value.message and raised.value.http_status == 400
 
 
 def test_json_examples_become_tf_examples_with_tf_serving_feature_kinds():
-  serialized = json_tensor.serialized_examples({
+  serialized = json_requests.serialized_examples({
       "context": {"lang": "en"},
       "examples": [{"text": "hi", "score": 0.5, "count": [1, 2], "flag": True,
                     "raw": {"b64": base64.b64encode(b"\x00\xff").decode()}, "none": []}]})
@@ -129,7 +131,7 @@ def test_json_examples_become_tf_examples_with_tf_serving_feature_kinds():
   assert feature["flag"].int64_list.value == [1]
   assert feature["raw"].bytes_list.value == [b"\x00\xff"]
   assert feature["none"].WhichOneof("kind") is None
-  assert json_tensor.example_from_json(json_tensor.example_to_json(example)) == example
+  assert json_requests.example_from_json(clients.example_to_json(example)) == example
 
 
 @pytest.mark.parametrize("document, message", [
@@ -145,20 +147,19 @@ def test_json_examples_become_tf_examples_with_tf_serving_feature_kinds():
 ])
 def test_bad_examples_get_tf_serving_messages(document, message):
   with pytest.raises(ServingError) as raised:
-    json_tensor.serialized_examples(document)
+    json_requests.serialized_examples(document)
   assert message in raised.value.message
 
 
 def test_classify_and_regress_results_are_written_under_results():
-  from tensorflow_serving.apis import classification_pb2
-  from tensorflow_serving.apis import regression_pb2
+  from tensorflow_serving.apis import classification_pb2, regression_pb2
   classified = classification_pb2.ClassificationResult()
   classified.classifications.add().classes.add(label="book_flight", score=0.75)
-  assert json.loads(json_tensor.classify_response(classified)) == {
+  assert json.loads(json_answers.classify_response(classified)) == {
       "results": [[["book_flight", 0.75]]]}
   regressed = regression_pb2.RegressionResult()
   regressed.regressions.add(value=1.0)
   regressed.regressions.add(value=0.1)
-  assert json_tensor.regress_response(regressed) == b'{"results":[1.0,0.1]}'
+  assert json_answers.regress_response(regressed) == b'{"results":[1.0,0.1]}'
   with pytest.raises(ServingError, match="Cannot convert empty RegressionResults to JSON"):
-    json_tensor.regress_response(regression_pb2.RegressionResult())
+    json_answers.regress_response(regression_pb2.RegressionResult())

@@ -11,20 +11,28 @@ import grpc
 import numpy as np
 import pytest
 import tensorflow as tf
-from tensorflow_serving.apis import get_model_metadata_pb2
-from tensorflow_serving.apis import get_model_status_pb2
-from tensorflow_serving.apis import inference_pb2
+from tensorflow_serving.apis import get_model_metadata_pb2, get_model_status_pb2, inference_pb2
 
-from conftest import PROJECT_ROOT
 from export import warmup
+from export.servable import SessionServable
 from serving import runners
-from serving import server_config
-from serving.errors import ServingError
-from serving.model_server import ModelServer, ServerOptions
-from serving.server_core import CoreOptions, ServerCore
-from serving.servables import SessionServable
-from serving_helpers import (SIGNATURES, TEXTS, Stubs, classify_answer, classify_request,
-                             copy_version, object_array, predict_request, rest, serialized)
+from serving.model_server import config_files
+from serving.model_server.core import CoreOptions, ServerCore
+from serving.model_server.server import ModelServer, ServerOptions
+from serving.model_server.status import ServingError
+from tests.helpers import PROJECT_ROOT
+from tests.serving.helpers import (
+  SIGNATURES,
+  TEXTS,
+  classify_answer,
+  classify_request,
+  copy_version,
+  grpc_stubs,
+  object_array,
+  predict_request,
+  rest,
+  serialized,
+)
 
 MAX_BATCH = 16
 MAX_BODY = 64 * 1024
@@ -42,7 +50,7 @@ def version(trained):
 
 @pytest.fixture(scope="module")
 def server(base_path):
-  config = server_config.single_model_config("intent", base_path)
+  config = config_files.single_model_config("intent", base_path)
   options = ServerOptions(grpc_port=0, rest_api_port=0, max_request_body_bytes=MAX_BODY)
   with ModelServer(config, options, CoreOptions(max_batch_size=MAX_BATCH)) as started:
     yield started
@@ -50,7 +58,7 @@ def server(base_path):
 
 @pytest.fixture(scope="module")
 def stubs(server):
-  result = Stubs(server.grpc_port)
+  result = grpc_stubs(server.grpc_port)
   yield result
   result.close()
 
@@ -276,7 +284,7 @@ def _predicted_by(server, suffix=""):
 
 
 def test_the_highest_version_is_served_and_others_are_not_found_by_default(two_versions):
-  config = server_config.single_model_config("intent", two_versions)
+  config = config_files.single_model_config("intent", two_versions)
   with ModelServer(config, ServerOptions(grpc_port=0, rest_api_port=0)) as server:
     assert _served_versions(server) == [(2, "AVAILABLE")]
     assert _predicted_by(server) == (200, "2")
@@ -286,19 +294,19 @@ def test_the_highest_version_is_served_and_others_are_not_found_by_default(two_v
 
 def test_pinned_versions_labels_and_several_models_are_addressable(two_versions, base_path,
                                                                     version, tmp_path):
-  config = server_config.model_config([("intent", two_versions), ("other", base_path)],
+  config = config_files.model_config([("intent", two_versions), ("other", base_path)],
                                       versions={"intent": [1, 2]},
                                       labels={"intent": {"stable": 1, "canary": 2}})
   config_file = tmp_path / "models.config"
-  config_file.write_text(server_config.to_text(config))
-  with ModelServer(server_config.read_model_config_file(str(config_file)),
+  config_file.write_text(config_files.to_text(config))
+  with ModelServer(config_files.read_model_config_file(str(config_file)),
                    ServerOptions(grpc_port=0, rest_api_port=0)) as server:
     assert _served_versions(server) == [(1, "AVAILABLE"), (2, "AVAILABLE")]
     assert _predicted_by(server) == (200, "2")
     assert _predicted_by(server, "/versions/1") == (200, "1")
     assert _predicted_by(server, "/labels/stable") == (200, "1")
     assert _predicted_by(server, "/labels/canary") == (200, "2")
-    stubs = Stubs(server.grpc_port)
+    stubs = grpc_stubs(server.grpc_port)
     try:
       request = predict_request("predict_text", {"text": [TEXTS[0]]})
       request.model_spec.version_label = "stable"
@@ -332,7 +340,7 @@ def _version_with_warmup(trained, base, records):
 def test_a_failing_warmup_record_fails_the_load_as_in_tf_serving(
     trained, tmp_path, records, code, message):
   base = _version_with_warmup(trained, str(tmp_path / "intent"), records)
-  core = ServerCore(server_config.single_model_config("intent", base),
+  core = ServerCore(config_files.single_model_config("intent", base),
                     CoreOptions(max_num_load_retries=0))
   with pytest.raises(ServingError) as raised:
     core.load()
@@ -349,7 +357,7 @@ def test_a_failing_warmup_record_fails_the_load_as_in_tf_serving(
 def test_exactly_1000_warmup_records_load(trained, tmp_path):
   records = [warmup.predict_log("predict_text", {"text": ["hi"]})] * 1000
   base = _version_with_warmup(trained, str(tmp_path / "intent"), records)
-  core = ServerCore(server_config.single_model_config("intent", base))
+  core = ServerCore(config_files.single_model_config("intent", base))
   core.load()
   core.close()
 

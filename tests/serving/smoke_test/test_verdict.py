@@ -8,12 +8,12 @@ import sys
 
 import pytest
 
-from conftest import PROJECT_ROOT, small_config
 from export import warmup
-from serving import server_config
-from serving import smoke_test
-from serving.model_server import ModelServer, ServerOptions
-from serving_helpers import SIGNATURES, copy_version
+from serving.model_server import config_files
+from serving.model_server.server import ModelServer, ServerOptions
+from serving.smoke_test import verdict as smoke_test
+from tests.helpers import PROJECT_ROOT, small_config
+from tests.serving.helpers import SIGNATURES, copy_version
 from trainer import pipeline
 
 
@@ -93,7 +93,7 @@ def test_a_bad_warmup_file_fails_the_load_and_the_verdict(trained, tmp_path):
 
 @pytest.fixture(scope="module")
 def running_server(trained):
-  config = server_config.single_model_config("intent", posixpath.dirname(trained.export_dir))
+  config = config_files.single_model_config("intent", posixpath.dirname(trained.export_dir))
   with ModelServer(config, ServerOptions(grpc_port=0, rest_api_port=0)) as server:
     yield server
 

@@ -1,0 +1,78 @@
+"""The optimization report: per-step figures as JSON, Markdown and a chart."""
+
+import json
+
+import pytest
+
+from optimize import report
+from tests import tiny_models
+
+
+def steps():
+  return [report.StepFigures("original", 100, {}, 4_000_000, 0.2, 0.40, 4.0, 1.0),
+          report.StepFigures("freeze", 60, {"VarHandleOp": -3, "Const": 3}, 3_000_000, 0.1,
+                             0.30, 3.0, 1.0),
+          report.StepFigures("quantize_weights(dtype=int8)", 70, {"Cast": 2}, 1_000_000, 0.1,
+                             0.50, 2.0, 0.9975)]
+
+
+GUARD = {"min_agreement": 0.995, "passed": True, "agreement": 0.9975,
+         "signatures": [{"name": "serving_default", "examples": 400, "agreement": 0.9975,
+                         "outputs": {"scores": {"agreement": 0.9975, "max_abs_diff": 0.01,
+                                                "mean_abs_diff": 0.001}}}]}
+
+
+def test_op_delta_lists_only_the_ops_whose_count_changed():
+  assert report.op_delta({"Const": 3, "MatMul": 2, "Identity": 5},
+                         {"Const": 6, "MatMul": 2, "Cast": 1}) == {
+                             "Cast": 1, "Const": 3, "Identity": -5}
+
+
+def test_the_markdown_names_every_step_with_its_ratios_and_the_slower_ones():
+  text = report.to_markdown("/models/intent/1", steps(), GUARD)
+  lines = text.splitlines()
+  assert lines[0] == "# Optimization report: /models/intent/1"
+  rows = [l for l in lines if l.startswith("| ") and "MB" in l]
+  assert [r.split(" | ")[0][2:] for r in rows] == [s.step for s in steps()]
+  assert "| freeze | 60 | 3.00 MB | 0.750 | 0.100 | 0.300 | 0.75 | 3.00 | 0.75 | 1.0000 |" in lines
+  assert ("Slower than the original at batch 1 (by more than 5 %): "
+          "quantize_weights(dtype=int8).") in text
+  assert "- **freeze**: VarHandleOp -3, Const +3" in text
+  assert "| serving_default | 400 | 0.9975 | 1.00e-02 |" in text
+  assert "passed (lowest 0.9975)" in text
+
+
+def test_the_report_files_are_written_together(tmp_path):
+  paths = report.write_report(str(tmp_path / "r"), "/m/1", steps(), GUARD, {"transforms": ["x"]})
+  written = json.loads((tmp_path / "r" / "report.json").read_text())
+  assert [s["step"] for s in written["steps"]] == [s.step for s in steps()]
+  assert written["transforms"] == ["x"] and written["guard"] == GUARD
+  assert (tmp_path / "r" / "report.md").read_text().startswith("# Optimization report")
+  assert (tmp_path / "r" / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+  assert set(paths) == {"json", "markdown", "chart"}
+
+
+def test_measure_gives_size_cold_start_and_both_latencies_of_a_version(tmp_path):
+  version_dir = tiny_models.half_plus_two(str(tmp_path / "1"))
+  batch1 = {"x": [[1.0]]}
+  batch64 = {"x": [[float(i)] for i in range(64)]}
+  size, cold, one, sixty_four = report.measure(version_dir, "serving_default", batch1, batch64,
+                                               repeats=5)
+  assert size == report.savedmodel_io.directory_bytes(version_dir) > 0
+  assert cold > 0 and one > 0 and sixty_four > 0
+
+
+@pytest.mark.parametrize("repeats", [1, 7])
+def test_time_runs_is_the_median_of_the_repeats(tmp_path, repeats, monkeypatch):
+  calls = []
+
+  class Fake:
+    def run(self, signature, inputs):
+      calls.append(signature)
+
+  ticks = iter([0.0, 0.001, 0.0, 0.003, 0.0, 0.002, 0.0, 0.001, 0.0, 0.001, 0.0, 0.005,
+                0.0, 0.002])
+  monkeypatch.setattr(report.time, "perf_counter", lambda: next(ticks))
+  median = report.time_runs(Fake(), "s", {}, repeats)
+  assert len(calls) == repeats + 1  # one untimed run first
+  assert median == pytest.approx({1: 1.0, 7: 2.0}[repeats])
