@@ -365,10 +365,12 @@ def _dedupe_control_inputs(graph_def: graph_pb2.GraphDef) -> graph_pb2.GraphDef:
 def merge_duplicate_nodes(graph_def: graph_pb2.GraphDef,
                           context: GraphContext) -> graph_pb2.GraphDef:
   """Merges stateless nodes with the same op, inputs, device and attributes."""
+  # Inputs are renamed as the walk goes, so it walks a copy: the input stays untouched.
+  graph = _copy(graph_def)
   renames: Dict[str, str] = {}
   seen: Dict[bytes, str] = {}
   removed = set()
-  for node in topological_order(graph_def):
+  for node in topological_order(graph):
     _rename_inputs(node, renames)
     if _is_stateful(node.op) or node.op in ("Placeholder", "PlaceholderWithDefault"):
       continue
@@ -387,9 +389,7 @@ def merge_duplicate_nodes(graph_def: graph_pb2.GraphDef,
       removed.add(node.name)
     else:
       seen.setdefault(key, node.name)
-  ordered = {n.name: n for n in topological_order(graph_def)}
-  result = _with_nodes(graph_def, [ordered[n.name] for n in graph_def.node
-                                   if n.name not in removed])
+  result = _with_nodes(graph, [n for n in graph.node if n.name not in removed])
   for node in result.node:
     _rename_inputs(node, renames)
   return _dedupe_control_inputs(result)

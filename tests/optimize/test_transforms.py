@@ -426,3 +426,14 @@ def test_lean_row_splits_gives_the_same_splits_from_sorted_row_ids():
   for batch in ([b"a b c", b"", b"d", b"", b""], [b""], []):
     np.testing.assert_array_equal(run(result, "splits:0", {"sentences:0": batch}),
                                   run(graph_def, "splits:0", {"sentences:0": batch}))
+
+
+def test_merge_duplicate_nodes_leaves_its_input_untouched():
+  def fn():
+    x = tf.compat.v1.placeholder(tf.float32, name="x")
+    one_a, one_b = tf.constant(1.0, name="one_a"), tf.constant(1.0, name="one_b")
+    tf.identity(tf.add(x, one_a, name="sum_a") * tf.add(x, one_b, name="sum_b"), name="y")
+  graph_def, _ = build(fn)
+  before = graph_def.SerializeToString(deterministic=True)
+  transforms.merge_duplicate_nodes(graph_def, context("x", "y"))
+  assert graph_def.SerializeToString(deterministic=True) == before
