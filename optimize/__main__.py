@@ -19,7 +19,7 @@ flags.DEFINE_string("transforms", transforms.DEFAULT_TRANSFORMS,
                     "Transforms in order, Graph Transform Tool style, e.g. 'freeze "
                     "strip_unused_nodes remove_nodes(op=Identity) merge_duplicate_nodes "
                     "fold_constants fold_batch_norms quantize_weights(dtype=int8|float16)'. "
-                    f"Known: {', '.join(transforms.TRANSFORMS)}.")
+                    f"Known: {', '.join(transforms.names())}.")
 flags.DEFINE_string("eval_data", None,
                     "Evaluation inputs for the accuracy guard: a TFRecord of serialized "
                     "tf.Example, or a CSV / JSON Lines file whose columns are features. "

@@ -77,7 +77,7 @@ print(json.dumps(answers))
 
 def scramble_weights(graph_def, context):
   """A deliberately broken transform: shuffles every float matrix."""
-  graph = transforms._copy(graph_def)  # pylint: disable=protected-access
+  graph = transforms.graph.copy_graph(graph_def)
   rng = np.random.RandomState(0)
   for node in graph.node:
     if node.op == "Const" and node.attr["dtype"].type == tf.float32.as_datatype_enum:
