@@ -27,8 +27,11 @@ transforms with `registry.register` beside their functions:
   text_and_ragged.py     dedupe_char_ngrams, hoist_elementwise_ops, lean_row_splits
   kernels.py             prefer_eigen_kernels
 
-The spec parser has a module of its own rather than sharing registry.py, so the
-registry stays what the transforms import and the parser what callers import.
+Two modules beyond one per family: contract.py, so that graph.py, the registry and
+every family can raise TransformError without importing one another, and specs.py,
+so the registry stays what transforms import and the parser what callers import.
+constant_folding imports quantize for the names of quantized constants, which
+Grappler must not fold back into float ones.
 """
 
 # Imported for their registrations; the order does not matter.

@@ -57,6 +57,8 @@ def freeze(graph_def: graph_pb2.GraphDef, context: GraphContext) -> graph_pb2.Gr
     with _session_holding(needed, variables, context.variable_values) as session:
       frozen = tf.compat.v1.graph_util.convert_variables_to_constants(
           session, needed, sorted(context.protected))
+  except TransformError:
+    raise
   except (ValueError, tf.errors.OpError) as e:
     raise TransformError(f"freeze: {e}") from e
   left = [n.name for n in frozen.node if n.op in VARIABLE_OPS]

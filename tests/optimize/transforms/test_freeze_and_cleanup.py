@@ -126,3 +126,17 @@ def test_remove_identity_reshapes_bypasses_only_reshapes_that_change_nothing():
   fetches = ["flat_words:0", "same_rows:0", "flat_rows:0"]
   for actual, expected in zip(run(result, fetches, feeds), run(graph_def, fetches, feeds)):
     np.testing.assert_array_equal(actual, expected)
+
+
+def test_freeze_refuses_a_node_named_like_a_variable_read_that_reads_something_else():
+  graph_def = graphs.variables_model()
+  impostor = next(n for n in graph_def.node if n.name == "w/Read/ReadVariableOp")
+  impostor.op = "Identity"
+  del impostor.input[:]
+  impostor.input.append("x")
+  impostor.attr.clear()
+  impostor.attr["T"].type = tf.float32.as_datatype_enum
+  with pytest.raises(transforms.TransformError,
+                     match="^freeze: 'w/Read/ReadVariableOp' is not a read of variable 'w'$"):
+    freeze_and_cleanup.freeze(graph_def, context("x", "y", "w/Read/ReadVariableOp",
+                                                 values=graphs.VARIABLE_VALUES))
