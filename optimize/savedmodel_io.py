@@ -21,10 +21,11 @@ from tensorflow.python.framework import op_def_registry
 
 from export import artifact_io
 from export.servable import SERVE_TAG
+from optimize.transforms.graph import VARIABLE_OPS
+from optimize.transforms.graph import node_name
 
 MAIN_OP_KEYS = ("saved_model_main_op", "legacy_init_op")
 ASSETS_KEY = "saved_model_assets"
-VARIABLE_OPS = ("VarHandleOp", "VariableV2", "Variable")
 
 
 class SavedModelError(ValueError):
@@ -70,10 +71,6 @@ class Servable:
       names.add(self.main_op)
     names.update(node_name(a.tensor_info.name) for a in self.asset_file_defs())
     return sorted(names)
-
-
-def node_name(tensor_or_node: str) -> str:
-  return tensor_or_node.lstrip("^").split(":")[0]
 
 
 def read_servable(version_dir: str) -> Servable:

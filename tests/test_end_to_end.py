@@ -116,14 +116,14 @@ def test_pipeline_optimizes_verifies_and_pushes_with_the_whole_chain_recorded(jo
   assert chain["push"]["artifact"]["properties"]["version"] == 1
 
 
-def test_a_refused_optimization_is_recorded_as_failed_and_nothing_is_pushed(tmp_path, monkeypatch):
-  monkeypatch.setitem(transforms.TRANSFORMS, "scramble_weights", scramble_weights)
+def test_a_refused_optimization_is_recorded_as_failed_and_nothing_is_pushed(tmp_path):
   job_dir = tmp_path / "job"
   push_to = tmp_path / "serving" / "intent"
-  config = small_config(job_dir, train_steps=20, optimize=True, smoke_test=True,
-                        transforms="freeze scramble_weights", push_to=str(push_to))
-  with pytest.raises(pipeline.StageError, match=r"optimize: \[guard\]"):
-    pipeline.run(config)
+  with transforms.registry.registered("scramble_weights", scramble_weights):
+    config = small_config(job_dir, train_steps=20, optimize=True, smoke_test=True,
+                          transforms="freeze scramble_weights", push_to=str(push_to))
+    with pytest.raises(pipeline.StageError, match=r"optimize: \[guard\]"):
+      pipeline.run(config)
   assert not push_to.exists()
   assert not (job_dir / "optimized").exists()
   store = lineage_store.open_store(lineage_store.store_config(str(job_dir)))

@@ -157,16 +157,16 @@ def test_optimizes_the_hub_text_model_smaller_with_warmup_kept(trained, tmp_path
   assert_same_answers_in_a_fresh_process(trained.export_dir, result.output_dir, None, tmp_path)
 
 
-def test_guard_refuses_a_broken_transform_and_writes_nothing(trained, tmp_path, monkeypatch):
-  monkeypatch.setitem(transforms.TRANSFORMS, "scramble_weights", scramble_weights)
+def test_guard_refuses_a_broken_transform_and_writes_nothing(trained, tmp_path):
   output = tmp_path / "optimized"
-  with pytest.raises(optimizer.OptimizeError, match=r"\[guard\] .*disagrees") as error:
-    optimizer.optimize(trained.export_dir, str(output), "freeze scramble_weights",
-                       measure=False)
-  assert error.value.step == "guard"
-  assert not output.exists() and not list(tmp_path.iterdir())
-  forced = optimizer.optimize(trained.export_dir, str(output), "freeze scramble_weights",
-                              measure=False, force=True)
+  with transforms.registry.registered("scramble_weights", scramble_weights):
+    with pytest.raises(optimizer.OptimizeError, match=r"\[guard\] .*disagrees") as error:
+      optimizer.optimize(trained.export_dir, str(output), "freeze scramble_weights",
+                         measure=False)
+    assert error.value.step == "guard"
+    assert not output.exists() and not list(tmp_path.iterdir())
+    forced = optimizer.optimize(trained.export_dir, str(output), "freeze scramble_weights",
+                                measure=False, force=True)
   assert forced.written and not forced.guard.passed
 
 
@@ -213,7 +213,7 @@ def test_command_line_exits_non_zero_naming_the_failed_step(tmp_path):
 def test_large_constants_are_stored_as_read_only_variables_and_restored(trained, tmp_path):
   source = savedmodel_io.read_servable(trained.export_dir)
   context = transforms.GraphContext(frozenset(source.protected_nodes()), source.variable_values)
-  frozen = transforms.freeze(source.graph_def, context)
+  frozen = transforms.freeze_and_cleanup.freeze(source.graph_def, context)
   output = savedmodel_io.write_servable(source, frozen, str(tmp_path / "1"),
                                         externalize_min_bytes=4096)
   written = savedmodel_io.read_servable(output)

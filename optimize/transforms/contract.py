@@ -1,0 +1,19 @@
+"""What every transform is given and what it raises when it cannot rewrite a graph."""
+
+import dataclasses
+from typing import FrozenSet, Mapping
+
+import numpy as np
+
+
+class TransformError(ValueError):
+  """A graph this transform cannot rewrite safely; the message names the node or op."""
+
+
+@dataclasses.dataclass(frozen=True)
+class GraphContext:
+  """The nodes whose names the signatures, the loader and the assets refer to, and
+  each variable's value keyed by its variable node's name."""
+
+  protected: FrozenSet[str]
+  variable_values: Mapping[str, np.ndarray] = dataclasses.field(default_factory=dict)

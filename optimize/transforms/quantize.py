@@ -1,0 +1,135 @@
+"""quantize_weights: large float weights stored as int8 with scales, or as float16."""
+
+import numpy as np
+import tensorflow as tf
+from tensorflow.core.framework import graph_pb2
+
+from optimize.transforms.contract import GraphContext
+from optimize.transforms.freeze_and_cleanup import strip_unused_nodes
+from optimize.transforms.graph import const_node
+from optimize.transforms.graph import const_value
+from optimize.transforms.graph import consumers
+from optimize.transforms.graph import copy_graph
+from optimize.transforms.graph import node_name
+from optimize.transforms.graph import op_node
+from optimize.transforms.registry import Param
+from optimize.transforms.registry import register
+
+DEQUANTIZE_SUFFIX = "/dequantize"
+# Constants holding quantized weights; constant folding must never see them, or it
+# turns the 8-bit or 16-bit constants back into float ones.
+QUANTIZED_SUFFIXES = ("/int8", "/float16")
+
+
+@register("quantize_weights", params=[Param("dtype", str, "int8", choices=("int8", "float16")),
+                                      Param("min_elements", int, 1024, minimum=1)],
+          default_position=130, default_args={"dtype": "int8"})
+def quantize_weights(graph_def: graph_pb2.GraphDef, context: GraphContext,
+                     dtype: str = "int8", min_elements: int = 1024) -> graph_pb2.GraphDef:
+  """Stores large float weights as int8 (per-channel scale) or float16.
+
+  MatMul weights get one scale per output column and are dequantized before the
+  MatMul. Embedding tables (GatherV2 params on axis 0) get one scale per row and are
+  dequantized after the gather, so only the gathered rows are ever float: no full
+  float table is rebuilt at load or per request. Weights with other consumers stay.
+  """
+  graph = copy_graph(graph_def)
+  by_name = {n.name: n for n in graph.node}
+  users = consumers(graph)
+  new_nodes = []
+  for node in list(graph.node):
+    if node.op != "Const" or node.name in context.protected:
+      continue
+    if node.attr["dtype"].type != tf.float32.as_datatype_enum:
+      continue
+    value = const_value(node)
+    if value.size < min_elements or value.ndim != 2:
+      continue
+    use = users.get(node.name, [])
+    if not use or not all(_is_weight_use(u, p, by_name) for u, p in use):
+      continue
+    gathers = [u for u, _ in use if u.op == "GatherV2"]
+    if gathers and len(gathers) != len(use):
+      continue
+    per_row = bool(gathers)
+    new_nodes.extend(_quantized(node, value, use, dtype, per_row))
+  graph.node.extend(new_nodes)
+  return strip_unused_nodes(graph, context)
+
+
+def _is_weight_use(user, position, by_name) -> bool:
+  if user.input[position].startswith("^"):
+    return False
+  if user.op == "MatMul":
+    return position == 1 and not user.attr["transpose_b"].b
+  if user.op == "GatherV2":
+    axis = by_name.get(node_name(user.input[2]))
+    return (position == 0 and axis is not None and axis.op == "Const"
+            and int(const_value(axis)) == 0 and user.attr["batch_dims"].i == 0)
+  return False
+
+
+def _quantized(node, value, use, dtype, per_row):
+  """New nodes storing `value` compactly; rewires `use` to the dequantized tensors."""
+  base, device = node.name, node.device
+  float_type = tf.float32
+  if dtype == "float16":
+    stored = const_node(f"{base}/float16", value.astype(np.float16), device)
+    scale = None
+  else:
+    axis = 1 if per_row else 0
+    scale = np.max(np.abs(value), axis=axis, keepdims=True) / 127.0
+    scale[scale == 0] = 1.0
+    quantized = np.clip(np.round(value / scale), -127, 127).astype(np.int8)
+    stored = const_node(f"{base}/int8", quantized, device)
+    scale = scale.astype(np.float32).reshape(-1)
+  nodes = [stored]
+  if not per_row:
+    cast = op_node(f"{base}/cast", "Cast", [stored.name], device,
+                   SrcT=tf.as_dtype(const_value(stored).dtype), DstT=float_type, Truncate=False)
+    nodes.append(cast)
+    if scale is None:
+      cast.name = base + DEQUANTIZE_SUFFIX
+      dequantized = cast.name
+    else:
+      scale_node = const_node(f"{base}/scale", scale.reshape(1, -1), device)
+      cast.name = f"{base}/cast{DEQUANTIZE_SUFFIX}"
+      nodes += [scale_node, op_node(base + DEQUANTIZE_SUFFIX, "Mul",
+                                    [cast.name, scale_node.name], device, T=float_type)]
+      dequantized = base + DEQUANTIZE_SUFFIX
+    for user, position in use:
+      user.input[position] = dequantized
+    return nodes
+  if scale is not None:
+    # Shaped [rows, 1], so a gathered scale broadcasts over its row without an ExpandDims.
+    nodes.append(const_node(f"{base}/scale", scale.reshape(-1, 1), device))
+  for index, (gather, position) in enumerate(use):
+    prefix = f"{base}/gather_{index}"
+    ids, axis = gather.input[1], gather.input[2]
+    gathered = op_node(f"{prefix}/rows", "GatherV2", [stored.name, ids, axis], device,
+                       Tparams=tf.as_dtype(const_value(stored).dtype),
+                       Tindices=tf.as_dtype(gather.attr["Tindices"].type),
+                       Taxis=tf.as_dtype(gather.attr["Taxis"].type), batch_dims=0)
+    cast = op_node(f"{prefix}/cast" + ("" if scale is not None else DEQUANTIZE_SUFFIX), "Cast",
+                   [gathered.name], device, SrcT=tf.as_dtype(const_value(stored).dtype),
+                   DstT=float_type, Truncate=False)
+    nodes += [gathered, cast]
+    result = cast.name
+    if scale is not None:
+      row_scale = op_node(f"{prefix}/row_scale", "GatherV2", [f"{base}/scale", ids, axis],
+                          device, Tparams=float_type,
+                          Tindices=tf.as_dtype(gather.attr["Tindices"].type),
+                          Taxis=tf.as_dtype(gather.attr["Taxis"].type), batch_dims=0)
+      multiply = op_node(f"{prefix}{DEQUANTIZE_SUFFIX}", "Mul", [cast.name, row_scale.name],
+                         device, T=float_type)
+      nodes += [row_scale, multiply]
+      result = multiply.name
+    # The gather node keeps its name (others refer to it) but becomes an Identity.
+    gather.op = "Identity"
+    del gather.input[:]
+    gather.input.append(result)
+    for attr in list(gather.attr):
+      if attr != "_class":
+        del gather.attr[attr]
+    gather.attr["T"].type = float_type.as_datatype_enum
+  return nodes
