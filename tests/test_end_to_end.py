@@ -73,7 +73,7 @@ def test_export_reloaded_in_a_fresh_process_is_accurate_on_the_bundled_eval_spli
 
 def test_warmup_file_parses(job):
   _, export_dir, _ = job
-  logs = warmup.read_warmup_file(f"{export_dir}/assets.extra/{warmup.WARMUP_FILENAME}")
+  logs = warmup.read_records(export_dir)
   assert 0 < len(logs) <= 1000
 
 

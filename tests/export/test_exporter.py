@@ -75,8 +75,7 @@ def test_export_answers_without_the_job_dir_in_a_fresh_process(tmp_path):
 
 
 def test_warmup_records_cover_every_signature_and_replay_cleanly(trained):
-  logs = warmup.read_warmup_file(
-      f"{trained.export_dir}/assets.extra/{warmup.WARMUP_FILENAME}")
+  logs = warmup.read_records(trained.export_dir)
   assert 0 < len(logs) <= warmup.MAX_WARMUP_RECORDS
   kinds = {(log.WhichOneof("log_type"),
             getattr(log, log.WhichOneof("log_type")).request.model_spec.signature_name)

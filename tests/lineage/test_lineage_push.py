@@ -118,9 +118,3 @@ def test_a_failing_stage_leaves_a_failed_execution_and_no_push(recorder, tmp_pat
   assert recorder.store.mlmd.get_artifacts_by_type(schema.PUSHED_MODEL) == []
   assert not os.path.exists(serving)
 
-
-def test_next_version_ignores_non_numeric_entries(tmp_path):
-  assert push_lib.next_version(str(tmp_path / "new")) == 1
-  for name in ("3", "12", ".13.partial-abc", "notes"):
-    (tmp_path / name).mkdir()
-  assert push_lib.next_version(str(tmp_path)) == 13

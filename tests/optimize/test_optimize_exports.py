@@ -12,7 +12,7 @@ import tensorflow as tf
 from tensorflow.python.framework import op_def_registry
 
 from export.servable import SessionServable
-from optimize import guard
+from optimize import evaluation_inputs
 from optimize import optimizer
 from optimize import savedmodel_io
 from optimize import transforms
@@ -82,10 +82,11 @@ def assert_frozen_with_stock_ops(optimized_dir):
 
 def assert_same_answers_in_a_fresh_process(original_dir, optimized_dir, eval_data, tmp_path):
   with SessionServable(original_dir) as original:
-    inputs = guard.signature_inputs(original, savedmodel_io.read_servable(original_dir).graph_def,
-                                    guard.read_examples(eval_data) if eval_data else
-                                    guard.warmup_inputs(original_dir, original.signatures)[1],
-                                    guard.warmup_inputs(original_dir, original.signatures)[0])
+    graph_def = savedmodel_io.read_servable(original_dir).graph_def
+    batches, warmup_examples = evaluation_inputs.warmup_inputs(original_dir, original.signatures)
+    examples = (evaluation_inputs.read_eval_examples(eval_data, graph_def) if eval_data
+                else warmup_examples)
+    inputs = evaluation_inputs.signature_inputs(original, graph_def, examples, batches)
     feeds = {name: s.batches[0] for name, s in inputs.items()}
     expected = {name: original.run(name, batch) for name, batch in feeds.items()}
   import pickle

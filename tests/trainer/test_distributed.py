@@ -18,6 +18,9 @@ from trainer import cloud
 from trainer import local_cluster
 from trainer import pipeline
 
+# Trains a model or starts processes: the slow tier.
+pytestmark = pytest.mark.slow
+
 TRAIN_STEPS = 600
 # Small enough for a 2-core machine running four TensorFlow processes at once.
 CLUSTER_TRAINER_FLAGS = [
@@ -114,8 +117,6 @@ def test_cluster_training_updates_the_module_embeddings_on_the_parameter_server(
 FAKE_TASK = r"""
 import json, os, sys, time
 
-# Trains a model or starts processes: the slow tier.
-pytestmark = pytest.mark.slow
 task_type = json.loads(os.environ["TF_CONFIG"])["task"]["type"]
 status = json.loads(sys.argv[1]).get(task_type)
 if status is None:
