@@ -21,26 +21,18 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import banking77  # noqa: E402  (beside this script)
 import tensorflow as tf  # noqa: E402
-from absl import (
-  app,  # noqa: E402
-  flags,  # noqa: E402
-)
+from absl import app  # noqa: E402
+from absl import flags  # noqa: E402
 
-from export import (
-  versions,  # noqa: E402
-  warmup,  # noqa: E402
-)
+import banking77  # noqa: E402  (beside this script)
+from export import versions  # noqa: E402
+from export import warmup  # noqa: E402
 from export.servable import SessionServable  # noqa: E402
-from optimize import (
-  optimizer,  # noqa: E402
-  savedmodel_io,  # noqa: E402
-)
-from trainer import (
-  command,  # noqa: E402
-  pipeline,  # noqa: E402
-)
+from optimize import optimizer  # noqa: E402
+from optimize import savedmodel_io  # noqa: E402
+from trainer import command  # noqa: E402
+from trainer import pipeline  # noqa: E402
 
 banking77.define_trainer_flags()
 flags.DEFINE_string("signature", "serving_default", "Signature timed for latency.")

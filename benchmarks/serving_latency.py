@@ -24,19 +24,15 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
-from absl import (
-  app,  # noqa: E402
-  flags,  # noqa: E402
-)
+from absl import app  # noqa: E402
+from absl import flags  # noqa: E402
 from tensorflow_serving.apis import classification_pb2  # noqa: E402
 
 from export import versions  # noqa: E402
 from export.servable import SessionServable  # noqa: E402
-from serving import (
-  clients,  # noqa: E402
-  probes,  # noqa: E402
-  runners,  # noqa: E402
-)
+from serving import clients  # noqa: E402
+from serving import probes  # noqa: E402
+from serving import runners  # noqa: E402
 
 PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIGNATURE = "serving_default"

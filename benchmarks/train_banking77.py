@@ -15,16 +15,12 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import banking77  # noqa: E402  (beside this script)
-from absl import (
-  app,  # noqa: E402
-  flags,  # noqa: E402
-)
+from absl import app  # noqa: E402
+from absl import flags  # noqa: E402
 
-from trainer import (
-  command,  # noqa: E402
-  pipeline,  # noqa: E402
-)
+import banking77  # noqa: E402  (beside this script)
+from trainer import command  # noqa: E402
+from trainer import pipeline  # noqa: E402
 
 banking77.define_trainer_flags()
 

@@ -3,7 +3,8 @@
 import sys
 from typing import Optional
 
-from absl import app, flags
+from absl import app
+from absl import flags
 
 from lineage import query
 from lineage import store as lineage_store

@@ -16,7 +16,8 @@ from typing import Callable, Dict, Optional, TypeVar, Union
 
 import ml_metadata as mlmd
 import tenacity
-from absl import flags, logging
+from absl import flags
+from absl import logging
 from ml_metadata import errors as mlmd_errors
 from ml_metadata.proto import metadata_store_pb2
 

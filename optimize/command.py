@@ -1,7 +1,8 @@
 """The command line of `python -m optimize`: flags, a run (recorded when given a store), exit
 status 1 with the failed step's message."""
 
-from absl import app, flags
+from absl import app
+from absl import flags
 
 from lineage import query
 from lineage import store as lineage_store

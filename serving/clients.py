@@ -17,13 +17,11 @@ import numpy as np
 import requests
 import tensorflow as tf
 from requests.adapters import HTTPAdapter
-from tensorflow_serving.apis import (
-  classification_pb2,
-  model_service_pb2_grpc,
-  predict_pb2,
-  prediction_service_pb2_grpc,
-  regression_pb2,
-)
+from tensorflow_serving.apis import classification_pb2
+from tensorflow_serving.apis import model_service_pb2_grpc
+from tensorflow_serving.apis import predict_pb2
+from tensorflow_serving.apis import prediction_service_pb2_grpc
+from tensorflow_serving.apis import regression_pb2
 from urllib3.util.retry import Retry
 
 CLASSIFY, REGRESS, PREDICT = "classify", "regress", "predict"

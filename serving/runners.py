@@ -30,7 +30,8 @@ import grpc
 import portpicker
 import tenacity
 from docker import errors as docker_errors
-from tensorflow_serving.apis import get_model_status_pb2, model_service_pb2_grpc
+from tensorflow_serving.apis import get_model_status_pb2
+from tensorflow_serving.apis import model_service_pb2_grpc
 
 from serving.errors import ModelLoadError, ServerStartError
 from serving.model_server import config_files

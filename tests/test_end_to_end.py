@@ -13,13 +13,8 @@ from export import warmup
 from lineage import query
 from lineage import store as lineage_store
 from optimize import transforms
-from tests.helpers import (
-  PROJECT_ROOT,
-  RUN_EVERY_SIGNATURE,
-  run_python,
-  scramble_weights,
-  small_config,
-)
+from tests.helpers import (PROJECT_ROOT, RUN_EVERY_SIGNATURE, run_python, scramble_weights,
+                           small_config)
 from trainer import config as config_lib
 from trainer import inputs
 from trainer import pipeline

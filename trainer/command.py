@@ -5,7 +5,9 @@ timed out, 4 a stage refused the model)."""
 import sys
 
 import tensorflow as tf
-from absl import app, flags, logging
+from absl import app
+from absl import flags
+from absl import logging
 
 from lineage import store as lineage_store
 from trainer import cloud

@@ -24,18 +24,14 @@ import sys
 import threading
 from typing import List, Tuple
 
-from absl import app, flags
+from absl import app
+from absl import flags
 from tensorflow_serving.config import model_server_config_pb2
 
 from serving.model_server import config_files
 from serving.model_server.core import CoreOptions
-from serving.model_server.server import (
-  DEFAULT_BIND_ADDRESS,
-  DEFAULT_MAX_BODY_BYTES,
-  DEFAULT_THREADS,
-  ModelServer,
-  ServerOptions,
-)
+from serving.model_server.server import (DEFAULT_BIND_ADDRESS, DEFAULT_MAX_BODY_BYTES,
+                                         DEFAULT_THREADS, ModelServer, ServerOptions)
 from serving.model_server.status import ServingError
 
 

@@ -5,13 +5,11 @@ the runners for every backend, so all three start from the same files."""
 from typing import Mapping, Optional, Sequence, Tuple
 
 import tensorflow as tf
-from google.protobuf import (
-  descriptor_pb2,
-  descriptor_pool,
-  message_factory,
-  text_format,
-  wrappers_pb2,
-)
+from google.protobuf import descriptor_pb2
+from google.protobuf import descriptor_pool
+from google.protobuf import message_factory
+from google.protobuf import text_format
+from google.protobuf import wrappers_pb2
 from tensorflow_serving.config import model_server_config_pb2
 
 from serving.model_server.status import invalid_argument

@@ -22,15 +22,13 @@ import tenacity
 import tensorflow as tf
 from absl import logging
 from tensorflow.core.protobuf import meta_graph_pb2
-from tensorflow_serving.apis import (
-  classification_pb2,
-  get_model_metadata_pb2,
-  get_model_status_pb2,
-  inference_pb2,
-  model_pb2,
-  prediction_log_pb2,
-  regression_pb2,
-)
+from tensorflow_serving.apis import classification_pb2
+from tensorflow_serving.apis import get_model_metadata_pb2
+from tensorflow_serving.apis import get_model_status_pb2
+from tensorflow_serving.apis import inference_pb2
+from tensorflow_serving.apis import model_pb2
+from tensorflow_serving.apis import prediction_log_pb2
+from tensorflow_serving.apis import regression_pb2
 from tensorflow_serving.config import model_server_config_pb2
 
 from export import versions as versions_lib

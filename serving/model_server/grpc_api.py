@@ -4,13 +4,11 @@ tensorflow-serving-api servicers, answering errors with TF Serving's status code
 
 import functools
 
-from tensorflow_serving.apis import (
-  classification_pb2,
-  model_service_pb2_grpc,
-  predict_pb2,
-  prediction_service_pb2_grpc,
-  regression_pb2,
-)
+from tensorflow_serving.apis import classification_pb2
+from tensorflow_serving.apis import model_service_pb2_grpc
+from tensorflow_serving.apis import predict_pb2
+from tensorflow_serving.apis import prediction_service_pb2_grpc
+from tensorflow_serving.apis import regression_pb2
 
 from export.warmup import serialized_input
 from serving.model_server.core import ServerCore

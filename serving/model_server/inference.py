@@ -12,7 +12,10 @@ import grpc
 import numpy as np
 import tensorflow as tf
 from tensorflow.core.protobuf import meta_graph_pb2
-from tensorflow_serving.apis import classification_pb2, inference_pb2, model_pb2, regression_pb2
+from tensorflow_serving.apis import classification_pb2
+from tensorflow_serving.apis import inference_pb2
+from tensorflow_serving.apis import model_pb2
+from tensorflow_serving.apis import regression_pb2
 
 from export.servable import SessionServable
 from export.warmup import DEFAULT_SIGNATURE, serialized_input

@@ -11,7 +11,9 @@ from urllib.parse import unquote_to_bytes
 import grpc
 from absl import logging
 from google.protobuf import json_format
-from tensorflow_serving.apis import get_model_metadata_pb2, get_model_status_pb2, model_pb2
+from tensorflow_serving.apis import get_model_metadata_pb2
+from tensorflow_serving.apis import get_model_status_pb2
+from tensorflow_serving.apis import model_pb2
 
 from serving.model_server import json_answers
 from serving.model_server import json_requests

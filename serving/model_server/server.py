@@ -11,7 +11,8 @@ from typing import Optional
 
 import grpc
 from absl import logging
-from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
+from tensorflow_serving.apis import model_service_pb2_grpc
+from tensorflow_serving.apis import prediction_service_pb2_grpc
 from tensorflow_serving.config import model_server_config_pb2
 from waitress.server import create_server
 

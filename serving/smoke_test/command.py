@@ -9,7 +9,8 @@ store), exit status 0 only when blessed.
 import sys
 from typing import List
 
-from absl import app, flags
+from absl import app
+from absl import flags
 
 from export import versions
 from lineage import query

@@ -5,7 +5,8 @@ import shutil
 
 import numpy as np
 import tensorflow as tf
-from tensorflow_serving.apis import classification_pb2, predict_pb2
+from tensorflow_serving.apis import classification_pb2
+from tensorflow_serving.apis import predict_pb2
 
 from export import warmup
 from serving.clients import GrpcClient, RestClient

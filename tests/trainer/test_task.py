@@ -4,7 +4,8 @@ import subprocess
 import sys
 
 import pytest
-from absl import app, flags
+from absl import app
+from absl import flags
 
 from tests.helpers import PROJECT_ROOT
 from trainer import command

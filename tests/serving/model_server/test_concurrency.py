@@ -11,16 +11,8 @@ import tensorflow as tf
 from export.servable import SessionServable
 from serving import runners
 from serving.clients import RestClient
-from tests.serving.helpers import (
-  TEXTS,
-  classify_answer,
-  classify_request,
-  grpc_stubs,
-  object_array,
-  predict_request,
-  rest,
-  serialized,
-)
+from tests.serving.helpers import (TEXTS, classify_answer, classify_request, grpc_stubs,
+                                   object_array, predict_request, rest, serialized)
 
 # Trains a model or starts processes: the slow tier.
 pytestmark = pytest.mark.slow

@@ -11,7 +11,9 @@ import grpc
 import numpy as np
 import pytest
 import tensorflow as tf
-from tensorflow_serving.apis import get_model_metadata_pb2, get_model_status_pb2, inference_pb2
+from tensorflow_serving.apis import get_model_metadata_pb2
+from tensorflow_serving.apis import get_model_status_pb2
+from tensorflow_serving.apis import inference_pb2
 
 from export import warmup
 from export.servable import SessionServable
@@ -21,18 +23,9 @@ from serving.model_server.core import CoreOptions, ServerCore
 from serving.model_server.server import ModelServer, ServerOptions
 from serving.model_server.status import ServingError
 from tests.helpers import PROJECT_ROOT
-from tests.serving.helpers import (
-  SIGNATURES,
-  TEXTS,
-  classify_answer,
-  classify_request,
-  copy_version,
-  grpc_stubs,
-  object_array,
-  predict_request,
-  rest,
-  serialized,
-)
+from tests.serving.helpers import (SIGNATURES, TEXTS, classify_answer, classify_request,
+                                   copy_version, grpc_stubs, object_array, predict_request, rest,
+                                   serialized)
 
 MAX_BATCH = 16
 MAX_BODY = 64 * 1024
