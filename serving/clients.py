@@ -24,6 +24,8 @@ from tensorflow_serving.apis import prediction_service_pb2_grpc
 from tensorflow_serving.apis import regression_pb2
 from urllib3.util.retry import Retry
 
+from serving.model_server import json_requests
+
 CLASSIFY, REGRESS, PREDICT = "classify", "regress", "predict"
 _B64 = "b64"
 
@@ -148,16 +150,6 @@ def predict_body(inputs: Dict[str, np.ndarray], row_format: bool) -> dict:
   return {"instances": [{k: row(a, i) for k, a in inputs.items()} for i in range(size)]}
 
 
-def _json_shape(value) -> List[int]:
-  shape = []
-  while isinstance(value, list):
-    shape.append(len(value))
-    if not value:
-      break
-    value = value[0]
-  return shape
-
-
 def _from_json(value, like: np.ndarray) -> np.ndarray:
   """A JSON tensor from an answer as an array of the expected dtype."""
   if like.dtype != object:
@@ -176,7 +168,7 @@ def _from_json(value, like: np.ndarray) -> np.ndarray:
   walk(value)
   array = np.empty(len(flat), dtype=object)
   array[:] = flat
-  return array.reshape(_json_shape(value))
+  return array.reshape(json_requests.dense_shape(value))
 
 
 def _classification_arrays(items: List[List[Tuple[str, float]]],
