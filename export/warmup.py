@@ -19,7 +19,8 @@ from export import artifact_io
 WARMUP_FILENAME = "tf_serving_warmup_requests"
 WARMUP_PATH = f"assets.extra/{WARMUP_FILENAME}"  # relative to the version dir
 MAX_WARMUP_RECORDS = 1000  # TF Serving fails the load of a version with more.
-DEFAULT_SIGNATURE = "serving_default"  # what an empty signature name in a request means
+# What an empty signature name in a request means.
+DEFAULT_SIGNATURE = tf.saved_model.DEFAULT_SERVING_SIGNATURE_DEF_KEY
 
 PREDICT, CLASSIFY, REGRESS, MULTI_INFERENCE = "predict", "classify", "regress", "multi_inference"
 

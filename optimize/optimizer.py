@@ -13,6 +13,7 @@ from tensorflow.python.framework import op_def_registry
 
 from export import artifact_io
 from export.servable import SessionServable
+from export.warmup import DEFAULT_SIGNATURE
 from optimize import evaluation_inputs
 from optimize import guard
 from optimize import report
@@ -78,7 +79,7 @@ def _is_stock(op: str) -> bool:
 
 def _measure_inputs(inputs: Dict[str, evaluation_inputs.SignatureInputs]):
   """A signature and its batch-1 and batch-64 inputs for latency figures."""
-  name = "serving_default" if "serving_default" in inputs else sorted(inputs)[0]
+  name = DEFAULT_SIGNATURE if DEFAULT_SIGNATURE in inputs else sorted(inputs)[0]
   first = inputs[name].batches[0]
   batch1 = {k: v[:1] for k, v in first.items()}
   rows = {k: [] for k in first}

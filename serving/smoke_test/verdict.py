@@ -30,6 +30,7 @@ import tensorflow as tf
 from export import artifact_io
 from export import versions as versions_lib
 from export.servable import ServableError, SessionServable
+from export.warmup import DEFAULT_SIGNATURE
 from serving import probes as probes_lib
 from serving import runners
 from serving.clients import REQUEST_ERRORS, GrpcClient, ModelClient, RestClient, error_text
@@ -168,7 +169,7 @@ def run_smoke_test(model_base_path: str, model_name: str, output_dir: Optional[s
                          f"{failed[0].signature} over {failed[0].protocol} " \
                          f"({failed[0].api}, batch {failed[0].batch_size}): {failed[0].detail}"
       else:
-        probe = probes.get("serving_default") or probes[sorted(probes)[0]]
+        probe = probes.get(DEFAULT_SIGNATURE) or probes[sorted(probes)[0]]
         try:
           verdict.latency_ms = checks_lib.measure_latency(client, reference, probe, batch_size,
                                                           latency_requests)
