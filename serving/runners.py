@@ -97,6 +97,11 @@ def choose_backend(requested: str = "auto") -> str:
   return "embedded"
 
 
+def _absolute(path: str) -> str:
+  """TF Serving takes only absolute base paths (or URIs)."""
+  return path if "://" in path else os.path.abspath(path)
+
+
 class Runner(abc.ABC):
   """One server: `start()`, then `grpc_target` / `rest_target`, then `stop()`."""
 
@@ -132,7 +137,7 @@ class Runner(abc.ABC):
     server flags naming them, as seen from `config_dir` (the server's view of the work dir)."""
     os.makedirs(self.work_dir, exist_ok=True)
     config = config_files.model_config(
-        [(m.name, model_dir(m)) for m in self.models],
+        [(m.name, _absolute(model_dir(m))) for m in self.models],
         versions={m.name: m.versions for m in self.models if m.versions})
     seen_from = config_dir or self.work_dir
     with open(os.path.join(self.work_dir, "models.config"), "w") as f:

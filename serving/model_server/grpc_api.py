@@ -1,32 +1,72 @@
 """TF Serving's gRPC services over a ServerCore: PredictionService (Predict, Classify, Regress,
-MultiInference, GetModelMetadata) and ModelService (GetModelStatus), as the generated
-tensorflow-serving-api servicers, answering errors with TF Serving's status codes."""
+MultiInference, GetModelMetadata) and ModelService (GetModelStatus, HandleReloadConfigRequest),
+as the generated tensorflow-serving-api servicers, answering errors with TF Serving's status
+codes and the client's deadline as the session's timeout."""
 
 import functools
+import math
+import time
+from typing import Optional
 
+from absl import logging
 from tensorflow_serving.apis import classification_pb2
+from tensorflow_serving.apis import model_management_pb2
 from tensorflow_serving.apis import model_service_pb2_grpc
 from tensorflow_serving.apis import predict_pb2
 from tensorflow_serving.apis import prediction_service_pb2_grpc
 from tensorflow_serving.apis import regression_pb2
+from tensorflow_serving.apis import status_pb2
 
 from export.warmup import serialized_input
 from serving.model_server.core import ServerCore
-from serving.model_server.status import ServingError
+from serving.model_server.status import ServingError, invalid_argument
 from serving.model_server.tensors import array_to_tensor_proto, tensor_protos_to_arrays
 
 
-def _grpc_errors(method):
-  """Answers a ServingError with its status code and message, as TF Serving does."""
+# TF Serving cuts longer messages (grpc_status_util.cc), so one bad request cannot make an
+# error the size of the request.
+_MAX_MESSAGE_CHARS = 1024
+_MAX_TIMEOUT_MS = 2**31
 
-  @functools.wraps(method)
-  def wrapper(self, request, context):
-    try:
-      return method(self, request, context)
-    except ServingError as e:
-      context.abort(e.code, e.message)
 
-  return wrapper
+def grpc_message(message: str) -> str:
+  if len(message) > _MAX_MESSAGE_CHARS:
+    return message[:_MAX_MESSAGE_CHARS] + "...TRUNCATED"
+  return message
+
+
+def _timeout_ms(context) -> Optional[int]:
+  """The client's deadline as a session timeout, as TF Serving turns it into RunOptions,
+  rounded up to a power of two milliseconds: each distinct timeout is a session callable of
+  its own, and the client's own deadline already ends the call for it on time."""
+  remaining = context.time_remaining()
+  if remaining is None or remaining * 1000 >= _MAX_TIMEOUT_MS:
+    return None
+  return 1 << max(math.ceil(math.log2(max(remaining * 1000, 1))), 0)
+
+
+def _grpc_errors(api: Optional[str] = None):
+  """Answers a ServingError with its status code and message, as TF Serving does, and counts
+  Predict / Classify / Regress requests in the metrics as TF Serving counts them."""
+
+  def decorate(method):
+    @functools.wraps(method)
+    def wrapper(self, request, context):
+      started = time.perf_counter()
+      status = "OK"
+      try:
+        return method(self, request, context)
+      except ServingError as e:
+        status = e.code.name
+        context.abort(e.code, grpc_message(e.message))
+      finally:
+        if api:
+          self._core.metrics.request(request.model_spec.name, status, api, "GRPC",
+                                     (time.perf_counter() - started) * 1e6)
+
+    return wrapper
+
+  return decorate
 
 
 class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
@@ -34,40 +74,59 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
   def __init__(self, core: ServerCore):
     self._core = core
 
-  @_grpc_errors
+  @_grpc_errors("Predict")
   def Predict(self, request, context):
     inputs = tensor_protos_to_arrays(request.inputs)
-    spec, outputs = self._core.predict(request.model_spec, inputs, request.output_filter)
+    spec, outputs = self._core.predict(request.model_spec, inputs, request.output_filter,
+                                       _timeout_ms(context))
     response = predict_pb2.PredictResponse(model_spec=spec)
     for alias, array in outputs.items():
       response.outputs[alias].CopyFrom(array_to_tensor_proto(array))
     return response
 
-  @_grpc_errors
+  @_grpc_errors("Classify")
   def Classify(self, request, context):
-    spec, result = self._core.classify(request.model_spec, serialized_input(request.input))
+    spec, result = self._core.classify(request.model_spec, serialized_input(request.input),
+                                       _timeout_ms(context))
     return classification_pb2.ClassificationResponse(model_spec=spec, result=result)
 
-  @_grpc_errors
+  @_grpc_errors("Regress")
   def Regress(self, request, context):
-    spec, result = self._core.regress(request.model_spec, serialized_input(request.input))
+    spec, result = self._core.regress(request.model_spec, serialized_input(request.input),
+                                      _timeout_ms(context))
     return regression_pb2.RegressionResponse(model_spec=spec, result=result)
 
-  @_grpc_errors
+  @_grpc_errors()
   def MultiInference(self, request, context):
-    return self._core.multi_inference(request)
+    return self._core.multi_inference(request, _timeout_ms(context))
 
-  @_grpc_errors
+  @_grpc_errors()
   def GetModelMetadata(self, request, context):
     return self._core.model_metadata(request)
 
 
 class ModelService(model_service_pb2_grpc.ModelServiceServicer):
-  """GetModelStatus; HandleReloadConfigRequest stays UNIMPLEMENTED (no reloading here)."""
+  """GetModelStatus and HandleReloadConfigRequest (apply a new ModelServerConfig in full)."""
 
   def __init__(self, core: ServerCore):
     self._core = core
 
-  @_grpc_errors
+  @_grpc_errors()
   def GetModelStatus(self, request, context):
     return self._core.model_status(request)
+
+  @_grpc_errors()
+  def HandleReloadConfigRequest(self, request, context):
+    if request.config.WhichOneof("config") != "model_config_list":
+      raise invalid_argument("ServerModelConfig type not supported by "
+                             "HandleReloadConfigRequest. Only ModelConfigList is currently "
+                             "supported")
+    for index, model in enumerate(request.config.model_config_list.config):
+      logging.info("\nConfig entry\n\tindex : %d\n\tpath : %s\n\tname : %s\n\tplatform : %s",
+                   index, model.base_path, model.name, model.model_platform)
+    try:
+      self._core.reload_config(request.config)
+    except ServingError as e:
+      logging.error("ReloadConfig failed: %s", e)
+      raise
+    return model_management_pb2.ReloadConfigResponse(status=status_pb2.StatusProto())

@@ -1,8 +1,10 @@
 """TF Serving's Predict / Classify / Regress / MultiInference on one loaded version: the
 checks each API makes, in the binary's order and words, and the results it builds.
 
-Each takes a `run` callable that runs a signature's session (ServerCore's: it enforces the
-batching limit), so warmup replay and requests go through the same path.
+Each takes a `Call`: how this request runs a signature (ServerCore's session run, which
+enforces the batching limit, with the request's deadline) and whether signatures' method
+names are checked (--enable_signature_method_name_check). Warmup replay and requests go
+through the same path.
 """
 
 import dataclasses
@@ -17,35 +19,40 @@ from tensorflow_serving.apis import inference_pb2
 from tensorflow_serving.apis import model_pb2
 from tensorflow_serving.apis import regression_pb2
 
-from export.servable import SessionServable
 from export.warmup import DEFAULT_SIGNATURE, serialized_input
+from serving.model_server.manager import Handle
 from serving.model_server.status import ServingError, invalid_argument
 
 CLASSIFY_METHOD = tf.saved_model.CLASSIFY_METHOD_NAME
 REGRESS_METHOD = tf.saved_model.REGRESS_METHOD_NAME
+PREDICT_METHOD = tf.saved_model.PREDICT_METHOD_NAME
+
+# (handle, signature, inputs, output keys, timeout in ms or None) -> outputs
+RunSignature = Callable[[Handle, str, Mapping[str, np.ndarray], Sequence[str], Optional[int]],
+                        Dict[str, np.ndarray]]
 
 
 @dataclasses.dataclass(frozen=True)
-class Handle:
-  """A resolved request: which version of which model answers it."""
-  name: str
-  version: int
-  servable: SessionServable
+class Call:
+  run: RunSignature
+  timeout_ms: Optional[int] = None
+  check_method_name: bool = False
 
-  def model_spec(self, signature_name: str) -> model_pb2.ModelSpec:
-    """The answer's ModelSpec (MakeModelSpec): the version that answered, and the
-    signature, `serving_default` when the request left it empty."""
-    spec = model_pb2.ModelSpec(name=self.name, signature_name=signature_name or DEFAULT_SIGNATURE)
-    spec.version.value = self.version
-    return spec
+  def __call__(self, handle: Handle, signature: str, inputs: Mapping[str, np.ndarray],
+               output_keys: Sequence[str]) -> Dict[str, np.ndarray]:
+    return self.run(handle, signature, inputs, output_keys, self.timeout_ms)
 
 
-
-Run = Callable[["Handle", str, Mapping[str, np.ndarray], Sequence[str]], Dict[str, np.ndarray]]
+def model_spec(handle: Handle, signature_name: str) -> model_pb2.ModelSpec:
+  """The answer's ModelSpec (MakeModelSpec): the version that answered, and the signature,
+  `serving_default` when the request left it empty."""
+  spec = model_pb2.ModelSpec(name=handle.name, signature_name=signature_name or DEFAULT_SIGNATURE)
+  spec.version.value = handle.version
+  return spec
 
 
 def predict(handle: Handle, signature_name: str, inputs: Mapping[str, np.ndarray],
-            output_filter: Sequence[str], run: Run
+            output_filter: Sequence[str], call: Call
             ) -> Tuple[model_pb2.ModelSpec, Dict[str, np.ndarray]]:
   name = signature_name or DEFAULT_SIGNATURE
   signatures = handle.servable.signatures
@@ -53,36 +60,44 @@ def predict(handle: Handle, signature_name: str, inputs: Mapping[str, np.ndarray
     raise ServingError(grpc.StatusCode.FAILED_PRECONDITION,
                        f'Serving signature key "{name}" not found.')
   signature = signatures[name]
+  if call.check_method_name and signature.method_name not in (
+      PREDICT_METHOD, CLASSIFY_METHOD, REGRESS_METHOD):
+    raise ServingError(grpc.StatusCode.INTERNAL,
+                       f"Expected prediction signature method_name to be one of "
+                       f"{{{PREDICT_METHOD}, {CLASSIFY_METHOD}, {REGRESS_METHOD}}}. Was: "
+                       f"{signature.method_name}")
   _check_predict_inputs(signature, inputs)
   output_keys = _output_keys(signature, output_filter)
-  outputs = run(handle, name, inputs, output_keys)
-  return handle.model_spec(name), outputs
+  outputs = call(handle, name, inputs, output_keys)
+  return model_spec(handle, name), outputs
 
 
-def classify(handle: Handle, signature_name: str, examples: Sequence[bytes], run: Run
+def classify(handle: Handle, signature_name: str, examples: Sequence[bytes], call: Call
              ) -> Tuple[model_pb2.ModelSpec, classification_pb2.ClassificationResult]:
   name = signature_name or DEFAULT_SIGNATURE
   signature = _find_signature(handle, name)
+  _check_method_name(call, signature, CLASSIFY_METHOD, "classification")
   input_key, classes_key, scores_key = _classification_keys(signature)
   batch = _examples_tensor(examples)
   keys = [k for k in (classes_key, scores_key) if k]
-  outputs = run(handle, name, {input_key: batch}, keys)
+  outputs = call(handle, name, {input_key: batch}, keys)
   classes = outputs.get(classes_key) if classes_key else None
   scores = outputs.get(scores_key) if scores_key else None
-  return handle.model_spec(name), _classification_result(len(batch), classes, scores)
+  return model_spec(handle, name), _classification_result(len(batch), classes, scores)
 
 
-def regress(handle: Handle, signature_name: str, examples: Sequence[bytes], run: Run
+def regress(handle: Handle, signature_name: str, examples: Sequence[bytes], call: Call
             ) -> Tuple[model_pb2.ModelSpec, regression_pb2.RegressionResult]:
   name = signature_name or DEFAULT_SIGNATURE
   signature = _find_signature(handle, name)
+  _check_method_name(call, signature, REGRESS_METHOD, "regression")
   input_key, output_key = _regression_keys(signature)
   batch = _examples_tensor(examples)
-  values = run(handle, name, {input_key: batch}, [output_key])[output_key]
-  return handle.model_spec(name), _regression_result(len(batch), values)
+  values = call(handle, name, {input_key: batch}, [output_key])[output_key]
+  return model_spec(handle, name), _regression_result(len(batch), values)
 
 
-def multi_inference(handle: Handle, request: inference_pb2.MultiInferenceRequest, run: Run
+def multi_inference(handle: Handle, request: inference_pb2.MultiInferenceRequest, call: Call
                     ) -> inference_pb2.MultiInferenceResponse:
   seen = set()
   for task in request.tasks:
@@ -103,16 +118,23 @@ def multi_inference(handle: Handle, request: inference_pb2.MultiInferenceRequest
   for task in request.tasks:
     result = response.results.add()
     if task.method_name == CLASSIFY_METHOD:
-      spec, answer = classify(handle, task.model_spec.signature_name, examples, run)
+      spec, answer = classify(handle, task.model_spec.signature_name, examples, call)
       result.classification_result.CopyFrom(answer)
     elif task.method_name == REGRESS_METHOD:
-      spec, answer = regress(handle, task.model_spec.signature_name, examples, run)
+      spec, answer = regress(handle, task.model_spec.signature_name, examples, call)
       result.regression_result.CopyFrom(answer)
     else:
       raise ServingError(grpc.StatusCode.UNIMPLEMENTED,
                          f"Unsupported signature method_name: {task.method_name}")
     result.model_spec.CopyFrom(spec)
   return response
+
+
+def _check_method_name(call: Call, signature: meta_graph_pb2.SignatureDef, expected: str,
+                       kind: str) -> None:
+  if call.check_method_name and signature.method_name != expected:
+    raise invalid_argument(f"Expected {kind} signature method_name to be {expected}. Was: "
+                           f"{signature.method_name}")
 
 
 # ---------------------------------------------------------------------------------------------

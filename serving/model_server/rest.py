@@ -4,8 +4,9 @@
 
 import json
 import re
+import time
 from http import HTTPStatus
-from typing import Optional
+from typing import Optional, Tuple
 from urllib.parse import unquote_to_bytes
 
 import grpc
@@ -54,18 +55,39 @@ def _model_spec(name: str, version: Optional[str], label: Optional[str]) -> mode
   return spec
 
 
-class RestApi:
-  """The WSGI application: TF Serving's HttpRestApiHandler."""
+def _labels(method: str, path: str) -> Tuple[str, str]:
+  """(model name, API) of a request, as TF Serving labels its REST metrics."""
+  match = (_PREDICTION_PATH if method == "POST" else _STATUS_PATH).fullmatch(path)
+  if not match or not match.group(1):
+    return "", ""
+  try:
+    name = unquote_to_bytes(match.group(1)).decode("utf-8")
+  except UnicodeDecodeError:
+    name = ""
+  return name, match.group(4) if method == "POST" else ""
 
-  def __init__(self, core: ServerCore, max_body_bytes: int, enable_cors: bool = False):
+
+class RestApi:
+  """The WSGI application: TF Serving's HttpRestApiHandler, and the Prometheus page when
+  monitoring is on (`metrics_path`). Inference past `timeout_ms` is DEADLINE_EXCEEDED."""
+
+  def __init__(self, core: ServerCore, max_body_bytes: int, enable_cors: bool = False,
+               timeout_ms: Optional[int] = None, metrics_path: Optional[str] = None):
     self._core = core
     self._max_body_bytes = max_body_bytes
     self._enable_cors = enable_cors
+    self._timeout_ms = timeout_ms if timeout_ms and timeout_ms > 0 else None
+    self._metrics_path = metrics_path
 
   def __call__(self, environ, start_response):
     method = environ["REQUEST_METHOD"]
     path = environ.get("REQUEST_URI") or environ.get("PATH_INFO", "")
     path = path.split("?", 1)[0]
+    if self._metrics_path and path == self._metrics_path and method == "GET":
+      body = self._core.metrics.prometheus_text().encode("utf-8")
+      start_response("200 OK", [("Content-Type", "text/plain; charset=utf-8"),
+                                ("Content-Length", str(len(body)))])
+      return [body]
     if not _REST_PATH.fullmatch(path):
       return self._reply(start_response, 404, json_answers.error_body(
           f"No handler for {method} {path}: TF Serving's REST API lives under /v1/"))
@@ -79,15 +101,19 @@ class RestApi:
           f"Request body of {length} bytes is larger than the server's limit of "
           f"{self._max_body_bytes} bytes (--max_request_body_bytes)"))
     body = environ["wsgi.input"].read(length) if length else b""
+    started = time.perf_counter()
+    code = "OK"
     try:
       output = self._process(method, path, body, environ)
       status = 200
     except ServingError as e:
       logging.vlog(1, "Error processing HTTP/REST request: %s %s Error: %s", method, path, e)
-      output, status = json_answers.error_body(e.message), e.http_status
+      output, status, code = json_answers.error_body(e.message), e.http_status, e.code.name
     except Exception as e:  # a bug must cost one request, in TF Serving's error format
       logging.exception("Internal error on %s %s", method, path)
-      output, status = json_answers.error_body(f"Internal error: {e}"), 500
+      output, status, code = json_answers.error_body(f"Internal error: {e}"), 500, "INTERNAL"
+    name, api = _labels(method, path)
+    self._core.metrics.request(name, code, api, "REST", (time.perf_counter() - started) * 1e6)
     return self._reply(start_response, status, output)
 
   def _reply(self, start_response, status: int, body: bytes):
@@ -139,21 +165,21 @@ class RestApi:
     spec.signature_name = json_requests.signature_name(document)
     specs = self._core.signature_inputs(spec, spec.signature_name)
     inputs, row_format = json_requests.predict_inputs(document, specs, spec.signature_name)
-    _, outputs = self._core.predict(spec, inputs)
+    _, outputs = self._core.predict(spec, inputs, timeout_ms=self._timeout_ms)
     return json_answers.predict_response(outputs, row_format)
 
   def _classify(self, spec: model_pb2.ModelSpec, body: bytes) -> bytes:
     document = json_requests.parse_request(body)
     spec.signature_name = json_requests.signature_name(document)
     examples = json_requests.serialized_examples(document)
-    _, result = self._core.classify(spec, examples)
+    _, result = self._core.classify(spec, examples, self._timeout_ms)
     return json_answers.classify_response(result)
 
   def _regress(self, spec: model_pb2.ModelSpec, body: bytes) -> bytes:
     document = json_requests.parse_request(body)
     spec.signature_name = json_requests.signature_name(document)
     examples = json_requests.serialized_examples(document)
-    _, result = self._core.regress(spec, examples)
+    _, result = self._core.regress(spec, examples, self._timeout_ms)
     return json_answers.regress_response(result)
 
   def _status(self, spec: model_pb2.ModelSpec) -> bytes:

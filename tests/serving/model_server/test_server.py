@@ -292,8 +292,13 @@ def test_pinned_versions_labels_and_several_models_are_addressable(two_versions,
                                       labels={"intent": {"stable": 1, "canary": 2}})
   config_file = tmp_path / "models.config"
   config_file.write_text(config_files.to_text(config))
-  with ModelServer(config_files.read_model_config_file(str(config_file)),
-                   ServerOptions(grpc_port=0, rest_api_port=0)) as server:
+  config = config_files.read_model_config_file(str(config_file))
+  # As in the binary, labels in the first config name versions that are not loaded yet.
+  with pytest.raises(ServingError, match="Request to assign label to version 1 of model intent, "
+                                         "which is not currently available for inference"):
+    ModelServer(config, ServerOptions(grpc_port=0, rest_api_port=0)).start()
+  with ModelServer(config, ServerOptions(grpc_port=0, rest_api_port=0),
+                   CoreOptions(allow_version_labels_for_unavailable_models=True)) as server:
     assert _served_versions(server) == [(1, "AVAILABLE"), (2, "AVAILABLE")]
     assert _predicted_by(server) == (200, "2")
     assert _predicted_by(server, "/versions/1") == (200, "1")
@@ -337,9 +342,12 @@ def test_a_failing_warmup_record_fails_the_load_as_in_tf_serving(
                     CoreOptions(max_num_load_retries=0))
   with pytest.raises(ServingError) as raised:
     core.load()
-  assert raised.value.code == code
+  # The binary's start-up error, wrapping the version's own status.
+  assert raised.value.code == grpc.StatusCode.UNKNOWN
+  assert raised.value.message.startswith("1 servable(s) did not become available: "
+                                         "{{{name: intent version: 1} due to error: "
+                                         f"{code.name}: ")
   assert re.search(message, raised.value.message)
-  assert "Loading servable: {name: intent version: 1} failed" in raised.value.message
   request = get_model_status_pb2.GetModelStatusRequest()
   request.model_spec.name = "intent"
   (status,) = core.model_status(request).model_version_status

@@ -72,7 +72,8 @@ def test_the_command_refuses_a_corrupt_saved_model_with_the_reason_and_no_retry(
   verdict = read_verdict(output_dir)
   assert verdict["blessed"] is False
   assert "could not load the model" in verdict["reason"]
-  assert "Loading servable: {name: intent version: 1} failed" in verdict["reason"]
+  assert ("servable(s) did not become available: {{{name: intent version: 1} due to error"
+          in verdict["reason"])
   assert "saved_model.pb" in verdict["reason"]
   assert "Failed to start server" in verdict["server_log_tail"]
   assert "server log (last lines)" in completed.stderr
@@ -86,7 +87,7 @@ def test_a_bad_warmup_file_fails_the_load_and_the_verdict(trained, tmp_path):
   verdict = smoke_test.run_smoke_test(base, "intent", str(tmp_path / "verdict"),
                                       log=lambda _: None)
   assert not verdict.blessed
-  assert "Loading servable: {name: intent version: 1} failed: DATA_LOSS" in verdict.reason
+  assert "{name: intent version: 1} due to error: DATA_LOSS" in verdict.reason
   assert "Please verify your warmup data is in TFRecord format" in verdict.reason
   assert markers(str(tmp_path / "verdict")) == ["NOT_BLESSED"]
 

@@ -1,0 +1,158 @@
+"""How a model's versions are found and loaded, as TF Serving does it.
+
+`aspired_versions`: the version dirs under a base path that its version policy asks for
+(latest N, all, specific), with TF Serving's warnings and errors. `VersionLoader`: one
+version loaded with the SavedModel loader (tags and session config as the flags say),
+retried as --max_num_load_retries and --load_retry_interval_micros say, and warmed up by
+replaying its warmup records (--num_request_iterations_for_warmup times each), the load
+counted in the metrics. A warmup record that fails fails the load.
+"""
+
+import dataclasses
+import time
+from typing import Dict, Optional, Sequence
+
+import grpc
+import tenacity
+import tensorflow as tf
+from absl import logging
+from tensorflow.core.protobuf import config_pb2
+from tensorflow_serving.apis import prediction_log_pb2
+from tensorflow_serving.config import model_server_config_pb2
+
+from export import versions as versions_lib
+from export import warmup
+from export.servable import SERVE_TAG, ServableError, SessionServable
+from serving.model_server import inference
+from serving.model_server.manager import Handle
+from serving.model_server.monitoring import Metrics
+from serving.model_server.status import ServingError, from_tf_error, invalid_argument
+from serving.model_server.tensors import tensor_protos_to_arrays
+
+
+class NoVersions(ServingError):
+  """A base path that is missing or holds no version the policy asks for."""
+
+
+def aspired_versions(config: model_server_config_pb2.ModelConfig) -> Dict[int, str]:
+  """Version -> dir for the versions under the base path that the version policy asks for;
+  NoVersions, in TF Serving's words, when the base path is missing or none is there."""
+  base = config.base_path
+  if not tf.io.gfile.isdir(base):
+    raise NoVersions(grpc.StatusCode.INVALID_ARGUMENT,
+                     f"Could not find base path {base} for servable {config.name} with error "
+                     f"NOT_FOUND: {base} not found")
+  found = versions_lib.version_dirs(base)
+  policy = config.model_version_policy
+  choice = policy.WhichOneof("policy_choice")
+  if choice == "all":
+    chosen = sorted(found)
+  elif choice == "specific":
+    chosen = []
+    for version in sorted(set(policy.specific.versions)):
+      if version in found:
+        chosen.append(version)
+      else:
+        logging.warning("Version %d of servable %s, which was requested to be served as a "
+                        "'specific' version in the servable's version policy, was not found "
+                        "in the file system", version, config.name)
+  else:
+    count = policy.latest.num_versions if choice == "latest" else 1
+    chosen = sorted(found)[-max(count, 1):]
+  if not chosen:
+    raise NoVersions(grpc.StatusCode.NOT_FOUND,
+                     f"No versions of servable {config.name} found under base path {base}. "
+                     f"Did you forget to name your leaf directory as a number (eg. '/1/')?")
+  return {version: found[version] for version in chosen}
+
+
+@dataclasses.dataclass(frozen=True)
+class LoadOptions:
+  tags: Sequence[str] = (SERVE_TAG,)
+  session_config: Optional[config_pb2.ConfigProto] = None
+  enable_model_warmup: bool = True
+  warmup_iterations: int = 1
+  max_num_load_retries: int = 5
+  load_retry_interval_secs: float = 60.0
+
+
+class VersionLoader:
+  """Loads one version (a `manager.Loader`); `run` runs a signature, as requests do."""
+
+  def __init__(self, options: LoadOptions, run: inference.Call, metrics: Metrics):
+    self.options = options
+    self._run = run
+    self._metrics = metrics
+
+  def __call__(self, name: str, version: int, path: str) -> SessionServable:
+    attempts = self.options.max_num_load_retries + 1
+
+    def log_failure(state: tenacity.RetryCallState) -> None:
+      logging.error("Loading servable: {name: %s version: %d} failed: %s", name, version,
+                    state.outcome.exception())
+      if state.attempt_number < attempts:
+        logging.info("Retrying of Loading servable: {name: %s version: %d} retry: %d", name,
+                     version, state.attempt_number)
+
+    servable = tenacity.Retrying(
+        retry=tenacity.retry_if_exception_type(ServingError),
+        stop=tenacity.stop_after_attempt(attempts),
+        wait=tenacity.wait_fixed(max(self.options.load_retry_interval_secs, 0.0)),
+        after=log_failure, reraise=True)(self._load_once, name, version, path)
+    logging.info("Successfully loaded servable version {name: %s version: %d}", name, version)
+    return servable
+
+  def _load_once(self, name: str, version: int, path: str) -> SessionServable:
+    started = time.perf_counter()
+    try:
+      servable = SessionServable(path, self.options.tags, self.options.session_config)
+    except ServableError as e:
+      self._metrics.load(path, False, (time.perf_counter() - started) * 1e6)
+      raise from_tf_error(e) from None
+    self._metrics.load(path, True, (time.perf_counter() - started) * 1e6)
+    try:
+      if self.options.enable_model_warmup:
+        self._warm_up(Handle(name, version, servable))
+    except ServingError:
+      servable.close()
+      raise
+    return servable
+
+  def _warm_up(self, handle: Handle) -> None:
+    path = warmup.warmup_file(handle.servable.version_dir)
+    if not tf.io.gfile.exists(path):
+      logging.info("No warmup data file found at %s", path)
+      return
+    count = 0
+    try:
+      for count, log in warmup.iter_records(path):
+        for _ in range(self.options.warmup_iterations):
+          try:
+            self._replay(handle, log)
+          except ServingError as e:
+            raise ServingError(e.code, f"warmup record {count} of {path} failed: "
+                                       f"{e.message}") from None
+    except warmup.CorruptWarmupFile as e:
+      raise ServingError(grpc.StatusCode.DATA_LOSS, str(e)) from None
+    except warmup.WarmupError as e:
+      raise invalid_argument(str(e)) from None
+    logging.info("Finished reading warmup data for model at %s. Number of warmup records "
+                 "read: %d.", path, count)
+
+  def _replay(self, handle: Handle, log: prediction_log_pb2.PredictionLog) -> None:
+    kind = log.WhichOneof("log_type")
+    if kind == "predict_log":
+      request = log.predict_log.request
+      inference.predict(handle, request.model_spec.signature_name,
+                        tensor_protos_to_arrays(request.inputs), request.output_filter,
+                        self._run)
+    elif kind in ("classify_log", "regress_log"):
+      request = getattr(log, kind).request
+      api = inference.classify if kind == "classify_log" else inference.regress
+      api(handle, request.model_spec.signature_name, warmup.serialized_input(request.input),
+          self._run)
+    elif kind == "multi_inference_log":
+      inference.multi_inference(handle, log.multi_inference_log.request, self._run)
+    elif kind is not None:
+      raise ServingError(grpc.StatusCode.UNIMPLEMENTED,
+                         f"Unsupported log_type for warmup: {kind}")
