@@ -16,13 +16,18 @@ def x_example(value: float) -> tf.train.Example:
 
 
 def half_plus_two(version_dir: str, offset: float = 2.0,
-                  warmup_logs: Optional[Sequence] = None) -> str:
-  """y = 0.5 * x + offset, as signatures TF Serving's half_plus_two has:
+                  warmup_logs: Optional[Sequence] = None,
+                  tags: Sequence[str] = (tf.saved_model.SERVING,), extras: bool = False) -> str:
+  """y = 0.5 * x + offset, as signatures TF Serving's half_plus_two has, and a slow one:
 
   - `serving_default`, `predict_x`: predict, input `x` float [None, 1], output `y`.
   - `classify_x_to_y`: classify, input `inputs` (serialized tf.Example with float `x`),
     output `scores` [batch, 1].
   - `regress_x_to_y`: regress, same input, output `outputs` [batch, 1].
+  With `extras`, also:
+  - `count_to`: predict, input `n` int64 scalar, output `count`: a loop of n steps, for
+    requests that take as long as a test needs.
+  - `odd_method`: `serving_default` with a method name outside TF Serving's three.
   """
   graph = tf.Graph()
   with graph.as_default():
@@ -40,12 +45,21 @@ def half_plus_two(version_dir: str, offset: float = 2.0,
     regress = tf.compat.v1.saved_model.signature_def_utils.build_signature_def(
         {"inputs": info(serialized)}, {"outputs": info(y_from_examples)},
         tf.saved_model.REGRESS_METHOD_NAME)
+    n = tf.compat.v1.placeholder(tf.int64, [], name="n")
+    (count,) = tf.while_loop(lambda i: i < n, lambda i: i + 1, [tf.constant(0, tf.int64)],
+                             name="count")
+    count_to = tf.compat.v1.saved_model.signature_def_utils.build_signature_def(
+        {"n": info(n)}, {"count": info(tf.identity(count, name="count_out"))},
+        tf.saved_model.PREDICT_METHOD_NAME)
+    odd = tf.compat.v1.saved_model.signature_def_utils.build_signature_def(
+        {"x": info(x)}, {"y": info(y)}, "tensorflow/serving/something_else")
     with tf.compat.v1.Session(graph=graph) as session:
       builder = tf.compat.v1.saved_model.Builder(version_dir)
-      builder.add_meta_graph_and_variables(
-          session, [tf.saved_model.SERVING],
-          signature_def_map={"serving_default": predict, "predict_x": predict,
-                             "classify_x_to_y": classify, "regress_x_to_y": regress})
+      signatures = {"serving_default": predict, "predict_x": predict,
+                    "classify_x_to_y": classify, "regress_x_to_y": regress}
+      if extras:
+        signatures.update(count_to=count_to, odd_method=odd)
+      builder.add_meta_graph_and_variables(session, list(tags), signature_def_map=signatures)
       builder.save()
   if warmup_logs:
     extra = os.path.join(version_dir, "assets.extra")

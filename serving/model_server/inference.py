@@ -22,6 +22,7 @@ from tensorflow_serving.apis import regression_pb2
 from export.warmup import DEFAULT_SIGNATURE, serialized_input
 from serving.model_server.manager import Handle
 from serving.model_server.status import ServingError, invalid_argument
+from serving.model_server.tensors import type_name
 
 CLASSIFY_METHOD = tf.saved_model.CLASSIFY_METHOD_NAME
 REGRESS_METHOD = tf.saved_model.REGRESS_METHOD_NAME
@@ -151,7 +152,7 @@ def _check_predict_inputs(signature: meta_graph_pb2.SignatureDef,
         f"input size does not match signature: {len(sent)}!={len(expected)} "
         f"len({{{','.join(sent)}}}) != len({{{','.join(expected)}}}). Sent extra: "
         f"{{{','.join(extra)}}}. Missing but required: {{{','.join(missing)}}}.")
-  for index, alias in enumerate(signature.inputs):
+  for index, alias in enumerate(expected):
     info = signature.inputs[alias]
     if alias not in inputs:
       raise invalid_argument(
@@ -159,8 +160,8 @@ def _check_predict_inputs(signature: meta_graph_pb2.SignatureDef,
           f"value provided. Inputs expected to be in the request {{{','.join(expected)}}}")
     want, got = tf.as_dtype(info.dtype), tf.as_dtype(inputs[alias].dtype)
     if want != got:
-      raise invalid_argument(f"Expects arg[{index}] to be {want.name} but {got.name} is "
-                             f"provided (input {alias!r})")
+      raise invalid_argument(f"Expects arg[{index}] to be {type_name(want)} but "
+                             f"{type_name(got)} is provided")
 
 
 def _output_keys(signature: meta_graph_pb2.SignatureDef, output_filter: Sequence[str]):

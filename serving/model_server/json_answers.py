@@ -12,7 +12,8 @@ from typing import List, Mapping, Sequence
 import numpy as np
 import tensorflow as tf
 
-from serving.model_server.json_requests import INT_RANGES, type_name
+from serving.model_server.json_requests import INT_RANGES
+from serving.model_server.tensors import type_name
 from serving.model_server.status import invalid_argument
 
 _BYTES_SUFFIX = "_bytes"

@@ -15,19 +15,14 @@ import tensorflow as tf
 from tensorflow.core.protobuf import meta_graph_pb2
 
 from serving.model_server.status import ServingError, invalid_argument
+from serving.model_server.tensors import type_name
 
 _B64 = "b64"
-# DataTypeString() names where they differ from tf.DType.name.
-_TF_TYPE_NAMES = {tf.float32: "float", tf.float64: "double", tf.float16: "half"}
 INT_RANGES = {
     tf.int8: (-2**31, 2**31 - 1), tf.int16: (-2**31, 2**31 - 1), tf.uint8: (-2**31, 2**31 - 1),
     tf.int32: (-2**31, 2**31 - 1), tf.int64: (-2**63, 2**63 - 1),
     tf.uint32: (0, 2**32 - 1), tf.uint64: (0, 2**64 - 1),
 }
-
-
-def type_name(dtype: tf.DType) -> str:
-  return _TF_TYPE_NAMES.get(dtype, dtype.name)
 
 
 def _dump(value) -> str:

@@ -108,7 +108,7 @@ class VersionLoader:
       servable = SessionServable(path, self.options.tags, self.options.session_config)
     except ServableError as e:
       self._metrics.load(path, False, (time.perf_counter() - started) * 1e6)
-      raise from_tf_error(e) from None
+      raise self._load_error(e, path) from None
     self._metrics.load(path, True, (time.perf_counter() - started) * 1e6)
     try:
       if self.options.enable_model_warmup:
@@ -117,6 +117,21 @@ class VersionLoader:
       servable.close()
       raise
     return servable
+
+  def _load_error(self, error: ServableError, path: str) -> ServingError:
+    """The loader's error in the C++ SavedModel loader's words where Python's differ."""
+    text = str(error)
+    if "MetaGraphDef associated with tags" in text:
+      return ServingError(grpc.StatusCode.NOT_FOUND,
+                          f"Could not find meta graph def matching supplied tags: "
+                          f"{{ {' '.join(self.options.tags)} }}. To inspect available tag-sets "
+                          f"in the SavedModel, please use the SavedModel CLI: `saved_model_cli`")
+    if "SavedModel file does not exist" in text:
+      return ServingError(grpc.StatusCode.NOT_FOUND,
+                          f"Could not find SavedModel .pb or .pbtxt at supplied export directory "
+                          f"path: {path}. Check that the directory exists and that you have the "
+                          f"right permissions for accessing it.")
+    return from_tf_error(error)
 
   def _warm_up(self, handle: Handle) -> None:
     path = warmup.warmup_file(handle.servable.version_dir)

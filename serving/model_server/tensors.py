@@ -8,6 +8,14 @@ from tensorflow.core.framework import tensor_pb2
 
 from serving.model_server.status import invalid_argument
 
+# DataTypeString() names where they differ from tf.DType.name.
+_TF_TYPE_NAMES = {tf.float32: "float", tf.float64: "double", tf.float16: "half"}
+
+
+def type_name(dtype: tf.DType) -> str:
+  """A dtype as TensorFlow's C++ runtime names it in its messages."""
+  return _TF_TYPE_NAMES.get(dtype, dtype.name)
+
 
 def tensor_protos_to_arrays(protos: Mapping[str, object]) -> Dict[str, np.ndarray]:
   arrays = {}

@@ -234,7 +234,7 @@ def _too_big():
     (lambda s: s.Classify(classify_request(["a"], "nope")), grpc.StatusCode.INVALID_ARGUMENT,
      "No signature was found with the name: nope"),
     (lambda s: s.Predict(predict_request("predict_text", {"text": [1.0]})),
-     grpc.StatusCode.INVALID_ARGUMENT, "Expects arg[0] to be string but float32 is provided"),
+     grpc.StatusCode.INVALID_ARGUMENT, "Expects arg[0] to be string but float is provided"),
     (lambda s: s.Predict(predict_request("predict_text", {"txt": ["a"]})),
      grpc.StatusCode.INVALID_ARGUMENT, "Signature input alias: text(text:0) not found"),
     (lambda s: s.Predict(predict_request("predict_text", {"text": ["a"], "x": ["b"]})),
