@@ -62,6 +62,7 @@ def test_a_tf_example_without_the_text_feature_is_refused(trained):
       model.run("classification", {"inputs": [empty]})
 
 
+@pytest.mark.slow
 def test_export_answers_without_the_job_dir_in_a_fresh_process(tmp_path):
   job = tmp_path / "job"
   result = pipeline.run(small_config(job, train_steps=20))

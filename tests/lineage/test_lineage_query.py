@@ -36,6 +36,7 @@ def pushed_twice(tmp_path):
   return job_dir, store, done
 
 
+@pytest.mark.slow
 def test_the_command_prints_the_chain_of_the_newest_push(pushed_twice, tmp_path):
   job_dir, _, done = pushed_twice
   table = run_cli("--job-dir", job_dir).stdout
@@ -96,6 +97,7 @@ def test_a_failed_optimization_shows_as_failed(tmp_path):
   assert "FAILED: ValueError: guard refused" in query.format_table(chain)
 
 
+@pytest.mark.slow
 def test_the_command_says_what_is_missing(pushed_twice, tmp_path):
   job_dir, _, _ = pushed_twice
   missing = run_cli("--job-dir", job_dir, "--model_version", "9", expect=1)

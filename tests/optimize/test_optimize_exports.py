@@ -102,6 +102,7 @@ def assert_same_answers_in_a_fresh_process(original_dir, optimized_dir, eval_dat
         assert actual.tolist() == (value.astype(str) if value.dtype == object else value).tolist()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", estimator_exports.KINDS)
 def test_optimizes_each_canned_estimator_export(exports, kind, tmp_path):
   version_dirs, eval_data = exports
@@ -139,6 +140,7 @@ def test_vocabulary_file_asset_survives_and_its_table_still_works(exports, tmp_p
   assert len({round(float(v), 3) for v in expected[:, 0]}) > 1, "vocabulary ids all collapsed"
 
 
+@pytest.mark.slow
 def test_optimizes_the_hub_text_model_smaller_with_warmup_kept(trained, tmp_path):
   result = optimizer.optimize(trained.export_dir, str(tmp_path / "optimized"),
                               latency_repeats=3)
@@ -192,6 +194,7 @@ def run_cli(*args):
                         timeout=600, cwd=PROJECT_ROOT)
 
 
+@pytest.mark.slow
 def test_command_line_optimizes_and_reports(trained, tmp_path):
   output = tmp_path / "model" / "2"
   completed = run_cli(f"--input_dir={trained.export_dir}", f"--output_dir={output}",
@@ -202,6 +205,7 @@ def test_command_line_optimizes_and_reports(trained, tmp_path):
   assert (output / "saved_model.pb").exists()
 
 
+@pytest.mark.slow
 def test_command_line_exits_non_zero_naming_the_failed_step(tmp_path):
   completed = run_cli(f"--input_dir={tmp_path}", f"--output_dir={tmp_path}/out")
   assert completed.returncode == 1

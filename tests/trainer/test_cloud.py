@@ -132,6 +132,7 @@ def summary_tags(directory):
   return tags
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("task_type", ["master", "chief"])
 def test_a_cloud_job_honours_the_trial_the_vertex_dirs_and_reports_the_metric(tmp_path, task_type):
   """One-machine jobs as AI Platform (master, tuning trial) and Vertex AI (chief) start them."""

@@ -51,6 +51,7 @@ def test_no_flags_train_on_the_bundled_data(parsed_flags):
   assert config.steps_for(616) > 0
 
 
+@pytest.mark.slow
 def test_help_documents_every_trainer_flag():
   completed = run_task("--help")  # absl exits 1 after printing help
   assert "Trains the text-intent model" in completed.stdout
@@ -60,6 +61,7 @@ def test_help_documents_every_trainer_flag():
     assert f"--{name}" in completed.stdout or f"--[no]{name}" in completed.stdout, name
 
 
+@pytest.mark.slow
 def test_invalid_setting_stops_before_training_naming_the_flag(tmp_path):
   completed = run_task("--batch_size=0", f"--job-dir={tmp_path}/job")
   assert completed.returncode != 0
@@ -67,6 +69,7 @@ def test_invalid_setting_stops_before_training_naming_the_flag(tmp_path):
   assert not (tmp_path / "job").exists()
 
 
+@pytest.mark.slow
 def test_bad_data_stops_with_the_file_and_line_and_writes_nothing(tmp_path):
   bad = tmp_path / "train.csv"
   bad.write_text("text,intent\nhello,greeting\n,goodbye\n")

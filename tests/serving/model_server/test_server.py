@@ -363,6 +363,7 @@ def test_exactly_1000_warmup_records_load(trained, tmp_path):
   core.close()
 
 
+@pytest.mark.slow
 def test_model_server_command_starts_answers_and_stops(base_path, tmp_path):
   grpc_port, rest_port = runners.free_port(), runners.free_port()
   log = open(tmp_path / "server.log", "wb")
@@ -386,6 +387,7 @@ def test_model_server_command_starts_answers_and_stops(base_path, tmp_path):
   assert "gRPC on 127.0.0.1" in (tmp_path / "server.log").read_text()
 
 
+@pytest.mark.slow
 def test_model_server_command_fails_fast_on_a_base_path_without_versions(tmp_path):
   completed = subprocess.run(
       [sys.executable, "-m", "serving.model_server", f"--port={runners.free_port()}",

@@ -56,6 +56,7 @@ def _broken_copy(trained, tmp_path, relative_path, content):
   return base
 
 
+@pytest.mark.slow
 def test_the_command_refuses_a_corrupt_saved_model_with_the_reason_and_no_retry(
     trained, tmp_path):
   base = _broken_copy(trained, tmp_path, "saved_model.pb", b"\x00 this is not a SavedModel")
