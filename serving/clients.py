@@ -85,8 +85,9 @@ class RestClient:
 class GrpcClient:
   """PredictionService and ModelService stubs on one channel to `host:port`."""
 
-  def __init__(self, target: str):
-    self.channel = grpc.insecure_channel(target)
+  def __init__(self, target: str, max_receive_bytes: int = 4 << 20):
+    self.channel = grpc.insecure_channel(
+        target, options=[("grpc.max_receive_message_length", max_receive_bytes)])
     self.prediction = prediction_service_pb2_grpc.PredictionServiceStub(self.channel)
     self.model = model_service_pb2_grpc.ModelServiceStub(self.channel)
 

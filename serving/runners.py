@@ -229,6 +229,13 @@ class _ProcessRunner(Runner):
       raise ServerStartError(f"the {self.backend} server was never started")
     return self._process.poll()
 
+  @property
+  def pid(self) -> int:
+    """The server process's id (for benchmarks that read its memory)."""
+    if self._process is None:
+      raise ServerStartError(f"the {self.backend} server was never started")
+    return self._process.pid
+
   def stop(self) -> None:
     process, self._process = self._process, None
     if process is None or process.poll() is not None:

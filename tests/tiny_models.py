@@ -28,6 +28,7 @@ def half_plus_two(version_dir: str, offset: float = 2.0,
   - `count_to`: predict, input `n` int64 scalar, output `count`: a loop of n steps, for
     requests that take as long as a test needs.
   - `odd_method`: `serving_default` with a method name outside TF Serving's three.
+  - `text_length`: predict, input `text` string [None], output `length` int32 [None].
   """
   graph = tf.Graph()
   with graph.as_default():
@@ -53,12 +54,16 @@ def half_plus_two(version_dir: str, offset: float = 2.0,
         tf.saved_model.PREDICT_METHOD_NAME)
     odd = tf.compat.v1.saved_model.signature_def_utils.build_signature_def(
         {"x": info(x)}, {"y": info(y)}, "tensorflow/serving/something_else")
+    text = tf.compat.v1.placeholder(tf.string, [None], name="text")
+    text_length = tf.compat.v1.saved_model.signature_def_utils.build_signature_def(
+        {"text": info(text)}, {"length": info(tf.strings.length(text, name="length"))},
+        tf.saved_model.PREDICT_METHOD_NAME)
     with tf.compat.v1.Session(graph=graph) as session:
       builder = tf.compat.v1.saved_model.Builder(version_dir)
       signatures = {"serving_default": predict, "predict_x": predict,
                     "classify_x_to_y": classify, "regress_x_to_y": regress}
       if extras:
-        signatures.update(count_to=count_to, odd_method=odd)
+        signatures.update(count_to=count_to, odd_method=odd, text_length=text_length)
       builder.add_meta_graph_and_variables(session, list(tags), signature_def_map=signatures)
       builder.save()
   if warmup_logs:

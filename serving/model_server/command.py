@@ -7,8 +7,7 @@
 gRPC: the tensorflow-serving-api generated services, PredictionService (Predict, Classify,
 Regress, MultiInference, GetModelMetadata) and ModelService (GetModelStatus), served by grpcio.
 REST: TF Serving's api_rest.md (`/v1/models/NAME[/versions/N | /labels/L][/metadata]` and
-`:predict`, `:classify`, `:regress`), served by waitress, a pure-Python production WSGI server
-whose keep-alive handling keeps a batch-1 round trip near a third of a millisecond on loopback.
+`:predict`, `:classify`, `:regress`), served by uvicorn (http_server.py).
 Errors are TF Serving's: `{"error": message}` with its status-to-HTTP mapping, and the same
 gRPC status codes.
 
@@ -24,7 +23,6 @@ batching parameters' max_batch_size but runs each request on its own instead of 
 a base path with no version fails the start at once instead of waiting for one.
 """
 
-import logging as std_logging
 import signal
 import sys
 import threading
@@ -40,6 +38,7 @@ from tensorflow_serving.config import model_server_config_pb2
 from serving.model_server import config_files
 from serving.model_server import flags as server_flags
 from serving.model_server import monitoring
+from serving.model_server import tensors
 from serving.model_server.core import CoreOptions
 from serving.model_server.server import ModelServer, ServerOptions, parse_channel_arguments
 from serving.model_server.status import ServingError, invalid_argument
@@ -135,7 +134,9 @@ def options_from_flags(values) -> Tuple[model_server_config_pb2.ModelServerConfi
       enable_signature_method_name_check=values.enable_signature_method_name_check,
       allow_version_labels_for_unavailable_models=(
           values.allow_version_labels_for_unavailable_models),
-      num_load_threads=values.num_load_threads)
+      num_load_threads=values.num_load_threads,
+      limits=tensors.Limits(max_elements=values.max_request_elements,
+                            max_bytes=4 * values.max_request_body_bytes))
   return config, options, core_options
 
 
@@ -147,8 +148,6 @@ def main(argv: List[str]) -> int:
     print(f"TensorFlow ModelServer: {VERSION}\nTensorFlow Library: {tf.__version__}",
           flush=True)
     return 0
-  # waitress logs every dropped connection at INFO; only its warnings matter here.
-  std_logging.getLogger("waitress").setLevel(std_logging.WARNING)
   for setting in server_flags.without_effect(values):
     logging.warning("%s has no effect in the embedded server (a CPU-only TensorFlow server "
                     "without TPU, GPU, TF Lite, XLA, profiler or ALTS support)", setting)

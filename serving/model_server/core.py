@@ -38,6 +38,7 @@ from export.warmup import DEFAULT_SIGNATURE
 from serving.model_server import config_files
 from serving.model_server import inference
 from serving.model_server import loading
+from serving.model_server import tensors
 from serving.model_server.manager import Handle, State, VersionManager, load_failure
 from serving.model_server.monitoring import Metrics
 from serving.model_server.status import ServingError, from_tf_error, invalid_argument, not_found
@@ -63,6 +64,7 @@ class CoreOptions:
   enable_signature_method_name_check: bool = False
   allow_version_labels_for_unavailable_models: bool = False
   num_load_threads: int = 0
+  limits: tensors.Limits = tensors.Limits()
 
 
 class ServerCore:
@@ -305,7 +307,8 @@ class ServerCore:
   # -- inference -------------------------------------------------------------------------------
 
   def _call(self, timeout_ms: Optional[int]) -> inference.Call:
-    return inference.Call(self._run, timeout_ms, self.options.enable_signature_method_name_check)
+    return inference.Call(self._run, timeout_ms, self.options.enable_signature_method_name_check,
+                          self.options.limits)
 
   def _run(self, handle: Handle, signature_name: str, inputs: Mapping[str, np.ndarray],
            output_keys: Sequence[str], timeout_ms: Optional[int]) -> Dict[str, np.ndarray]:

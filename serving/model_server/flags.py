@@ -17,6 +17,7 @@ from absl import flags
 CPUS = os.cpu_count() or 1
 DEFAULT_BIND_ADDRESS = "127.0.0.1"
 DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024
+DEFAULT_MAX_ELEMENTS = 1 << 24
 DEFAULT_THREADS = 4 * CPUS  # TF Serving's default for gRPC and REST
 
 IMPLEMENTED, NO_EFFECT, OWN = "implemented", "no effect here", "embedded server only"
@@ -152,6 +153,11 @@ EMBEDDED_FLAGS: List[Flag] = [
          "tensorflow_model_server flag: the binary listens on every address).", OWN),
     Flag("max_request_body_bytes", int, DEFAULT_MAX_BODY_BYTES, "Largest REST body / gRPC "
          "message accepted (not a tensorflow_model_server flag).", OWN),
+    Flag("max_request_elements", int, DEFAULT_MAX_ELEMENTS, "Most tensor elements one request "
+         "may decode to (a small TensorProto can claim any shape), its numeric tensors at most "
+         "4 x --max_request_body_bytes, and a JSON body at most 1/16 as many lists and objects, "
+         "which cost far more to parse than numbers (not a tensorflow_model_server flag).",
+         OWN),
 ]
 
 _DEFINE = {int: flags.DEFINE_integer, float: flags.DEFINE_float, bool: flags.DEFINE_boolean,

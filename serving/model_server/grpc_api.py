@@ -18,15 +18,18 @@ from tensorflow_serving.apis import regression_pb2
 from tensorflow_serving.apis import status_pb2
 
 from export.warmup import serialized_input
+from serving.model_server import memory
 from serving.model_server.core import ServerCore
 from serving.model_server.status import ServingError, invalid_argument
-from serving.model_server.tensors import array_to_tensor_proto, tensor_protos_to_arrays
+from serving.model_server.tensors import array_to_tensor_proto
 
 
 # TF Serving cuts longer messages (grpc_status_util.cc), so one bad request cannot make an
 # error the size of the request.
 _MAX_MESSAGE_CHARS = 1024
 _MAX_TIMEOUT_MS = 2**31
+# Requests above this are followed by giving freed memory back to the system.
+_LARGE_REQUEST_BYTES = 1 << 20
 
 
 def grpc_message(message: str) -> str:
@@ -63,6 +66,8 @@ def _grpc_errors(api: Optional[str] = None):
         if api:
           self._core.metrics.request(request.model_spec.name, status, api, "GRPC",
                                      (time.perf_counter() - started) * 1e6)
+          if request.ByteSize() > _LARGE_REQUEST_BYTES:
+            memory.release()
 
     return wrapper
 
@@ -76,9 +81,10 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
 
   @_grpc_errors("Predict")
   def Predict(self, request, context):
-    inputs = tensor_protos_to_arrays(request.inputs)
-    spec, outputs = self._core.predict(request.model_spec, inputs, request.output_filter,
-                                       _timeout_ms(context))
+    # The TensorProtos are decoded only once the request passed TF Serving's checks (model,
+    # version, signature, aliases, dtypes) and the size limits.
+    spec, outputs = self._core.predict(request.model_spec, dict(request.inputs),
+                                       request.output_filter, _timeout_ms(context))
     response = predict_pb2.PredictResponse(model_spec=spec)
     for alias, array in outputs.items():
       response.outputs[alias].CopyFrom(array_to_tensor_proto(array))

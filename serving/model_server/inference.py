@@ -22,6 +22,7 @@ from tensorflow_serving.apis import regression_pb2
 from export.warmup import DEFAULT_SIGNATURE, serialized_input
 from serving.model_server.manager import Handle
 from serving.model_server.status import ServingError, invalid_argument
+from serving.model_server import tensors
 from serving.model_server.tensors import type_name
 
 CLASSIFY_METHOD = tf.saved_model.CLASSIFY_METHOD_NAME
@@ -38,6 +39,7 @@ class Call:
   run: RunSignature
   timeout_ms: Optional[int] = None
   check_method_name: bool = False
+  limits: tensors.Limits = tensors.Limits()
 
   def __call__(self, handle: Handle, signature: str, inputs: Mapping[str, np.ndarray],
                output_keys: Sequence[str]) -> Dict[str, np.ndarray]:
@@ -69,7 +71,7 @@ def predict(handle: Handle, signature_name: str, inputs: Mapping[str, np.ndarray
                        f"{signature.method_name}")
   _check_predict_inputs(signature, inputs)
   output_keys = _output_keys(signature, output_filter)
-  outputs = call(handle, name, inputs, output_keys)
+  outputs = call(handle, name, tensors.decode_inputs(inputs, call.limits), output_keys)
   return model_spec(handle, name), outputs
 
 
@@ -158,7 +160,7 @@ def _check_predict_inputs(signature: meta_graph_pb2.SignatureDef,
       raise invalid_argument(
           f"Signature input alias: {alias}({info.name}) not found in request and no default "
           f"value provided. Inputs expected to be in the request {{{','.join(expected)}}}")
-    want, got = tf.as_dtype(info.dtype), tf.as_dtype(inputs[alias].dtype)
+    want, got = tf.as_dtype(info.dtype), tensors.input_dtype(inputs[alias])
     if want != got:
       raise invalid_argument(f"Expects arg[{index}] to be {type_name(want)} but "
                              f"{type_name(got)} is provided")

@@ -128,8 +128,16 @@ def regress_response(result) -> bytes:
   return _encode('{"results":[' + ",".join(values) + "]}")
 
 
+# As gRPC's messages are cut (grpc_api.py), so an error never outgrows the request.
+_MAX_ERROR_CHARS = 1024
+
+
 def error_body(message: str) -> bytes:
-  return _encode(json.dumps({"error": message}, ensure_ascii=False))
+  """`{"error": message}`, always valid UTF-8 JSON: what cannot be encoded (a lone surrogate,
+  bytes of the request that were not UTF-8) is written as a \\u escape."""
+  if len(message) > _MAX_ERROR_CHARS:
+    message = message[:_MAX_ERROR_CHARS] + "...TRUNCATED"
+  return json.dumps({"error": message}, ensure_ascii=False).encode("utf-8", "backslashreplace")
 
 
 def _encode(text: str) -> bytes:

@@ -2,11 +2,18 @@
 `instances` (row) or `inputs` (columnar) tensors for predict, `examples` (+ optional `context`)
 as JSON features for classify and regress, `{"b64": ...}` for binary strings. The answers are
 json_answers.py.
+
+Parsing has rapidjson's semantics as TF Serving configures it: the first of duplicate keys
+wins, NaN and Infinity are accepted, a number too big for a double and an invalid surrogate
+escape are parse errors. Tensors are built by numpy from the parsed lists in one call where the
+values allow it, and element by element (with TF Serving's exact error for the first bad one)
+only when they do not, so a large valid request costs little more than its parse.
 """
 
 import base64
 import binascii
 import json
+import re
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import grpc
@@ -25,9 +32,53 @@ INT_RANGES = {
 }
 
 
+MAX_RANK = 32  # numpy's limit on dimensions
+_DUMP_CHARS = 256
+# A \uD800-\uDFFF escape: the only way a JSON text can ask for an unpaired surrogate.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+_LITERAL = re.compile(rb"true|false")
+
+
 def _dump(value) -> str:
-  """rapidjson's PrettyWriter rendering of a JSON value, for error messages."""
-  return json.dumps(value, indent=4, ensure_ascii=False)
+  """rapidjson's PrettyWriter rendering of a JSON value, for error messages; a long one is cut,
+  so an error never grows past the request that caused it."""
+  compact = json.dumps(value, ensure_ascii=False)
+  if len(compact) > _DUMP_CHARS:
+    return compact[:_DUMP_CHARS] + "..."
+  pretty = json.dumps(value, indent=4, ensure_ascii=False)
+  return pretty if len(pretty) <= 4 * _DUMP_CHARS else compact
+
+
+class _NumberTooBig(ValueError):
+  pass
+
+
+def _first_key_wins(pairs):
+  document = {}
+  for key, value in pairs:
+    document.setdefault(key, value)
+  return document
+
+
+def _double(text: str) -> float:
+  value = float(text)
+  if value in (float("inf"), float("-inf")):
+    raise _NumberTooBig(text)
+  return value
+
+
+def _integer(text: str):
+  """An integer literal as rapidjson stores it: int64 or uint64, else a double."""
+  if len(text) <= 20:
+    value = int(text)
+    if -2**63 <= value < 2**64:
+      return value
+  return _double(text)
+
+
+def may_hold_booleans(body: bytes) -> bool:
+  """Whether a body might hold true or false, which numpy would quietly take for 1 and 0."""
+  return _LITERAL.search(body) is not None
 
 
 def _json_type(value) -> str:
@@ -75,11 +126,20 @@ def parse_request(body: bytes) -> dict:
     raise invalid_argument(
         f"JSON Parse error: Invalid encoding in string. at offset: {e.start}") from None
   try:
-    document = json.loads(text)
+    document = json.loads(text, object_pairs_hook=_first_key_wins, parse_float=_double,
+                          parse_int=_integer)
   except json.JSONDecodeError as e:
     raise invalid_argument(f"JSON Parse error: {e.msg} at offset: {e.pos}") from None
+  except _NumberTooBig:
+    raise invalid_argument("JSON Parse error: Number too big to be stored in double.") from None
   except RecursionError:
     raise invalid_argument("JSON Parse error: The document is nested too deeply") from None
+  if _SURROGATE_ESCAPE.search(text):
+    try:
+      json.dumps(document, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+      raise invalid_argument(
+          "JSON Parse error: The surrogate pair in string is invalid.") from None
   if not isinstance(document, dict):
     raise invalid_argument(f"JSON Value: {_dump(document)} Is not object")
   return document
@@ -135,6 +195,15 @@ def dense_shape(value) -> List[int]:
   return shape
 
 
+def _tensor_shape(value) -> List[int]:
+  """`dense_shape`, refused when it has more dimensions than a tensor can have here."""
+  shape = dense_shape(value)
+  if len(shape) > MAX_RANK:
+    raise invalid_argument(f"JSON Value: {_dump(value)} is nested {len(shape)} deep; a tensor "
+                           f"can have at most {MAX_RANK} dimensions here")
+  return shape
+
+
 def _fill(value, level: int, shape: Sequence[int], dtype: tf.DType, flat: list) -> None:
   if not isinstance(value, list):
     if level != len(shape):
@@ -167,8 +236,51 @@ def _to_array(flat: list, shape: Sequence[int], dtype: tf.DType) -> np.ndarray:
   return np.array(flat, dtype=dtype.as_numpy_dtype).reshape(shape)
 
 
-def json_to_array(value, dtype: tf.DType) -> np.ndarray:
-  shape = dense_shape(value)
+def _encoded(value):
+  return value.encode("utf-8") if isinstance(value, str) else None
+
+
+_encode_all = np.frompyfunc(_encoded, 1, 1)
+
+
+def _fast_array(value, dtype: tf.DType, shape: Sequence[int]) -> Optional[np.ndarray]:
+  """`value` as a tensor in one numpy call, or None when the element-by-element path must
+  judge it (ragged lists, a value of the wrong type, an int out of range, base64)."""
+  try:
+    if dtype == tf.string:
+      array = np.array(value, dtype=object)
+      if array.shape != tuple(shape):
+        return None
+      encoded = _encode_all(array) if array.ndim else np.array(_encoded(array.item()), object)
+      if array.size and (encoded == None).any():  # noqa: E711 -- elementwise
+        return None
+      return encoded.astype(object)
+    array = np.array(value)
+  except (ValueError, TypeError, OverflowError, UnicodeEncodeError):
+    return None
+  if array.shape != tuple(shape):
+    return None
+  kind = array.dtype.kind if array.size else ("f" if dtype.is_floating else "i")
+  if dtype == tf.bool:
+    return array.astype(np.bool_) if kind == "b" else None
+  if dtype.is_floating and kind in "iuf":
+    return array.astype(dtype.as_numpy_dtype)
+  if dtype in INT_RANGES and kind in "iu":
+    low, high = INT_RANGES[dtype]
+    if array.size and (array.min() < low or array.max() > high):
+      return None
+    return array.astype(dtype.as_numpy_dtype)
+  return None
+
+
+def json_to_array(value, dtype: tf.DType, fast: bool = True) -> np.ndarray:
+  """A JSON value as a tensor of `dtype`; `fast` tries numpy first (not when the body may
+  hold booleans, see `may_hold_booleans`)."""
+  shape = _tensor_shape(value)
+  if fast:
+    array = _fast_array(value, dtype, shape)
+    if array is not None:
+      return array
   flat: list = []
   _fill(value, 0, shape, dtype, flat)
   return _to_array(flat, shape, dtype)
@@ -187,7 +299,7 @@ class _Rows:
     self.flat: list = []
 
   def add(self, value) -> None:
-    shape = dense_shape(value)
+    shape = _tensor_shape(value)
     flat: list = []
     _fill(value, 0, shape, self.dtype, flat)
     if self.shape is None:
@@ -204,7 +316,15 @@ class _Rows:
     return _to_array(self.flat, [rows] + self.shape, self.dtype)
 
 
-def _row_inputs(instances: list, specs: Mapping[str, meta_graph_pb2.TensorInfo]):
+def _row_inputs(instances: list, specs: Mapping[str, meta_graph_pb2.TensorInfo],
+                fast: bool = True):
+  if fast and len(specs) == 1 and not isinstance(instances[0], dict):
+    # One input, rows of values: the rows stacked are the tensor. Anything numpy cannot
+    # stack as it is goes row by row, for TF Serving's message about the row at fault.
+    (name, spec), = specs.items()
+    array = _fast_array(instances, tf.as_dtype(spec.dtype), _tensor_shape(instances))
+    if array is not None:
+      return {name: array}
   if not isinstance(instances[0], dict) and len(specs) > 1:
     raise invalid_argument(
         "instances is a plain list, but expecting list of objects as multiple input tensors "
@@ -247,24 +367,24 @@ def _row_inputs(instances: list, specs: Mapping[str, meta_graph_pb2.TensorInfo])
   return {name: accumulated.array(len(instances)) for name, accumulated in rows.items()}
 
 
-def _columnar_inputs(value, specs: Mapping[str, meta_graph_pb2.TensorInfo]):
+def _columnar_inputs(value, specs: Mapping[str, meta_graph_pb2.TensorInfo], fast: bool = True):
   if not isinstance(value, dict) or _is_b64(value):
     if len(specs) > 1:
       raise invalid_argument(
           "inputs is a plain value/list, but expecting an object as multiple input tensors "
           "required as per tensorinfo_map")
     (name, spec), = specs.items()
-    return {name: json_to_array(value, tf.as_dtype(spec.dtype))}
+    return {name: json_to_array(value, tf.as_dtype(spec.dtype), fast)}
   arrays = {}
   for name in sorted(specs):
     if name not in value:
       raise invalid_argument(f"Missing named input: {name} in 'inputs' object.")
-    arrays[name] = json_to_array(value[name], tf.as_dtype(specs[name].dtype))
+    arrays[name] = json_to_array(value[name], tf.as_dtype(specs[name].dtype), fast)
   return arrays
 
 
 def predict_inputs(document: dict, specs: Mapping[str, meta_graph_pb2.TensorInfo],
-                   signature: str) -> Tuple[Dict[str, np.ndarray], bool]:
+                   signature: str, fast: bool = True) -> Tuple[Dict[str, np.ndarray], bool]:
   """The request's input tensors, and whether it used the row (`instances`) format."""
   if not specs:
     raise invalid_argument(f"Failed to get input map for signature: {signature or 'DEFAULT'}")
@@ -279,9 +399,9 @@ def predict_inputs(document: dict, specs: Mapping[str, meta_graph_pb2.TensorInfo
           f"JSON Value: {_dump(document)} Expecting 'instances' to be an list/array")
     if not instances:
       raise invalid_argument(f"JSON Value: {_dump(document)} No values in 'instances' array")
-    return _row_inputs(instances, specs), True
+    return _row_inputs(instances, specs, fast), True
   if "inputs" in document:
-    return _columnar_inputs(document["inputs"], specs), False
+    return _columnar_inputs(document["inputs"], specs, fast), False
   raise invalid_argument("Missing 'inputs' or 'instances' key")
 
 

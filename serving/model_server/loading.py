@@ -27,7 +27,6 @@ from serving.model_server import inference
 from serving.model_server.manager import Handle
 from serving.model_server.monitoring import Metrics
 from serving.model_server.status import ServingError, from_tf_error, invalid_argument
-from serving.model_server.tensors import tensor_protos_to_arrays
 
 
 class NoVersions(ServingError):
@@ -158,9 +157,8 @@ class VersionLoader:
     kind = log.WhichOneof("log_type")
     if kind == "predict_log":
       request = log.predict_log.request
-      inference.predict(handle, request.model_spec.signature_name,
-                        tensor_protos_to_arrays(request.inputs), request.output_filter,
-                        self._run)
+      inference.predict(handle, request.model_spec.signature_name, dict(request.inputs),
+                        request.output_filter, self._run)
     elif kind in ("classify_log", "regress_log"):
       request = getattr(log, kind).request
       api = inference.classify if kind == "classify_log" else inference.regress

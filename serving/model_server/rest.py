@@ -5,8 +5,8 @@
 import json
 import re
 import time
-from http import HTTPStatus
-from typing import Optional, Tuple
+import traceback
+from typing import List, Optional, Tuple
 from urllib.parse import unquote_to_bytes
 
 import grpc
@@ -19,7 +19,7 @@ from tensorflow_serving.apis import model_pb2
 from serving.model_server import json_answers
 from serving.model_server import json_requests
 from serving.model_server.core import SIGNATURE_DEF_FIELD, ServerCore
-from serving.model_server.status import ServingError, invalid_argument
+from serving.model_server.status import ServingError, invalid_argument, not_found
 
 # TF Serving's http_rest_api_util.h patterns, matched against the raw (undecoded) path.
 _REST_PATH = re.compile(r"/v1/.*", re.IGNORECASE)
@@ -30,6 +30,7 @@ _STATUS_PATH = re.compile(
     r"/v1/models(?:/([^/:]+))?(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?"
     r"(?:/(metadata))?", re.IGNORECASE)
 _MAX_VERSION = 2**63 - 1
+_JSON = "application/json"
 _CORS_HEADERS = [("Access-Control-Allow-Origin", "*"),
                  ("Access-Control-Allow-Methods", "POST, GET"),
                  ("Access-Control-Allow-Headers", "Content-Type")]
@@ -44,7 +45,7 @@ def _model_spec(name: str, version: Optional[str], label: Optional[str]) -> mode
   except UnicodeDecodeError:
     raise invalid_argument(f"Failed to decode model name:{name}") from None
   if version:
-    if int(version) > _MAX_VERSION:
+    if len(version) > len(str(_MAX_VERSION)) or int(version) > _MAX_VERSION:
       raise invalid_argument(f"Failed to convert version: {version} to numeric.")
     spec.version.value = int(version)
   if label:
@@ -68,68 +69,58 @@ def _labels(method: str, path: str) -> Tuple[str, str]:
 
 
 class RestApi:
-  """The WSGI application: TF Serving's HttpRestApiHandler, and the Prometheus page when
-  monitoring is on (`metrics_path`). Inference past `timeout_ms` is DEADLINE_EXCEEDED."""
+  """TF Serving's HttpRestApiHandler, and the Prometheus page when monitoring is on
+  (`metrics_path`): `handle` answers one request, already read. Inference past `timeout_ms`
+  is DEADLINE_EXCEEDED. Every refused request is one log line, never a traceback."""
 
-  def __init__(self, core: ServerCore, max_body_bytes: int, enable_cors: bool = False,
+  def __init__(self, core: ServerCore, enable_cors: bool = False,
                timeout_ms: Optional[int] = None, metrics_path: Optional[str] = None):
     self._core = core
-    self._max_body_bytes = max_body_bytes
     self._enable_cors = enable_cors
     self._timeout_ms = timeout_ms if timeout_ms and timeout_ms > 0 else None
     self._metrics_path = metrics_path
 
-  def __call__(self, environ, start_response):
-    method = environ["REQUEST_METHOD"]
-    path = environ.get("REQUEST_URI") or environ.get("PATH_INFO", "")
-    path = path.split("?", 1)[0]
+  def headers(self, content_type: str, body: bytes) -> List[Tuple[bytes, bytes]]:
+    headers = [(b"content-type", content_type.encode()),
+               (b"content-length", str(len(body)).encode())]
+    if self._enable_cors:
+      headers.extend((k.lower().encode(), v.encode()) for k, v in _CORS_HEADERS)
+    return headers
+
+  def refuse(self, method: str, path: str, error: ServingError, status: int) -> bytes:
+    logging.info("Refused HTTP/REST request %s %s: %d %s", method, path[:200], status,
+                 error.message[:200])
+    return json_answers.error_body(error.message)
+
+  def handle(self, method: str, path: str, body: bytes, origin: str = ""
+             ) -> Tuple[int, str, bytes]:
+    """(HTTP status, content type, body) of one request."""
     if self._metrics_path and path == self._metrics_path and method == "GET":
-      body = self._core.metrics.prometheus_text().encode("utf-8")
-      start_response("200 OK", [("Content-Type", "text/plain; charset=utf-8"),
-                                ("Content-Length", str(len(body)))])
-      return [body]
+      return 200, "text/plain; charset=utf-8", \
+          self._core.metrics.prometheus_text().encode("utf-8")
     if not _REST_PATH.fullmatch(path):
-      return self._reply(start_response, 404, json_answers.error_body(
-          f"No handler for {method} {path}: TF Serving's REST API lives under /v1/"))
-    try:
-      length = int(environ.get("CONTENT_LENGTH") or 0)
-    except ValueError:
-      return self._reply(start_response, 400, json_answers.error_body(
-          f"Content-Length {environ.get('CONTENT_LENGTH')!r} is not a number"))
-    if length > self._max_body_bytes:
-      return self._reply(start_response, 413, json_answers.error_body(
-          f"Request body of {length} bytes is larger than the server's limit of "
-          f"{self._max_body_bytes} bytes (--max_request_body_bytes)"))
-    body = environ["wsgi.input"].read(length) if length else b""
+      error = not_found(f"No handler for {method} {path}: TF Serving's REST API lives under "
+                        f"/v1/")
+      return 404, _JSON, self.refuse(method, path, error, 404)
     started = time.perf_counter()
     code = "OK"
     try:
-      output = self._process(method, path, body, environ)
-      status = 200
+      output, status = self._process(method, path, body, origin), 200
     except ServingError as e:
-      logging.vlog(1, "Error processing HTTP/REST request: %s %s Error: %s", method, path, e)
-      output, status, code = json_answers.error_body(e.message), e.http_status, e.code.name
+      status, code = e.http_status, e.code.name
+      output = self.refuse(method, path, e, status)
     except Exception as e:  # a bug must cost one request, in TF Serving's error format
-      logging.exception("Internal error on %s %s", method, path)
+      where = traceback.extract_tb(e.__traceback__)[-1]
+      logging.error("Internal error on %s %s: %s: %s (%s:%d)", method, path[:200],
+                    type(e).__name__, str(e)[:200], where.filename, where.lineno)
       output, status, code = json_answers.error_body(f"Internal error: {e}"), 500, "INTERNAL"
     name, api = _labels(method, path)
     self._core.metrics.request(name, code, api, "REST", (time.perf_counter() - started) * 1e6)
-    return self._reply(start_response, status, output)
+    return status, _JSON, output
 
-  def _reply(self, start_response, status: int, body: bytes):
-    headers = [("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
-    if self._enable_cors:
-      headers.extend(_CORS_HEADERS)
-    try:
-      reason = HTTPStatus(status).phrase
-    except ValueError:  # 499, TF Serving's CLIENT_CLOSED_REQUEST
-      reason = "Client Closed Request"
-    start_response(f"{status} {reason}", headers)
-    return [body]
-
-  def _process(self, method: str, path: str, body: bytes, environ) -> bytes:
+  def _process(self, method: str, path: str, body: bytes, origin: str) -> bytes:
     if method == "OPTIONS":
-      if re.search(r"https?://", environ.get("HTTP_ORIGIN", "")):
+      if re.search(r"https?://", origin):
         return b""
       raise ServingError(grpc.StatusCode.FAILED_PRECONDITION,
                          "Origin header is missing in CORS preflight")
@@ -160,23 +151,34 @@ class RestApi:
       return self._status(spec)
     raise malformed
 
+  def _parse(self, body: bytes) -> dict:
+    # Each list or object costs ~0.3 µs and ~60 bytes to parse, so a body of nothing but
+    # them is bounded before it is parsed: a bound on what one request can make us do.
+    nested = body.count(b"[") + body.count(b"{")
+    limit = self._core.options.limits.max_elements // 16
+    if nested > limit:
+      raise invalid_argument(f"JSON Parse error: the body holds {nested} lists and objects; "
+                             f"the server's limit is {limit} (--max_request_elements / 16)")
+    return json_requests.parse_request(body)
+
   def _predict(self, spec: model_pb2.ModelSpec, body: bytes) -> bytes:
-    document = json_requests.parse_request(body)
+    document = self._parse(body)
     spec.signature_name = json_requests.signature_name(document)
     specs = self._core.signature_inputs(spec, spec.signature_name)
-    inputs, row_format = json_requests.predict_inputs(document, specs, spec.signature_name)
+    inputs, row_format = json_requests.predict_inputs(
+        document, specs, spec.signature_name, not json_requests.may_hold_booleans(body))
     _, outputs = self._core.predict(spec, inputs, timeout_ms=self._timeout_ms)
     return json_answers.predict_response(outputs, row_format)
 
   def _classify(self, spec: model_pb2.ModelSpec, body: bytes) -> bytes:
-    document = json_requests.parse_request(body)
+    document = self._parse(body)
     spec.signature_name = json_requests.signature_name(document)
     examples = json_requests.serialized_examples(document)
     _, result = self._core.classify(spec, examples, self._timeout_ms)
     return json_answers.classify_response(result)
 
   def _regress(self, spec: model_pb2.ModelSpec, body: bytes) -> bytes:
-    document = json_requests.parse_request(body)
+    document = self._parse(body)
     spec.signature_name = json_requests.signature_name(document)
     examples = json_requests.serialized_examples(document)
     _, result = self._core.regress(spec, examples, self._timeout_ms)

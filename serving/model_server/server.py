@@ -1,7 +1,6 @@
-"""The embedded model server: a ServerCore answering gRPC (grpcio) and REST (waitress, a
-pure-Python production WSGI server whose keep-alive handling keeps a batch-1 round trip near a
-third of a millisecond on loopback). Start-up follows the binary: every model loads first (a
-failure raises), then the ports open, then the base paths and the config file are polled.
+"""The embedded model server: a ServerCore answering gRPC (grpcio) and REST (uvicorn, see
+http_server.py). Start-up follows the binary: every model loads first (a failure raises), then
+the ports open, then the base paths and the config file are polled.
 
 gRPC listens on the TCP port (unless it is None, as --port=0 turns it off), on a Unix socket
 when one is given, with TLS when an SSLConfig is given (on both, as the binary does; REST
@@ -10,7 +9,6 @@ reporting SERVING for "", "ModelService" and "PredictionService".
 """
 
 import dataclasses
-import threading
 from concurrent import futures
 from typing import Any, List, Optional, Tuple
 
@@ -22,12 +20,13 @@ from grpc_health.v1 import health_pb2_grpc
 from tensorflow_serving.apis import model_service_pb2_grpc
 from tensorflow_serving.apis import prediction_service_pb2_grpc
 from tensorflow_serving.config import model_server_config_pb2
-from waitress.server import create_server
 
 from serving.model_server.core import CoreOptions, ServerCore
 from serving.model_server.flags import DEFAULT_BIND_ADDRESS, DEFAULT_MAX_BODY_BYTES
 from serving.model_server.flags import DEFAULT_THREADS
 from serving.model_server.grpc_api import ModelService, PredictionService
+from serving.model_server import memory
+from serving.model_server.http_server import HttpServer
 from serving.model_server.rest import RestApi
 from serving.model_server.status import ServingError, invalid_argument
 
@@ -84,11 +83,11 @@ class ModelServer:
     self.grpc_port: Optional[int] = None
     self.rest_api_port: Optional[int] = None
     self._grpc_server = None
-    self._http_server = None
-    self._http_thread = None
+    self._http_server: Optional[HttpServer] = None
 
   def start(self) -> "ModelServer":
     """Loads every model first (a failure raises), then opens the ports, as TF Serving does."""
+    memory.configure()
     try:
       self.core.load()
       self._start_grpc()
@@ -156,36 +155,19 @@ class ModelServer:
     self._grpc_server = server
 
   def _start_rest(self) -> None:
-    application = RestApi(self.core, self.options.max_request_body_bytes,
-                          self.options.enable_cors_support, self.options.rest_api_timeout_in_ms,
-                          self.options.prometheus_path)
-    server = create_server(
-        application, host=self.options.bind_address, port=self.options.rest_api_port,
-        threads=self.options.rest_api_num_threads,
-        # Far above ours, so the application answers oversized bodies in TF Serving's format.
-        max_request_body_size=max(2 * self.options.max_request_body_bytes, 2**30),
-        clear_untrusted_proxy_headers=True)
-    self._http_server, self.rest_api_port = server, int(server.effective_port)
-    self._http_thread = threading.Thread(target=server.run, name="rest", daemon=True)
-    self._http_thread.start()
+    api = RestApi(self.core, self.options.enable_cors_support,
+                  self.options.rest_api_timeout_in_ms, self.options.prometheus_path)
+    server = HttpServer(api, self.options.bind_address, self.options.rest_api_port,
+                        self.options.rest_api_num_threads, self.options.max_request_body_bytes)
+    server.start()
+    self._http_server, self.rest_api_port = server, server.port
     logging.info("Exporting HTTP/REST API at:%s:%d ...", self.options.bind_address,
                  self.rest_api_port)
 
   def stop(self) -> None:
     if self._http_server is not None:
-      server, self._http_server = self._http_server, None
-
-      def close_everything():
-        # waitress has no public stop. Run in its loop thread (through the trigger), so no
-        # socket closes under a select(): the loop ends once its map is empty.
-        for channel in list(server._map.values()):  # pylint: disable=protected-access
-          if channel is not server and channel is not server.trigger:
-            channel.handle_close()
-        server.close()
-
-      server.trigger.pull_trigger(close_everything)
-      self._http_thread.join(timeout=30)
-      server.task_dispatcher.shutdown()
+      self._http_server.stop()
+      self._http_server = None
     if self._grpc_server is not None:
       self._grpc_server.stop(grace=1).wait()
       self._grpc_server = None

@@ -1,5 +1,6 @@
 """TensorProtos <-> numpy arrays, as TF Serving reads Predict inputs and writes its outputs."""
 
+import dataclasses
 from typing import Dict, Mapping
 
 import numpy as np
@@ -17,13 +18,74 @@ def type_name(dtype: tf.DType) -> str:
   return _TF_TYPE_NAMES.get(dtype, dtype.name)
 
 
-def tensor_protos_to_arrays(protos: Mapping[str, object]) -> Dict[str, np.ndarray]:
-  arrays = {}
-  for alias, proto in protos.items():
+@dataclasses.dataclass(frozen=True)
+class Limits:
+  """The most one request may decode to: tensor elements, and bytes of numeric tensors (a
+  small TensorProto can claim any shape; TF Serving's FromProto fills it from one value)."""
+  max_elements: int = 1 << 24
+  max_bytes: int = 1 << 28
+
+
+def input_dtype(value) -> tf.DType:
+  """The dtype of a request's input, a numpy array or a TensorProto not yet decoded."""
+  if isinstance(value, tensor_pb2.TensorProto):
     try:
-      arrays[alias] = tf.make_ndarray(proto)
+      return tf.as_dtype(value.dtype)
+    except TypeError:
+      raise invalid_argument(f"tensor parsing error: unknown dtype {value.dtype}") from None
+  return tf.as_dtype(value.dtype)
+
+
+def _shape_and_count(alias: str, value):
+  if isinstance(value, tensor_pb2.TensorProto):
+    dims = [d.size for d in value.tensor_shape.dim]
+    for size in dims:
+      if size < 0:
+        raise invalid_argument(f"tensor parsing error: {alias}: Dimension {size} must be >= 0")
+  else:
+    dims = list(value.shape)
+  count = 1
+  for size in dims:
+    count *= size
+  return dims, count
+
+
+def _decodable(dtype: tf.DType) -> bool:
+  if dtype in (tf.resource, tf.variant):
+    return False
+  try:
+    return dtype.as_numpy_dtype is not None
+  except (KeyError, TypeError):
+    return False
+
+
+def decode_inputs(inputs: Mapping[str, object], limits: Limits) -> Dict[str, np.ndarray]:
+  """Every input as a numpy array, once each is known to fit the limits: a TensorProto is
+  decoded (tf.make_ndarray) only after its shape and dtype were checked."""
+  elements = numeric_bytes = 0
+  for alias, value in inputs.items():
+    dtype = input_dtype(value)
+    if not _decodable(dtype):
+      raise invalid_argument(f"tensor parsing error: {alias}: a request cannot carry "
+                             f"{type_name(dtype)} tensors")
+    dims, count = _shape_and_count(alias, value)
+    elements += count
+    if dtype != tf.string:
+      numeric_bytes += count * dtype.size
+    if elements > limits.max_elements or numeric_bytes > limits.max_bytes:
+      raise invalid_argument(
+          f"tensor parsing error: {alias}: shape [{','.join(map(str, dims))}] makes the request "
+          f"{elements} elements, {numeric_bytes} bytes; the server's limit is "
+          f"{limits.max_elements} elements, {limits.max_bytes} bytes (--max_request_elements)")
+  arrays = {}
+  for alias, value in inputs.items():
+    if not isinstance(value, tensor_pb2.TensorProto):
+      arrays[alias] = value
+      continue
+    try:
+      arrays[alias] = tf.make_ndarray(value)
     except (TypeError, ValueError) as e:
-      raise invalid_argument(f"tensor parsing error: {alias}: {e}") from None
+      raise invalid_argument(f"tensor parsing error: {alias}: {str(e)[:200]}") from None
   return arrays
 
 
