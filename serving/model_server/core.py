@@ -25,12 +25,10 @@ import tensorflow as tf
 from absl import logging
 from tensorflow.core.protobuf import config_pb2
 from tensorflow.core.protobuf import meta_graph_pb2
-from tensorflow_serving.apis import classification_pb2
 from tensorflow_serving.apis import get_model_metadata_pb2
 from tensorflow_serving.apis import get_model_status_pb2
 from tensorflow_serving.apis import inference_pb2
 from tensorflow_serving.apis import model_pb2
-from tensorflow_serving.apis import regression_pb2
 from tensorflow_serving.config import model_server_config_pb2
 
 from export.servable import SERVE_TAG, ServableError
@@ -335,13 +333,13 @@ class ServerCore:
 
   def classify(self, spec: model_pb2.ModelSpec, examples: Sequence[bytes],
                timeout_ms: Optional[int] = None
-               ) -> Tuple[model_pb2.ModelSpec, classification_pb2.ClassificationResult]:
+               ) -> Tuple[model_pb2.ModelSpec, inference.Classifications]:
     with self.handle(spec) as handle:
       return inference.classify(handle, spec.signature_name, examples, self._call(timeout_ms))
 
   def regress(self, spec: model_pb2.ModelSpec, examples: Sequence[bytes],
               timeout_ms: Optional[int] = None
-              ) -> Tuple[model_pb2.ModelSpec, regression_pb2.RegressionResult]:
+              ) -> Tuple[model_pb2.ModelSpec, inference.Regressions]:
     with self.handle(spec) as handle:
       return inference.regress(handle, spec.signature_name, examples, self._call(timeout_ms))
 

@@ -94,13 +94,13 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
   def Classify(self, request, context):
     spec, result = self._core.classify(request.model_spec, serialized_input(request.input),
                                        _timeout_ms(context))
-    return classification_pb2.ClassificationResponse(model_spec=spec, result=result)
+    return classification_pb2.ClassificationResponse(model_spec=spec, result=result.to_proto())
 
   @_grpc_errors("Regress")
   def Regress(self, request, context):
     spec, result = self._core.regress(request.model_spec, serialized_input(request.input),
                                       _timeout_ms(context))
-    return regression_pb2.RegressionResponse(model_spec=spec, result=result)
+    return regression_pb2.RegressionResponse(model_spec=spec, result=result.to_proto())
 
   @_grpc_errors()
   def MultiInference(self, request, context):

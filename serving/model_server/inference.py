@@ -46,6 +46,55 @@ class Call:
     return self.run(handle, signature, inputs, output_keys, self.timeout_ms)
 
 
+@dataclasses.dataclass(frozen=True)
+class Classifications:
+  """A Classify answer, checked as TF Serving checks it, as arrays [batch, classes]: the gRPC
+  answer is built from them as a proto (`to_proto`), the REST one straight as JSON."""
+  classes: Optional[np.ndarray]
+  scores: Optional[np.ndarray]
+
+  def to_proto(self) -> classification_pb2.ClassificationResult:
+    result = classification_pb2.ClassificationResult()
+    size, count = (self.classes if self.classes is not None else self.scores).shape
+    labels = self.labels()
+    scores = self.scores.tolist() if self.scores is not None else None
+    for i in range(size):
+      classes = result.classifications.add().classes
+      for c in range(count):
+        entry = classes.add()
+        if labels is not None:
+          entry.label = labels[i][c]
+        if scores is not None:
+          entry.score = scores[i][c]
+    return result
+
+  def labels(self) -> Optional[List[List[str]]]:
+    """The class labels as text, which the ClassificationResult proto requires."""
+    if self.classes is None:
+      return None
+    rows = []
+    for i, row in enumerate(self.classes):
+      try:
+        rows.append([label.decode("utf-8") for label in row])
+      except UnicodeDecodeError:
+        raise ServingError(grpc.StatusCode.INTERNAL,
+                           f"a class label of example {i} is not UTF-8, which the "
+                           f"ClassificationResult proto requires") from None
+    return rows
+
+
+@dataclasses.dataclass(frozen=True)
+class Regressions:
+  """A Regress answer, checked, as an array [batch]."""
+  values: np.ndarray
+
+  def to_proto(self) -> regression_pb2.RegressionResult:
+    result = regression_pb2.RegressionResult()
+    for value in self.values.tolist():
+      result.regressions.add(value=value)
+    return result
+
+
 def model_spec(handle: Handle, signature_name: str) -> model_pb2.ModelSpec:
   """The answer's ModelSpec (MakeModelSpec): the version that answered, and the signature,
   `serving_default` when the request left it empty."""
@@ -76,7 +125,7 @@ def predict(handle: Handle, signature_name: str, inputs: Mapping[str, np.ndarray
 
 
 def classify(handle: Handle, signature_name: str, examples: Sequence[bytes], call: Call
-             ) -> Tuple[model_pb2.ModelSpec, classification_pb2.ClassificationResult]:
+             ) -> Tuple[model_pb2.ModelSpec, Classifications]:
   name = signature_name or DEFAULT_SIGNATURE
   signature = _find_signature(handle, name)
   _check_method_name(call, signature, CLASSIFY_METHOD, "classification")
@@ -90,7 +139,7 @@ def classify(handle: Handle, signature_name: str, examples: Sequence[bytes], cal
 
 
 def regress(handle: Handle, signature_name: str, examples: Sequence[bytes], call: Call
-            ) -> Tuple[model_pb2.ModelSpec, regression_pb2.RegressionResult]:
+            ) -> Tuple[model_pb2.ModelSpec, Regressions]:
   name = signature_name or DEFAULT_SIGNATURE
   signature = _find_signature(handle, name)
   _check_method_name(call, signature, REGRESS_METHOD, "regression")
@@ -122,10 +171,10 @@ def multi_inference(handle: Handle, request: inference_pb2.MultiInferenceRequest
     result = response.results.add()
     if task.method_name == CLASSIFY_METHOD:
       spec, answer = classify(handle, task.model_spec.signature_name, examples, call)
-      result.classification_result.CopyFrom(answer)
+      result.classification_result.CopyFrom(answer.to_proto())
     elif task.method_name == REGRESS_METHOD:
       spec, answer = regress(handle, task.model_spec.signature_name, examples, call)
-      result.regression_result.CopyFrom(answer)
+      result.regression_result.CopyFrom(answer.to_proto())
     else:
       raise ServingError(grpc.StatusCode.UNIMPLEMENTED,
                          f"Unsupported signature method_name: {task.method_name}")
@@ -228,8 +277,7 @@ def _shape(array: np.ndarray) -> str:
 
 
 def _classification_result(num_examples: int, classes: Optional[np.ndarray],
-                           scores: Optional[np.ndarray]
-                           ) -> classification_pb2.ClassificationResult:
+                           scores: Optional[np.ndarray]) -> Classifications:
   for name, tensor, dtype in (("classes", classes, tf.string), ("scores", scores, tf.float32)):
     if tensor is None:
       continue
@@ -245,29 +293,10 @@ def _classification_result(num_examples: int, classes: Optional[np.ndarray],
   if classes is not None and scores is not None and classes.shape[1] != scores.shape[1]:
     raise invalid_argument(f"Tensors class and score should match in dim_size(1). Got "
                            f"{classes.shape[1]} vs. {scores.shape[1]}")
-  num_classes = (classes if classes is not None else scores).shape[1]
-  result = classification_pb2.ClassificationResult()
-  score_rows = scores.tolist() if scores is not None else None
-  for i in range(num_examples):
-    entries = [{} for _ in range(num_classes)]
-    if classes is not None:
-      for c, label in enumerate(classes[i]):
-        try:
-          entries[c]["label"] = label.decode("utf-8")
-        except UnicodeDecodeError:
-          raise ServingError(grpc.StatusCode.INTERNAL,
-                             f"class label {label!r} (example {i}, class {c}) is not UTF-8, "
-                             f"which the ClassificationResult proto requires") from None
-    if score_rows is not None:
-      for c, score in enumerate(score_rows[i]):
-        entries[c]["score"] = score
-    result.classifications.add().classes.extend(
-        classification_pb2.Class(**entry) for entry in entries)
-  return result
+  return Classifications(classes, scores)
 
 
-def _regression_result(num_examples: int, values: np.ndarray
-                       ) -> regression_pb2.RegressionResult:
+def _regression_result(num_examples: int, values: np.ndarray) -> Regressions:
   if not (values.ndim == 1 or (values.ndim == 2 and values.shape[1] == 1)):
     raise invalid_argument(f"Expected output Tensor shape to be either [batch_size] or "
                            f"[batch_size, 1] but got {_shape(values)}")
@@ -277,8 +306,4 @@ def _regression_result(num_examples: int, values: np.ndarray
   if tf.as_dtype(values.dtype) != tf.float32:
     raise invalid_argument(f"Expected output Tensor of DT_FLOAT.  Got: "
                            f"DT_{tf.as_dtype(values.dtype).name.upper()}")
-  result = regression_pb2.RegressionResult()
-  for value in values.reshape(-1).tolist():
-    result.regressions.add(value=value)
-  return result
-
+  return Regressions(values.reshape(-1))

@@ -9,6 +9,7 @@ import tensorflow as tf
 from tensorflow.core.protobuf import meta_graph_pb2
 
 from serving import clients
+from serving.model_server import inference
 from serving.model_server import json_answers
 from serving.model_server import json_requests
 from serving.model_server.status import ServingError
@@ -20,12 +21,16 @@ def specs(**dtypes):
 
 
 @pytest.mark.parametrize("value, text", [
-    (0.1, "0.1"), (1.0, "1.0"), (-3.0, "-3.0"), (1e-5, "1e-05"), (1e6, "1e+06"),
-    (0.123456789, "0.123456791"), (float("nan"), "NaN"), (float("inf"), "Infinity"),
+    (0.1, "0.1"), (1.0, "1.0"), (-3.0, "-3.0"), (1e-5, "0.00001"), (1e6, "1000000.0"),
+    (0.123456789, "0.12345679"), (float("nan"), "NaN"), (float("inf"), "Infinity"),
     (float("-inf"), "-Infinity"), (0.999882, "0.999882")])
-def test_float32_values_are_written_as_tf_serving_writes_them(value, text):
+def test_float32_values_are_written_as_the_shortest_text_of_the_same_float32(value, text):
+  # TF Serving can write longer text for the same float32 (0.123456791, 1e-05); a reader gets
+  # the same float32 from both, and NaN / Infinity are TF Serving's own words.
   body = json_answers.predict_response({"y": np.array([value], dtype=np.float32)}, False)
   assert body.decode() == '{"outputs":[' + text + "]}"
+  if np.isfinite(value):
+    assert np.float32(json.loads(body)["outputs"][0]) == np.float32(value)
 
 
 def test_written_floats_read_back_to_the_same_float32():
@@ -152,14 +157,27 @@ def test_bad_examples_get_tf_serving_messages(document, message):
 
 
 def test_classify_and_regress_results_are_written_under_results():
-  from tensorflow_serving.apis import classification_pb2, regression_pb2
-  classified = classification_pb2.ClassificationResult()
-  classified.classifications.add().classes.add(label="book_flight", score=0.75)
+  classified = inference.Classifications(
+      classes=np.array([[b"book_flight", b"cancel"], [b"cancel", b"book_flight"]], dtype=object),
+      scores=np.array([[0.75, 0.25], [0.5, 0.125]], dtype=np.float32))
   assert json.loads(json_answers.classify_response(classified)) == {
-      "results": [[["book_flight", 0.75]]]}
-  regressed = regression_pb2.RegressionResult()
-  regressed.regressions.add(value=1.0)
-  regressed.regressions.add(value=0.1)
+      "results": [[["book_flight", 0.75], ["cancel", 0.25]],
+                  [["cancel", 0.5], ["book_flight", 0.125]]]}
+  scores_only = inference.Classifications(classes=None,
+                                          scores=np.array([[0.5, float("nan")]], np.float32))
+  assert json_answers.classify_response(scores_only) == b'{"results":[[["",0.5],["",NaN]]]}'
+  regressed = inference.Regressions(np.array([1.0, 0.1], dtype=np.float32))
   assert json_answers.regress_response(regressed) == b'{"results":[1.0,0.1]}'
   with pytest.raises(ServingError, match="Cannot convert empty RegressionResults to JSON"):
-    json_answers.regress_response(regression_pb2.RegressionResult())
+    json_answers.regress_response(inference.Regressions(np.zeros([0], np.float32)))
+  with pytest.raises(ServingError, match="Cannot convert empty ClassificationResults to JSON"):
+    json_answers.classify_response(inference.Classifications(None, np.zeros([0, 2], np.float32)))
+
+
+def test_classifications_become_the_proto_grpc_answers_with():
+  proto = inference.Classifications(classes=np.array([[b"a", b"b"]], dtype=object),
+                                    scores=np.array([[0.5, 0.25]], np.float32)).to_proto()
+  assert [(c.label, c.score) for c in proto.classifications[0].classes] == [("a", 0.5),
+                                                                              ("b", 0.25)]
+  with pytest.raises(ServingError, match="not UTF-8"):
+    inference.Classifications(classes=np.array([[b"\xff"]], dtype=object), scores=None).to_proto()
