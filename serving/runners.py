@@ -108,12 +108,12 @@ class Runner(abc.ABC):
   backend = ""
 
   def __init__(self, models: Sequence[ServedModel], work_dir: str,
-               max_batch_size: Optional[int] = None):
+               batching_parameters=None):
     if not models:
       raise ValueError("a runner needs at least one model")
     self.models = list(models)
     self.work_dir = work_dir
-    self.max_batch_size = max_batch_size
+    self.batching_parameters = batching_parameters  # a BatchingParameters message: batching on
     self.grpc_port = free_port()
     self.rest_port = free_port()
     while self.rest_port == self.grpc_port:
@@ -143,9 +143,9 @@ class Runner(abc.ABC):
     with open(os.path.join(self.work_dir, "models.config"), "w") as f:
       f.write(config_files.to_text(config))
     flags = [f"--model_config_file={seen_from}/models.config"]
-    if self.max_batch_size is not None:
+    if self.batching_parameters is not None:
       with open(os.path.join(self.work_dir, "batching_parameters.txt"), "w") as f:
-        f.write(config_files.to_text(config_files.batching_parameters(self.max_batch_size)))
+        f.write(config_files.to_text(self.batching_parameters))
       flags += ["--enable_batching", f"--batching_parameters_file={seen_from}/"
                                      f"batching_parameters.txt"]
     return flags
@@ -360,8 +360,8 @@ RUNNERS = {"binary": BinaryRunner, "docker": DockerRunner, "embedded": EmbeddedR
 
 
 def make_runner(backend: str, models: Sequence[ServedModel], work_dir: str,
-                max_batch_size: Optional[int] = None) -> Runner:
-  return RUNNERS[backend](models, work_dir, max_batch_size=max_batch_size)
+                batching_parameters=None) -> Runner:
+  return RUNNERS[backend](models, work_dir, batching_parameters=batching_parameters)
 
 
 class _NotAvailableYet(Exception):

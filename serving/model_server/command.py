@@ -18,9 +18,9 @@ start-up. A start that fails prints the binary's `Failed to start server. Error:
 
 Differences from the real binary, on purpose: it binds 127.0.0.1 unless `--bind_address`
 says otherwise; it refuses REST bodies larger than `--max_request_body_bytes` (413) and gRPC
-messages larger than that (RESOURCE_EXHAUSTED); with `--enable_batching` it enforces the
-batching parameters' max_batch_size but runs each request on its own instead of merging them;
-a base path with no version fails the start at once instead of waiting for one.
+messages larger than that (RESOURCE_EXHAUSTED); under `--enable_batching`, requests whose
+inputs differ past the batch dimension run apart instead of failing the batch they share
+(batching.py); a base path with no version fails the start at once instead of waiting for one.
 """
 
 import signal
@@ -100,11 +100,11 @@ def options_from_flags(values) -> Tuple[model_server_config_pb2.ModelServerConfi
     logging.info("Building single TensorFlow model file config:  model_name: %s "
                  "model_base_path: %s", values.model_name, values.model_base_path)
     config = config_files.single_model_config(values.model_name, values.model_base_path)
-  max_batch_size = None
+  batching_parameters = None
   if values.enable_batching:
-    params = (config_files.read_batching_parameters(values.batching_parameters_file)
-              if values.batching_parameters_file else config_files.BatchingParameters())
-    max_batch_size = config_files.max_batch_size(params)
+    batching_parameters = (
+        config_files.read_batching_parameters(values.batching_parameters_file)
+        if values.batching_parameters_file else config_files.BatchingParameters())
   elif values.batching_parameters_file:
     raise invalid_argument("server_options.batching_parameters_file is set without setting "
                            "server_options.enable_batching to true.")
@@ -123,7 +123,9 @@ def options_from_flags(values) -> Tuple[model_server_config_pb2.ModelServerConfi
       enable_grpc_healthcheck_service=values.enable_grpc_healthcheck_service,
       prometheus_path=_prometheus_path(values))
   core_options = CoreOptions(
-      max_batch_size=max_batch_size, enable_model_warmup=values.enable_model_warmup,
+      batching_parameters=batching_parameters,
+      enable_per_model_batching_parameters=values.enable_per_model_batching_parameters,
+      enable_model_warmup=values.enable_model_warmup,
       num_request_iterations_for_warmup=values.num_request_iterations_for_warmup,
       max_num_load_retries=values.max_num_load_retries,
       load_retry_interval_secs=values.load_retry_interval_micros / 1e6,

@@ -23,9 +23,6 @@ from tensorflow_serving.config import model_server_config_pb2
 
 from serving.model_server.status import ServingError, invalid_argument
 
-# TF Serving's default when batching is on and the parameters leave max_batch_size unset
-# (BatchScheduler QueueOptions.input_batch_size_limit).
-DEFAULT_MAX_BATCH_SIZE = 1000
 PLATFORM = "tensorflow"  # the only platform TF Serving's model config knows
 
 _INT64 = ".google.protobuf.Int64Value"
@@ -196,17 +193,6 @@ def batching_parameters(max_batch_size: int, batch_timeout_micros: int = 1000,
   params.num_batch_threads.value = num_batch_threads
   params.max_enqueued_batches.value = max_enqueued_batches
   return params
-
-
-def max_batch_size(params) -> int:
-  """The largest request TF Serving's batching session accepts under these parameters."""
-  limit = params.max_batch_size.value if params.HasField("max_batch_size") \
-      else DEFAULT_MAX_BATCH_SIZE
-  if params.allowed_batch_sizes and params.allowed_batch_sizes[-1] != limit:
-    raise invalid_argument(
-        f"Last entry in allowed_batch_sizes must match max_batch_size; last entry was "
-        f"{params.allowed_batch_sizes[-1]}; expected {limit}")
-  return limit
 
 
 def to_text(message) -> str:

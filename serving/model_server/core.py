@@ -7,7 +7,8 @@ ones to serve (`loading.aspired_versions`); `manager.VersionManager` loads them 
 polled every --file_system_poll_wait_seconds, so new versions load and removed ones unload,
 and a new config (HandleReloadConfigRequest, or the config file polled every
 --model_config_file_poll_wait_seconds) is applied in full: models missing from it unload. The
-APIs themselves are in `inference.py`; this module resolves which loaded version answers.
+APIs themselves are in `inference.py`; this module resolves which loaded version answers,
+and runs its signatures, through the batch scheduler (`batching.py`) when batching is on.
 
 As the real server does at start-up, `load()` fails when any version fails to load. Unlike the
 real server, a base path with no version to load fails at once instead of waiting forever for
@@ -16,6 +17,8 @@ one to appear, so a bad model dir gives an error, never a hang.
 
 import contextlib
 import dataclasses
+import functools
+import os
 import threading
 from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
@@ -33,6 +36,7 @@ from tensorflow_serving.config import model_server_config_pb2
 
 from export.servable import SERVE_TAG, ServableError
 from export.warmup import DEFAULT_SIGNATURE
+from serving.model_server import batching
 from serving.model_server import config_files
 from serving.model_server import inference
 from serving.model_server import loading
@@ -47,9 +51,11 @@ ModelConfig = model_server_config_pb2.ModelConfig
 
 @dataclasses.dataclass(frozen=True)
 class CoreOptions:
-  """`max_batch_size` is set when batching is on (TF Serving's --enable_batching); the rest
-  are tensorflow_model_server's flags of the same names."""
-  max_batch_size: Optional[int] = None
+  """`batching_parameters` (a BatchingParameters message) is set when batching is on (TF
+  Serving's --enable_batching); the rest are tensorflow_model_server's flags of the same
+  names."""
+  batching_parameters: Optional[object] = None
+  enable_per_model_batching_parameters: bool = False
   enable_model_warmup: bool = True
   num_request_iterations_for_warmup: int = 0
   max_num_load_retries: int = 5
@@ -79,6 +85,12 @@ class ServerCore:
     self._config_lock = threading.RLock()
     self._stopped = threading.Event()
     self._pollers: List[threading.Thread] = []
+    self._scheduler = None
+    self._version_batching: Dict[str, Optional[batching.QueueOptions]] = {}
+    if options.batching_parameters is not None:
+      self._scheduler = batching.BatchScheduler(
+          batching.num_batch_threads(options.batching_parameters, os.cpu_count() or 1),
+          self.metrics)
     loader = loading.VersionLoader(
         loading.LoadOptions(
             tags=options.saved_model_tags, session_config=options.session_config,
@@ -87,7 +99,14 @@ class ServerCore:
             max_num_load_retries=options.max_num_load_retries,
             load_retry_interval_secs=options.load_retry_interval_secs),
         self._call(None), self.metrics)
-    self._manager = VersionManager(loader, options.num_load_threads)
+
+    def load_version(name: str, version: int, path: str):
+      if self._scheduler is not None:
+        self._version_batching[path] = batching.version_options(
+            path, options.batching_parameters, options.enable_per_model_batching_parameters)
+      return loader(name, version, path)
+
+    self._manager = VersionManager(load_version, options.num_load_threads)
 
   @property
   def model_names(self) -> List[str]:
@@ -224,6 +243,8 @@ class ServerCore:
     for thread in self._pollers:
       thread.join(timeout=60)
     self._manager.close()
+    if self._scheduler is not None:
+      self._scheduler.close()
 
   # -- lookup ----------------------------------------------------------------------------------
 
@@ -310,19 +331,14 @@ class ServerCore:
 
   def _run(self, handle: Handle, signature_name: str, inputs: Mapping[str, np.ndarray],
            output_keys: Sequence[str], timeout_ms: Optional[int]) -> Dict[str, np.ndarray]:
-    if self.options.max_batch_size is not None:
-      for array in inputs.values():
-        if array.ndim and array.shape[0] > self.options.max_batch_size:
-          raise invalid_argument(f"Task size {array.shape[0]} is larger than maximum input "
-                                 f"batch size {self.options.max_batch_size}")
-    input_keys = sorted(inputs)
-    try:
-      run = handle.servable.callable(signature_name, input_keys, output_keys, timeout_ms)
-      return dict(zip(output_keys, run(*[inputs[k] for k in input_keys])))
-    except (tf.errors.OpError, ServableError) as e:
-      raise from_tf_error(e) from None
-    except (TypeError, ValueError) as e:  # a feed that numpy/TensorFlow cannot convert
-      raise invalid_argument(f"signature {signature_name}: {e}") from None
+    run = functools.partial(_run_signature, handle.servable, signature_name, output_keys)
+    options = (self._version_batching.get(handle.servable.version_dir)
+               if self._scheduler is not None else None)
+    if options is None:
+      return run(inputs, timeout_ms)
+    return self._scheduler.run(handle.servable,
+                               batching.batch_key(signature_name, inputs, output_keys, options),
+                               options, run, inputs, timeout_ms)
 
   def predict(self, spec: model_pb2.ModelSpec, inputs: Mapping[str, np.ndarray],
               output_filter: Sequence[str] = (), timeout_ms: Optional[int] = None
@@ -349,3 +365,17 @@ class ServerCore:
       raise invalid_argument("MultiInferenceRequest has no tasks")
     with self.handle(request.tasks[0].model_spec) as handle:
       return inference.multi_inference(handle, request, self._call(timeout_ms))
+
+
+def _run_signature(servable, signature_name: str, output_keys: Sequence[str],
+                   inputs: Mapping[str, np.ndarray], timeout_ms: Optional[int]
+                   ) -> Dict[str, np.ndarray]:
+  """One session run of a signature, with the runtime's errors as TF Serving's statuses."""
+  input_keys = sorted(inputs)
+  try:
+    run = servable.callable(signature_name, input_keys, output_keys, timeout_ms)
+    return dict(zip(output_keys, run(*[inputs[k] for k in input_keys])))
+  except (tf.errors.OpError, ServableError) as e:
+    raise from_tf_error(e) from None
+  except (TypeError, ValueError) as e:  # a feed that numpy/TensorFlow cannot convert
+    raise invalid_argument(f"signature {signature_name}: {e}") from None

@@ -3,8 +3,9 @@
 
 Names and labels are TF Serving's (util.cc, prometheus_exporter.cc) and TensorFlow's SavedModel
 loader's: request counts by model and status, request latency (µs) by model, API and entry
-point, recorded for successful requests only as TF Serving does, and SavedModel load attempts
-and latency by model path. Exposition follows TF Serving's exporter: every character outside
+point, recorded for successful requests only as TF Serving does, SavedModel load attempts
+and latency by model path, and the batching session's runs, batch sizes, padding and queuing
+latency. Exposition follows TF Serving's exporter: every character outside
 [A-Za-z0-9_] in a name becomes ':', label-less metrics print `{}`, `# TYPE` lines, no HELP.
 """
 
@@ -17,10 +18,21 @@ REQUEST_COUNT = "/tensorflow/serving/request_count"
 REQUEST_LATENCY = "/tensorflow/serving/request_latency"
 LOAD_ATTEMPT_COUNT = "/tensorflow/cc/saved_model/load_attempt_count"
 LOAD_LATENCY = "/tensorflow/cc/saved_model/load_latency"
+BATCHING_WRAPPED_RUN_COUNT = "/tensorflow/serving/batching_session/wrapped_run_count"
+BATCHING_INPUT_BATCH_SIZE = "/tensorflow/serving/batching_session/input_batch_size"
+BATCHING_PROCESSED_BATCH_SIZE = "/tensorflow/serving/batching_session/processed_batch_size"
+BATCHING_PADDING_SIZE = "/tensorflow/serving/batching_session/padding_size"
+BATCHING_QUEUING_LATENCY = "/tensorflow/serving/batching_session/queuing_latency"
 DEFAULT_PATH = "/monitoring/prometheus/metrics"
 
-# TF Serving's request latency buckets: Exponential(10, 1.8, 33) µs.
+# TF Serving's buckets: request latency Exponential(10, 1.8, 33) µs, batching queuing latency
+# Exponential(100, 1.2, 52) µs, batch and padding sizes Exponential(1, 2, 14).
 _LATENCY_BUCKETS = [10 * 1.8 ** i for i in range(33)]
+_QUEUING_BUCKETS = [100 * 1.2 ** i for i in range(52)]
+_SIZE_BUCKETS = [2.0 ** i for i in range(14)]
+_BUCKETS = {REQUEST_LATENCY: _LATENCY_BUCKETS, BATCHING_QUEUING_LATENCY: _QUEUING_BUCKETS,
+            BATCHING_INPUT_BATCH_SIZE: _SIZE_BUCKETS, BATCHING_PROCESSED_BATCH_SIZE: _SIZE_BUCKETS,
+            BATCHING_PADDING_SIZE: _SIZE_BUCKETS}
 _Labels = Tuple[Tuple[str, str], ...]
 
 
@@ -41,12 +53,13 @@ def _escape(value: str) -> str:
 
 
 class _Histogram:
-  def __init__(self):
-    self.counts = [0] * (len(_LATENCY_BUCKETS) + 1)
+  def __init__(self, buckets: List[float]):
+    self.buckets = buckets
+    self.counts = [0] * (len(buckets) + 1)
     self.total = 0.0
 
   def add(self, value: float) -> None:
-    self.counts[bisect.bisect_left(_LATENCY_BUCKETS, value)] += 1
+    self.counts[bisect.bisect_left(self.buckets, value)] += 1
     self.total += value
 
 
@@ -55,9 +68,10 @@ class Metrics:
 
   def __init__(self):
     self._lock = threading.Lock()
-    self._counters: Dict[str, Dict[_Labels, int]] = {REQUEST_COUNT: {},
-                                                     LOAD_ATTEMPT_COUNT: {}, LOAD_LATENCY: {}}
-    self._histograms: Dict[str, Dict[_Labels, _Histogram]] = {REQUEST_LATENCY: {}}
+    self._counters: Dict[str, Dict[_Labels, int]] = {
+        REQUEST_COUNT: {}, LOAD_ATTEMPT_COUNT: {}, LOAD_LATENCY: {},
+        BATCHING_WRAPPED_RUN_COUNT: {}}
+    self._histograms: Dict[str, Dict[_Labels, _Histogram]] = {name: {} for name in _BUCKETS}
 
   def add(self, metric: str, amount: int = 1, **labels: str) -> None:
     key = tuple(labels.items())
@@ -68,7 +82,10 @@ class Metrics:
   def observe(self, metric: str, value: float, **labels: str) -> None:
     key = tuple(labels.items())
     with self._lock:
-      self._histograms[metric].setdefault(key, _Histogram()).add(value)
+      cells = self._histograms[metric]
+      if key not in cells:
+        cells[key] = _Histogram(_BUCKETS[metric])
+      cells[key].add(value)
 
   def request(self, model_name: str, status: str, api: str, entrypoint: str,
               latency_micros: float) -> None:
@@ -100,7 +117,7 @@ class Metrics:
           lines.append(f"# TYPE {name} histogram")
           for labels, histogram in cells.items():
             cumulative = 0
-            for limit, count in zip(_LATENCY_BUCKETS + [None], histogram.counts):
+            for limit, count in zip(histogram.buckets + [None], histogram.counts):
               cumulative += count
               bound = "+Inf" if limit is None else f"{limit:g}"
               bucket = _label_text(labels, 'le="' + bound + '"')

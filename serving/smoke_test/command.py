@@ -17,6 +17,8 @@ from lineage import query
 from lineage import store as lineage_store
 from lineage.record import Recorder
 from serving import runners
+from serving.model_server import config_files
+from serving.model_server.status import ServingError
 from serving.smoke_test import recorded
 from serving.smoke_test.verdict import BLESSED, NOT_BLESSED, Verdict, run_smoke_test
 
@@ -40,8 +42,10 @@ def define_flags() -> None:
   flags.DEFINE_integer("latency_requests", 50, "Requests per latency figure.")
   flags.DEFINE_float("deadline_secs", 300, "Time the server has to make the model AVAILABLE.")
   flags.DEFINE_integer("num_tries", 5, "Server starts to try before giving up.")
-  flags.DEFINE_integer("max_batch_size", 0, "When > 0, start the server with batching on and "
-                       "this max_batch_size.")
+  flags.DEFINE_string("batching_parameters_file", None, "Start the server with "
+                      "--enable_batching and this BatchingParameters file (for example "
+                      "serving/docker/batching_parameters.txt, or what serving.tune_batching "
+                      "wrote).")
   lineage_store.define_flags()
   flags.mark_flags_as_required(["model_base_path", "model_name"])
 
@@ -50,11 +54,16 @@ def main(argv: List[str]) -> int:
   if len(argv) > 1:
     raise app.UsageError(f"unknown argument: {argv[1]}")
   values = flags.FLAGS
+  if values.batching_parameters_file:
+    try:
+      config_files.read_batching_parameters(values.batching_parameters_file)
+    except ServingError as e:
+      raise app.UsageError(f"--batching_parameters_file: {e.message}") from None
   arguments = dict(backend=values.backend, target=values.target,
                    rest_target=values.rest_target, examples_file=values.examples_file,
                    batch_size=values.batch_size, latency_requests=values.latency_requests,
                    deadline_secs=values.deadline_secs, num_tries=values.num_tries,
-                   max_batch_size=values.max_batch_size or None)
+                   batching_parameters_file=values.batching_parameters_file)
   if values.metadata_db or values.mysql_host:
     verdict = _smoke_test_recorded(values, arguments)
   else:

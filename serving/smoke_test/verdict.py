@@ -35,6 +35,7 @@ from serving import probes as probes_lib
 from serving import runners
 from serving.clients import REQUEST_ERRORS, GrpcClient, ModelClient, RestClient, error_text
 from serving.errors import ServerStartError, SmokeTestError
+from serving.model_server import config_files
 from serving.smoke_test import checks as checks_lib
 from serving.smoke_test.checks import Check
 
@@ -78,7 +79,7 @@ def default_output_dir(model_base_path: str) -> str:
 
 
 def _start(backend: str, model_name: str, model_base_path: str, output_dir: str,
-           max_batch_size: Optional[int], deadline_secs: float, num_tries: int, log):
+           batching_parameters, deadline_secs: float, num_tries: int, log):
   """A started runner and the model's AVAILABLE versions; retries a server that does not come
   up (a port taken meanwhile, a slow machine), never a model that fails to load."""
   numbers = itertools.count(1)
@@ -86,7 +87,8 @@ def _start(backend: str, model_name: str, model_base_path: str, output_dir: str,
   def attempt():
     runner = runners.make_runner(
         backend, [runners.ServedModel(model_name, model_base_path)],
-        os.path.join(output_dir, f"server-{next(numbers)}"), max_batch_size=max_batch_size)
+        os.path.join(output_dir, f"server-{next(numbers)}"),
+        batching_parameters=batching_parameters)
     try:
       runner.start()
       versions = runners.wait_until_available(runner.grpc_target, runner.model_names,
@@ -112,18 +114,21 @@ def run_smoke_test(model_base_path: str, model_name: str, output_dir: Optional[s
                    rest_target: Optional[str] = None, examples_file: Optional[str] = None,
                    batch_size: int = 8, latency_requests: int = 50,
                    deadline_secs: float = 300.0, num_tries: int = 5,
-                   max_batch_size: Optional[int] = None, rtol: float = 1e-4,
+                   batching_parameters_file: Optional[str] = None, rtol: float = 1e-4,
                    atol: float = 1e-5, expected_version: Optional[int] = None,
                    log=print) -> Verdict:
   """Serves (or reaches) the model, checks every signature, writes and returns the verdict.
 
-  With `expected_version`, a server that serves any other version does not bless it.
+  With `expected_version`, a server that serves any other version does not bless it. With
+  `batching_parameters_file`, the started server batches requests as that file says.
   """
   if batch_size < 1 or latency_requests < 1 or num_tries < 1:
     raise ValueError("batch_size, latency_requests and num_tries must be >= 1")
   for name, value in (("target", target), ("rest_target", rest_target)):
     if value and not value.rsplit(":", 1)[-1].isdigit():
       raise ValueError(f"{name} must be host:port, got {value!r}")
+  batching = (config_files.read_batching_parameters(batching_parameters_file)
+              if batching_parameters_file else None)
   started = time.monotonic()
   output_dir = output_dir or default_output_dir(model_base_path)
   verdict = Verdict(False, model_name, model_base_path, TARGET_BACKEND if target else "",
@@ -140,7 +145,7 @@ def run_smoke_test(model_base_path: str, model_name: str, output_dir: Optional[s
       verdict.backend = runners.choose_backend(backend)
       log(f"backend: {verdict.backend}")
       runner, versions = _start(verdict.backend, model_name, model_base_path, output_dir,
-                                max_batch_size, deadline_secs, num_tries, log)
+                                batching, deadline_secs, num_tries, log)
       verdict.grpc_target, verdict.rest_target = runner.grpc_target, runner.rest_target
     verdict.version = max(versions)
     if expected_version is not None and verdict.version != expected_version:

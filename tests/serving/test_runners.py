@@ -9,6 +9,7 @@ from absl import flags
 
 from serving import runners
 from serving.errors import ModelLoadError, ServerStartError
+from serving.model_server import batching
 from serving.model_server import command as model_server_command
 from serving.model_server import config_files
 from serving.smoke_test import verdict as smoke_test
@@ -28,9 +29,12 @@ def flag_map(command):
 
 
 def test_every_process_runner_passes_tf_serving_flags_and_the_same_config(tmp_path):
-  binary = runners.BinaryRunner(models("/data"), str(tmp_path / "b"), max_batch_size=16,
+  batching = config_files.batching_parameters(16, batch_timeout_micros=500)
+  binary = runners.BinaryRunner(models("/data"), str(tmp_path / "b"),
+                                batching_parameters=batching,
                                 binary="/opt/tfs/tensorflow_model_server")
-  embedded = runners.EmbeddedRunner(models("/data"), str(tmp_path / "e"), max_batch_size=16)
+  embedded = runners.EmbeddedRunner(models("/data"), str(tmp_path / "e"),
+                                    batching_parameters=batching)
   binary_command, embedded_command = binary.command(), embedded.command()
   assert binary_command[0] == "/opt/tfs/tensorflow_model_server"
   assert embedded_command[:3] == [sys.executable, "-m", "serving.model_server"]
@@ -47,13 +51,14 @@ def test_every_process_runner_passes_tf_serving_flags_and_the_same_config(tmp_pa
     assert list(entries["other"].model_version_policy.specific.versions) == [3, 5]
     assert all(m.model_platform == "tensorflow" for m in entries.values())
     params = config_files.read_batching_parameters(given["--batching_parameters_file"])
-    assert config_files.max_batch_size(params) == 16
+    assert params == batching
     assert runner.grpc_target == f"127.0.0.1:{runner.grpc_port}"
   assert set(flag_map(binary_command)) == set(flag_map(embedded_command))
 
 
 def test_the_embedded_server_accepts_exactly_what_its_runner_passes(tmp_path):
-  runner = runners.EmbeddedRunner(models("/data"), str(tmp_path), max_batch_size=8)
+  runner = runners.EmbeddedRunner(models("/data"), str(tmp_path),
+                                  batching_parameters=config_files.batching_parameters(8))
   values = flags.FlagValues()
   model_server_command.define_flags(values)
   values(["model_server", *runner.command()[3:]])
@@ -61,7 +66,8 @@ def test_the_embedded_server_accepts_exactly_what_its_runner_passes(tmp_path):
   assert [m.name for m in config.model_config_list.config] == ["intent", "other"]
   assert options.grpc_port == runner.grpc_port and options.rest_api_port == runner.rest_port
   assert options.bind_address == "127.0.0.1"
-  assert core_options.max_batch_size == 8 and core_options.max_num_load_retries == 0
+  assert core_options.batching_parameters.max_batch_size.value == 8
+  assert core_options.max_num_load_retries == 0
 
 
 def test_the_docker_runner_maps_loopback_ports_and_mounts_models_read_only(tmp_path):
@@ -156,7 +162,7 @@ def test_the_docker_deployment_files_are_valid_tf_serving_configs():
   (model,) = config.model_config_list.config
   params = config_files.read_batching_parameters(
       os.path.join(docker_dir, "batching_parameters.txt"))
-  assert config_files.max_batch_size(params) == 32
+  assert batching.QueueOptions.from_params(params).max_batch_size == 32
   with open(os.path.join(docker_dir, "Dockerfile")) as f:
     dockerfile = f.read()
   assert f"FROM {runners.DOCKER_IMAGE}\n" in dockerfile

@@ -1,6 +1,8 @@
 """8 concurrent clients x 500 requests, mixed REST and gRPC, against the embedded server run
-as TF Serving would be (its own process): no error, every answer the in-process one."""
+as TF Serving would be (its own process), batching off and on: no error, every answer the
+in-process one."""
 
+import os
 import posixpath
 from concurrent import futures
 
@@ -11,6 +13,7 @@ import tensorflow as tf
 from export.servable import SessionServable
 from serving import runners
 from serving.clients import RestClient
+from serving.model_server import config_files
 from tests.serving.helpers import (TEXTS, classify_answer, classify_request, grpc_stubs,
                                    object_array, predict_request, rest, serialized)
 
@@ -22,11 +25,17 @@ REQUESTS_PER_CLIENT = 500
 KINDS = ("rest_predict", "rest_classify", "grpc_classify", "grpc_predict")
 
 
-@pytest.fixture(scope="module")
-def running(trained, tmp_path_factory):
+@pytest.fixture(scope="module", params=["unbatched", "batched"])
+def running(request, trained, tmp_path_factory):
+  """The server as deployed: on its own, and batching as the Docker deployment's file says."""
+  batching_parameters = None
+  if request.param == "batched":
+    batching_parameters = config_files.read_batching_parameters(
+        os.path.join(os.path.dirname(os.path.abspath(runners.__file__)), "docker",
+                     "batching_parameters.txt"))
   runner = runners.EmbeddedRunner(
       [runners.ServedModel("intent", posixpath.dirname(trained.export_dir))],
-      str(tmp_path_factory.mktemp("concurrency")))
+      str(tmp_path_factory.mktemp("concurrency")), batching_parameters=batching_parameters)
   runner.start()
   try:
     runners.wait_until_available(runner.grpc_target, ["intent"], 120, runner.check_alive)

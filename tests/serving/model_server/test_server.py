@@ -45,7 +45,8 @@ def version(trained):
 def server(base_path):
   config = config_files.single_model_config("intent", base_path)
   options = ServerOptions(grpc_port=0, rest_api_port=0, max_request_body_bytes=MAX_BODY)
-  with ModelServer(config, options, CoreOptions(max_batch_size=MAX_BATCH)) as started:
+  batching = config_files.batching_parameters(MAX_BATCH)
+  with ModelServer(config, options, CoreOptions(batching_parameters=batching)) as started:
     yield started
 
 
