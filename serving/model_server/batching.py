@@ -30,6 +30,7 @@ import math
 import threading
 import time
 import weakref
+from concurrent import futures
 from typing import Callable, Deque, Dict, Hashable, List, Mapping, Optional, Sequence, Tuple
 
 import grpc
@@ -136,16 +137,14 @@ def version_options(version_dir: str, params, per_model: bool) -> Optional[Queue
 
 class _Task:
   """One request (or, with large-batch splitting, one piece of one) waiting for its rows."""
-  __slots__ = ("inputs", "size", "deadline", "enqueued", "done", "outputs", "error")
+  __slots__ = ("inputs", "size", "deadline", "enqueued", "future")
 
   def __init__(self, inputs: Mapping[str, np.ndarray], size: int, deadline: Optional[float]):
     self.inputs = inputs
     self.size = size
     self.deadline = deadline
     self.enqueued = time.monotonic()
-    self.done = threading.Event()
-    self.outputs: Optional[Dict[str, np.ndarray]] = None
-    self.error: Optional[ServingError] = None
+    self.future: "futures.Future[Dict[str, np.ndarray]]" = futures.Future()
 
 
 class _Batch:
@@ -224,8 +223,14 @@ class BatchScheduler:
 
   def run(self, version: object, key: Hashable, options: QueueOptions, run: RunBatch,
           inputs: Mapping[str, np.ndarray], timeout_ms: Optional[int]) -> Dict[str, np.ndarray]:
-    """Runs `inputs` in a batch of `version`'s queue `key` and returns its rows of the
-    outputs; raises the batch's error, or the scheduler's refusal."""
+    """`submit`, then wait for the answer on this thread."""
+    return self.submit(version, key, options, run, inputs, timeout_ms).result()
+
+  def submit(self, version: object, key: Hashable, options: QueueOptions, run: RunBatch,
+             inputs: Mapping[str, np.ndarray], timeout_ms: Optional[int]
+             ) -> "futures.Future[Dict[str, np.ndarray]]":
+    """Queues `inputs` in a batch of `version`'s queue `key`; the future holds this request's
+    rows of the outputs, or the batch's error. Raises the scheduler's refusals at once."""
     size = task_size(inputs)
     deadline = time.monotonic() + timeout_ms / 1e3 if timeout_ms else None
     if size > options.max_batch_size:
@@ -239,15 +244,9 @@ class BatchScheduler:
         queue = self._queues[version][key] = _Queue(options)
       tasks = self._enqueue(queue, run, inputs, size, deadline)
       self._cond.notify_all()
-    for task in tasks:
-      task.done.wait()
-    failed = next((t.error for t in tasks if t.error is not None), None)
-    if failed is not None:
-      raise failed
     if len(tasks) == 1:
-      return tasks[0].outputs
-    return {name: np.concatenate([t.outputs[name] for t in tasks])
-            for name in tasks[0].outputs}
+      return tasks[0].future
+    return _joined([t.future for t in tasks])
 
   def _enqueue(self, queue: _Queue, run: RunBatch, inputs: Mapping[str, np.ndarray],
                size: int, deadline: Optional[float]) -> List[_Task]:
@@ -342,13 +341,13 @@ class BatchScheduler:
       inputs, padding = _merge(tasks, options, self._metrics)
       self._metrics.add(monitoring.BATCHING_WRAPPED_RUN_COUNT)
       outputs = batch.run(inputs, timeout_ms)
-      _split(outputs, tasks, batch.size + padding)
-    except ServingError as error:
+      answers = _split(outputs, tasks, batch.size + padding)
+    except BaseException as error:  # the run's error, or a bug: each request fails with it
       for task in tasks:
-        task.error = error
-    finally:
-      for task in tasks:
-        task.done.set()
+        task.future.set_exception(error)
+    else:
+      for task, answer in zip(tasks, answers):
+        task.future.set_result(answer)
 
   def close(self) -> None:
     """Runs what is queued, then stops the threads."""
@@ -401,8 +400,10 @@ def _pad_to_common_shape(parts: List[np.ndarray]) -> List[np.ndarray]:
   return padded
 
 
-def _split(outputs: Mapping[str, np.ndarray], tasks: Sequence[_Task], rows: int) -> None:
-  for name, array in outputs.items():
+def _split(outputs: Mapping[str, np.ndarray], tasks: Sequence[_Task], rows: int
+           ) -> List[Dict[str, np.ndarray]]:
+  """Each request's rows of the batch's outputs, padding rows dropped."""
+  for array in outputs.values():
     if array.ndim == 0:
       raise ServingError(grpc.StatusCode.FAILED_PRECONDITION,
                          "Batched output tensor has 0 dimensions")
@@ -411,9 +412,34 @@ def _split(outputs: Mapping[str, np.ndarray], tasks: Sequence[_Task], rows: int)
                          "Batched output tensor's 0th dimension does not equal the sum of the "
                          "0th dimension sizes of the input tensors")
   if len(tasks) == 1 and rows == tasks[0].size:
-    tasks[0].outputs = dict(outputs)
-    return
-  start = 0
+    return [dict(outputs)]
+  answers, start = [], 0
   for task in tasks:
-    task.outputs = {name: array[start:start + task.size] for name, array in outputs.items()}
+    answers.append({name: array[start:start + task.size] for name, array in outputs.items()})
     start += task.size
+  return answers
+
+
+def _joined(pieces: Sequence["futures.Future[Dict[str, np.ndarray]]"]
+            ) -> "futures.Future[Dict[str, np.ndarray]]":
+  """One future for a split request: its pieces' rows in order, or the first error."""
+  joined: "futures.Future[Dict[str, np.ndarray]]" = futures.Future()
+  remaining = [len(pieces)]
+  lock = threading.Lock()
+
+  def piece_done(_):
+    with lock:
+      remaining[0] -= 1
+      if remaining[0]:
+        return
+    failed = next((p.exception() for p in pieces if p.exception() is not None), None)
+    if failed is not None:
+      joined.set_exception(failed)
+    else:
+      answers = [p.result() for p in pieces]
+      joined.set_result({name: np.concatenate([a[name] for a in answers])
+                         for name in answers[0]})
+
+  for piece in pieces:
+    piece.add_done_callback(piece_done)
+  return joined

@@ -20,6 +20,7 @@ import dataclasses
 import functools
 import os
 import threading
+from concurrent import futures
 from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import grpc
@@ -40,6 +41,7 @@ from serving.model_server import batching
 from serving.model_server import config_files
 from serving.model_server import inference
 from serving.model_server import loading
+from serving.model_server import memory
 from serving.model_server import tensors
 from serving.model_server.manager import Handle, State, VersionManager, load_failure
 from serving.model_server.monitoring import Metrics
@@ -91,6 +93,7 @@ class ServerCore:
       self._scheduler = batching.BatchScheduler(
           batching.num_batch_threads(options.batching_parameters, os.cpu_count() or 1),
           self.metrics)
+    self._checks = inference.Checks(options.enable_signature_method_name_check, options.limits)
     loader = loading.VersionLoader(
         loading.LoadOptions(
             tags=options.saved_model_tags, session_config=options.session_config,
@@ -98,7 +101,7 @@ class ServerCore:
             warmup_iterations=max(options.num_request_iterations_for_warmup, 1),
             max_num_load_retries=options.max_num_load_retries,
             load_retry_interval_secs=options.load_retry_interval_secs),
-        self._call(None), self.metrics)
+        self._checks, self.run_session, self.metrics)
 
     def load_version(name: str, version: int, path: str):
       if self._scheduler is not None:
@@ -106,7 +109,13 @@ class ServerCore:
             path, options.batching_parameters, options.enable_per_model_batching_parameters)
       return loader(name, version, path)
 
-    self._manager = VersionManager(load_version, options.num_load_threads)
+    self._manager = VersionManager(load_version, options.num_load_threads,
+                                   changed=memory.freeze_loaded)
+
+  @property
+  def batching(self) -> bool:
+    """Whether requests run through the batch scheduler (--enable_batching)."""
+    return self._scheduler is not None
 
   @property
   def model_names(self) -> List[str]:
@@ -325,46 +334,82 @@ class ServerCore:
 
   # -- inference -------------------------------------------------------------------------------
 
-  def _call(self, timeout_ms: Optional[int]) -> inference.Call:
-    return inference.Call(self._run, timeout_ms, self.options.enable_signature_method_name_check,
-                          self.options.limits)
+  def run_session(self, run: inference.SessionRun, timeout_ms: Optional[int] = None
+                  ) -> inference.Outputs:
+    """Runs what an API needs on this thread: in a batch when its version batches."""
+    future = self.submit(run, timeout_ms)
+    if future is not None:
+      return future.result()
+    return _run_signature(run.handle.servable, run.signature, run.output_keys, run.inputs,
+                          timeout_ms)
 
-  def _run(self, handle: Handle, signature_name: str, inputs: Mapping[str, np.ndarray],
-           output_keys: Sequence[str], timeout_ms: Optional[int]) -> Dict[str, np.ndarray]:
-    run = functools.partial(_run_signature, handle.servable, signature_name, output_keys)
-    options = (self._version_batching.get(handle.servable.version_dir)
+  def submit(self, run: inference.SessionRun, timeout_ms: Optional[int] = None
+             ) -> Optional["futures.Future[inference.Outputs]"]:
+    """Queues the run in its version's batch queue; None when that version runs unbatched
+    (then `run_session` runs it)."""
+    servable = run.handle.servable
+    options = (self._version_batching.get(servable.version_dir)
                if self._scheduler is not None else None)
     if options is None:
-      return run(inputs, timeout_ms)
-    return self._scheduler.run(handle.servable,
-                               batching.batch_key(signature_name, inputs, output_keys, options),
-                               options, run, inputs, timeout_ms)
+      return None
+    return self._scheduler.submit(
+        servable, batching.batch_key(run.signature, run.inputs, run.output_keys, options),
+        options, functools.partial(_run_signature, servable, run.signature, run.output_keys),
+        run.inputs, timeout_ms)
+
+  def answer(self, steps: inference.Steps, timeout_ms: Optional[int] = None):
+    """Drives an API's steps (the `*_steps` methods) on this thread."""
+    return inference.run_steps(steps, lambda run: self.run_session(run, timeout_ms))
+
+  # Each API as steps (inference.py), holding its version until the answer is built.
+
+  def predict_steps(self, spec: model_pb2.ModelSpec, inputs: Mapping[str, np.ndarray],
+                    output_filter: Sequence[str] = ()
+                    ) -> inference.Steps[Tuple[model_pb2.ModelSpec, inference.Outputs]]:
+    with self.handle(spec) as handle:
+      return (yield from inference.predict(handle, spec.signature_name, inputs, output_filter,
+                                           self._checks))
+
+  def classify_steps(self, spec: model_pb2.ModelSpec, examples: Sequence[bytes]
+                     ) -> inference.Steps[Tuple[model_pb2.ModelSpec,
+                                                inference.Classifications]]:
+    with self.handle(spec) as handle:
+      return (yield from inference.classify(handle, spec.signature_name, examples,
+                                            self._checks))
+
+  def regress_steps(self, spec: model_pb2.ModelSpec, examples: Sequence[bytes]
+                    ) -> inference.Steps[Tuple[model_pb2.ModelSpec, inference.Regressions]]:
+    with self.handle(spec) as handle:
+      return (yield from inference.regress(handle, spec.signature_name, examples,
+                                           self._checks))
+
+  def multi_inference_steps(self, request: inference_pb2.MultiInferenceRequest
+                            ) -> inference.Steps[inference_pb2.MultiInferenceResponse]:
+    if not request.tasks:
+      raise invalid_argument("MultiInferenceRequest has no tasks")
+    with self.handle(request.tasks[0].model_spec) as handle:
+      return (yield from inference.multi_inference(handle, request, self._checks))
+
+  # The same APIs answered on the calling thread.
 
   def predict(self, spec: model_pb2.ModelSpec, inputs: Mapping[str, np.ndarray],
               output_filter: Sequence[str] = (), timeout_ms: Optional[int] = None
-              ) -> Tuple[model_pb2.ModelSpec, Dict[str, np.ndarray]]:
-    with self.handle(spec) as handle:
-      return inference.predict(handle, spec.signature_name, inputs, output_filter,
-                               self._call(timeout_ms))
+              ) -> Tuple[model_pb2.ModelSpec, inference.Outputs]:
+    return self.answer(self.predict_steps(spec, inputs, output_filter), timeout_ms)
 
   def classify(self, spec: model_pb2.ModelSpec, examples: Sequence[bytes],
                timeout_ms: Optional[int] = None
                ) -> Tuple[model_pb2.ModelSpec, inference.Classifications]:
-    with self.handle(spec) as handle:
-      return inference.classify(handle, spec.signature_name, examples, self._call(timeout_ms))
+    return self.answer(self.classify_steps(spec, examples), timeout_ms)
 
   def regress(self, spec: model_pb2.ModelSpec, examples: Sequence[bytes],
               timeout_ms: Optional[int] = None
               ) -> Tuple[model_pb2.ModelSpec, inference.Regressions]:
-    with self.handle(spec) as handle:
-      return inference.regress(handle, spec.signature_name, examples, self._call(timeout_ms))
+    return self.answer(self.regress_steps(spec, examples), timeout_ms)
 
   def multi_inference(self, request: inference_pb2.MultiInferenceRequest,
                       timeout_ms: Optional[int] = None) -> inference_pb2.MultiInferenceResponse:
-    if not request.tasks:
-      raise invalid_argument("MultiInferenceRequest has no tasks")
-    with self.handle(request.tasks[0].model_spec) as handle:
-      return inference.multi_inference(handle, request, self._call(timeout_ms))
+    return self.answer(self.multi_inference_steps(request), timeout_ms)
 
 
 def _run_signature(servable, signature_name: str, output_keys: Sequence[str],

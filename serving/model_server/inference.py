@@ -1,14 +1,17 @@
 """TF Serving's Predict / Classify / Regress / MultiInference on one loaded version: the
 checks each API makes, in the binary's order and words, and the results it builds.
 
-Each takes a `Call`: how this request runs a signature (ServerCore's session run, which
-enforces the batching limit, with the request's deadline) and whether signatures' method
-names are checked (--enable_signature_method_name_check). Warmup replay and requests go
-through the same path.
+Each API is a generator: it makes its checks, yields the `SessionRun` it needs, receives the
+run's outputs and returns its answer. Whoever drives it decides where the session runs:
+`run_steps` on the calling thread (gRPC handlers, warmup replay), `run_steps_async` from an
+event loop that must not block while a batch forms (REST). So one copy of TF Serving's rules
+serves every caller. `Checks` are the settings they obey: whether signatures' method names
+are checked (--enable_signature_method_name_check) and the request size limits.
 """
 
 import dataclasses
-from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import (Awaitable, Callable, Dict, Generator, List, Mapping, Optional, Sequence,
+                    Tuple, TypeVar)
 
 import grpc
 import numpy as np
@@ -29,21 +32,57 @@ CLASSIFY_METHOD = tf.saved_model.CLASSIFY_METHOD_NAME
 REGRESS_METHOD = tf.saved_model.REGRESS_METHOD_NAME
 PREDICT_METHOD = tf.saved_model.PREDICT_METHOD_NAME
 
-# (handle, signature, inputs, output keys, timeout in ms or None) -> outputs
-RunSignature = Callable[[Handle, str, Mapping[str, np.ndarray], Sequence[str], Optional[int]],
-                        Dict[str, np.ndarray]]
+Outputs = Dict[str, np.ndarray]
+Answer = TypeVar("Answer")
 
 
 @dataclasses.dataclass(frozen=True)
-class Call:
-  run: RunSignature
-  timeout_ms: Optional[int] = None
+class SessionRun:
+  """One run an API needs: a signature of a loaded version, on these inputs, these outputs."""
+  handle: Handle
+  signature: str
+  inputs: Mapping[str, np.ndarray]
+  output_keys: Sequence[str]
+
+
+Steps = Generator[SessionRun, Outputs, Answer]
+
+
+@dataclasses.dataclass(frozen=True)
+class Checks:
   check_method_name: bool = False
   limits: tensors.Limits = tensors.Limits()
 
-  def __call__(self, handle: Handle, signature: str, inputs: Mapping[str, np.ndarray],
-               output_keys: Sequence[str]) -> Dict[str, np.ndarray]:
-    return self.run(handle, signature, inputs, output_keys, self.timeout_ms)
+
+def run_steps(steps: Steps, run: Callable[[SessionRun], Outputs]) -> Answer:
+  """Drives an API on this thread, running each session run it asks for with `run`."""
+  try:
+    needed = next(steps)
+    while True:
+      try:
+        outputs = run(needed)
+      except BaseException as error:  # raised where the API asked, so its `with` blocks unwind
+        needed = steps.throw(error)
+      else:
+        needed = steps.send(outputs)
+  except StopIteration as done:
+    return done.value
+
+
+async def run_steps_async(steps: Steps, run: Callable[[SessionRun], Awaitable[Outputs]]
+                          ) -> Answer:
+  """`run_steps` from an event loop: `run` is awaited."""
+  try:
+    needed = next(steps)
+    while True:
+      try:
+        outputs = await run(needed)
+      except BaseException as error:
+        needed = steps.throw(error)
+      else:
+        needed = steps.send(outputs)
+  except StopIteration as done:
+    return done.value
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,15 +143,15 @@ def model_spec(handle: Handle, signature_name: str) -> model_pb2.ModelSpec:
 
 
 def predict(handle: Handle, signature_name: str, inputs: Mapping[str, np.ndarray],
-            output_filter: Sequence[str], call: Call
-            ) -> Tuple[model_pb2.ModelSpec, Dict[str, np.ndarray]]:
+            output_filter: Sequence[str], checks: Checks
+            ) -> Steps[Tuple[model_pb2.ModelSpec, Outputs]]:
   name = signature_name or DEFAULT_SIGNATURE
   signatures = handle.servable.signatures
   if name not in signatures:
     raise ServingError(grpc.StatusCode.FAILED_PRECONDITION,
                        f'Serving signature key "{name}" not found.')
   signature = signatures[name]
-  if call.check_method_name and signature.method_name not in (
+  if checks.check_method_name and signature.method_name not in (
       PREDICT_METHOD, CLASSIFY_METHOD, REGRESS_METHOD):
     raise ServingError(grpc.StatusCode.INTERNAL,
                        f"Expected prediction signature method_name to be one of "
@@ -120,37 +159,38 @@ def predict(handle: Handle, signature_name: str, inputs: Mapping[str, np.ndarray
                        f"{signature.method_name}")
   _check_predict_inputs(signature, inputs)
   output_keys = _output_keys(signature, output_filter)
-  outputs = call(handle, name, tensors.decode_inputs(inputs, call.limits), output_keys)
+  outputs = yield SessionRun(handle, name, tensors.decode_inputs(inputs, checks.limits),
+                             output_keys)
   return model_spec(handle, name), outputs
 
 
-def classify(handle: Handle, signature_name: str, examples: Sequence[bytes], call: Call
-             ) -> Tuple[model_pb2.ModelSpec, Classifications]:
+def classify(handle: Handle, signature_name: str, examples: Sequence[bytes], checks: Checks
+             ) -> Steps[Tuple[model_pb2.ModelSpec, Classifications]]:
   name = signature_name or DEFAULT_SIGNATURE
   signature = _find_signature(handle, name)
-  _check_method_name(call, signature, CLASSIFY_METHOD, "classification")
+  _check_method_name(checks, signature, CLASSIFY_METHOD, "classification")
   input_key, classes_key, scores_key = _classification_keys(signature)
   batch = _examples_tensor(examples)
   keys = [k for k in (classes_key, scores_key) if k]
-  outputs = call(handle, name, {input_key: batch}, keys)
+  outputs = yield SessionRun(handle, name, {input_key: batch}, keys)
   classes = outputs.get(classes_key) if classes_key else None
   scores = outputs.get(scores_key) if scores_key else None
   return model_spec(handle, name), _classification_result(len(batch), classes, scores)
 
 
-def regress(handle: Handle, signature_name: str, examples: Sequence[bytes], call: Call
-            ) -> Tuple[model_pb2.ModelSpec, Regressions]:
+def regress(handle: Handle, signature_name: str, examples: Sequence[bytes], checks: Checks
+            ) -> Steps[Tuple[model_pb2.ModelSpec, Regressions]]:
   name = signature_name or DEFAULT_SIGNATURE
   signature = _find_signature(handle, name)
-  _check_method_name(call, signature, REGRESS_METHOD, "regression")
+  _check_method_name(checks, signature, REGRESS_METHOD, "regression")
   input_key, output_key = _regression_keys(signature)
   batch = _examples_tensor(examples)
-  values = call(handle, name, {input_key: batch}, [output_key])[output_key]
+  values = (yield SessionRun(handle, name, {input_key: batch}, [output_key]))[output_key]
   return model_spec(handle, name), _regression_result(len(batch), values)
 
 
-def multi_inference(handle: Handle, request: inference_pb2.MultiInferenceRequest, call: Call
-                    ) -> inference_pb2.MultiInferenceResponse:
+def multi_inference(handle: Handle, request: inference_pb2.MultiInferenceRequest,
+                    checks: Checks) -> Steps[inference_pb2.MultiInferenceResponse]:
   seen = set()
   for task in request.tasks:
     if not task.model_spec.name:
@@ -170,10 +210,12 @@ def multi_inference(handle: Handle, request: inference_pb2.MultiInferenceRequest
   for task in request.tasks:
     result = response.results.add()
     if task.method_name == CLASSIFY_METHOD:
-      spec, answer = classify(handle, task.model_spec.signature_name, examples, call)
+      spec, answer = yield from classify(handle, task.model_spec.signature_name, examples,
+                                         checks)
       result.classification_result.CopyFrom(answer.to_proto())
     elif task.method_name == REGRESS_METHOD:
-      spec, answer = regress(handle, task.model_spec.signature_name, examples, call)
+      spec, answer = yield from regress(handle, task.model_spec.signature_name, examples,
+                                        checks)
       result.regression_result.CopyFrom(answer.to_proto())
     else:
       raise ServingError(grpc.StatusCode.UNIMPLEMENTED,
@@ -182,9 +224,9 @@ def multi_inference(handle: Handle, request: inference_pb2.MultiInferenceRequest
   return response
 
 
-def _check_method_name(call: Call, signature: meta_graph_pb2.SignatureDef, expected: str,
+def _check_method_name(checks: Checks, signature: meta_graph_pb2.SignatureDef, expected: str,
                        kind: str) -> None:
-  if call.check_method_name and signature.method_name != expected:
+  if checks.check_method_name and signature.method_name != expected:
     raise invalid_argument(f"Expected {kind} signature method_name to be {expected}. Was: "
                            f"{signature.method_name}")
 

@@ -170,14 +170,11 @@ def classify_response(result) -> bytes:
                             zip(row, _float_texts(scores[i]))) + "]"
              for i, row in enumerate(labels)]
     return _encode('{"results":[' + ",".join(items) + "]}")
-  pairs = np.empty((size, count, 2), dtype=object)
-  pairs[..., 0] = labels
-  # numpy float32 scalars, which orjson writes as float32 text, not Python's float64 one.
   if scores is None:
-    pairs[..., 1] = np.float32(0.0)
-  else:
-    pairs[..., 1] = np.array(list(scores.reshape(-1)), dtype=object).reshape(size, count)
-  return orjson.dumps({"results": pairs.tolist()}, option=_NUMPY)
+    scores = np.zeros((size, count), dtype=np.float32)
+  # Iterating a float32 row gives numpy float32 scalars, which orjson writes as float32 text.
+  return orjson.dumps({"results": [list(zip(row, scores[i])) for i, row in enumerate(labels)]},
+                      option=_NUMPY)
 
 
 def regress_response(result) -> bytes:

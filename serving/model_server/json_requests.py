@@ -115,6 +115,11 @@ def _b64_decode(value) -> bytes:
     raise invalid_argument("Unable to base64 decode") from None
 
 
+# Made once: json.loads with hooks builds a decoder per call, a fifth of a small body's parse.
+_DECODER = json.JSONDecoder(object_pairs_hook=_first_key_wins, parse_float=_double,
+                            parse_int=_integer)
+
+
 def parse_request(body: bytes) -> dict:
   """The request body as a JSON object, or TF Serving's parse error."""
   if not body:
@@ -126,8 +131,7 @@ def parse_request(body: bytes) -> dict:
     raise invalid_argument(
         f"JSON Parse error: Invalid encoding in string. at offset: {e.start}") from None
   try:
-    document = json.loads(text, object_pairs_hook=_first_key_wins, parse_float=_double,
-                          parse_int=_integer)
+    document = _DECODER.decode(text)
   except json.JSONDecodeError as e:
     raise invalid_argument(f"JSON Parse error: {e.msg} at offset: {e.pos}") from None
   except _NumberTooBig:

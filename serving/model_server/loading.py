@@ -10,7 +10,7 @@ counted in the metrics. A warmup record that fails fails the load.
 
 import dataclasses
 import time
-from typing import Dict, Optional, Sequence
+from typing import Callable, Dict, Optional, Sequence
 
 import grpc
 import tenacity
@@ -78,8 +78,10 @@ class LoadOptions:
 class VersionLoader:
   """Loads one version (a `manager.Loader`); `run` runs a signature, as requests do."""
 
-  def __init__(self, options: LoadOptions, run: inference.Call, metrics: Metrics):
+  def __init__(self, options: LoadOptions, checks: inference.Checks,
+               run: Callable[[inference.SessionRun], inference.Outputs], metrics: Metrics):
     self.options = options
+    self._checks = checks
     self._run = run
     self._metrics = metrics
 
@@ -157,15 +159,18 @@ class VersionLoader:
     kind = log.WhichOneof("log_type")
     if kind == "predict_log":
       request = log.predict_log.request
-      inference.predict(handle, request.model_spec.signature_name, dict(request.inputs),
-                        request.output_filter, self._run)
+      steps = inference.predict(handle, request.model_spec.signature_name, dict(request.inputs),
+                                request.output_filter, self._checks)
     elif kind in ("classify_log", "regress_log"):
       request = getattr(log, kind).request
       api = inference.classify if kind == "classify_log" else inference.regress
-      api(handle, request.model_spec.signature_name, warmup.serialized_input(request.input),
-          self._run)
+      steps = api(handle, request.model_spec.signature_name,
+                  warmup.serialized_input(request.input), self._checks)
     elif kind == "multi_inference_log":
-      inference.multi_inference(handle, log.multi_inference_log.request, self._run)
+      steps = inference.multi_inference(handle, log.multi_inference_log.request, self._checks)
     elif kind is not None:
       raise ServingError(grpc.StatusCode.UNIMPLEMENTED,
                          f"Unsupported log_type for warmup: {kind}")
+    else:
+      return
+    inference.run_steps(steps, self._run)

@@ -50,8 +50,12 @@ class Handle:
 class VersionManager:
   """Loads, serves and unloads versions of named models; thread-safe."""
 
-  def __init__(self, loader: Loader, num_load_threads: int = 0):
+  def __init__(self, loader: Loader, num_load_threads: int = 0,
+               changed: Callable[[bool], None] = lambda unloaded: None):
+    """`changed(unloaded)` is called after a sync or unload that loaded or unloaded a
+    version."""
     self._loader = loader
+    self._changed = changed
     self._num_load_threads = num_load_threads
     self._lock = threading.Condition()
     # One sync or unload of the versions at a time, so a poll and a reload never load the
@@ -81,7 +85,9 @@ class VersionManager:
         if number not in aspired:
           known.aspired = False
     errors = self._load_all(name, sorted(to_load, key=lambda v: -v.version))
-    self._unload_unaspired(name)
+    unloaded = self._unload_unaspired(name)
+    if unloaded or len(errors) < len(to_load):
+      self._changed(unloaded > 0)
     return errors
 
   def _load_all(self, name: str, versions: List[Version]) -> List[ServingError]:
@@ -104,7 +110,7 @@ class VersionManager:
       self._lock.notify_all()
     return None
 
-  def _unload_unaspired(self, name: str) -> None:
+  def _unload_unaspired(self, name: str) -> int:
     with self._lock:
       versions = self._models.get(name, {})
       loaded = [v for v in versions.values() if v.state == State.AVAILABLE]
@@ -117,8 +123,9 @@ class VersionManager:
         leaving = leaving[:-1]
     for version in leaving:
       self._unload(name, version)
+    return len(leaving)
 
-  def unload_model(self, name: str) -> None:
+  def unload_model(self, name: str, closing: bool = False) -> None:
     """Unloads every version of `name`; its states stay for GetModelStatus."""
     with self._changing:
       with self._lock:
@@ -128,6 +135,8 @@ class VersionManager:
         loaded = [v for v in versions if v.state == State.AVAILABLE]
       for version in loaded:
         self._unload(name, version)
+      if loaded and not closing:
+        self._changed(True)
 
   def _unload(self, name: str, version: Version) -> None:
     with self._lock:
@@ -149,7 +158,7 @@ class VersionManager:
 
   def close(self) -> None:
     for name in list(self._models):
-      self.unload_model(name)
+      self.unload_model(name, closing=True)
 
   # -- lookup ----------------------------------------------------------------------------------
 

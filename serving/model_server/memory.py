@@ -1,4 +1,5 @@
-"""Giving memory back to the system after large requests.
+"""Giving memory back to the system after large requests, and keeping Python's garbage
+collector off the loaded models.
 
 The server's entry point makes TensorFlow's oneDNN kernels allocate from the system allocator
 (TF_ONEDNN_USE_SYSTEM_ALLOCATOR, see __main__.py), whose pool otherwise keeps what the largest
@@ -8,10 +9,18 @@ million short ones) left the server holding gigabytes. `configure` fixes the thr
 blocks of 128 KiB and more (tensors, large bodies) are mapped on their own and unmapped when
 freed, as TF Serving's tcmalloc builds give them back; `release` trims what the heap can
 return. Elsewhere than glibc both do nothing.
+
+A loaded model is some 300,000 Python objects (its graph), and a full garbage collection
+walks them all: 230 ms for the Banking77 model. Requests make enough short-lived garbage to
+set one off every few seconds under load, which stalled every request in flight (p99 180 ms
+against 13 ms at 32 connections). `freeze_loaded` moves what is alive into the collector's
+permanent generation after versions load or unload, so collections walk only what requests
+make.
 """
 
 import ctypes
 import ctypes.util
+import gc
 
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
@@ -44,3 +53,13 @@ def release() -> None:
   """Returns the heap's free memory to the system (after a large request)."""
   if _LIBC is not None:
     _LIBC.malloc_trim(0)
+
+
+def freeze_loaded(unloaded: bool) -> None:
+  """After versions loaded (or `unloaded`): keeps everything alive out of later collections;
+  after an unload, first frees what the gone versions left in reference cycles (one full
+  collection)."""
+  if unloaded:
+    gc.unfreeze()
+    gc.collect()
+  gc.freeze()

@@ -1,12 +1,18 @@
-"""TF Serving's REST API (http_rest_api_handler.cc) as a WSGI application over a ServerCore:
+"""TF Serving's REST API (http_rest_api_handler.cc) over a ServerCore:
 `/v1/models/NAME[/versions/N | /labels/L][/metadata]` and `:predict`, `:classify`,
-`:regress`, with TF Serving's `{"error": message}` answers and status-to-HTTP mapping."""
+`:regress`, with TF Serving's `{"error": message}` answers and status-to-HTTP mapping.
 
+A request is answered as steps (`respond`, see inference.py), so the HTTP server can answer it
+on a worker thread (`handle`) or in its event loop (`handle_async`), where a request waiting
+for its batch holds no thread.
+"""
+
+import asyncio
 import json
 import re
 import time
 import traceback
-from typing import List, Optional, Tuple
+from typing import Awaitable, Callable, List, Optional, Tuple
 from urllib.parse import unquote_to_bytes
 
 import grpc
@@ -16,6 +22,7 @@ from tensorflow_serving.apis import get_model_metadata_pb2
 from tensorflow_serving.apis import get_model_status_pb2
 from tensorflow_serving.apis import model_pb2
 
+from serving.model_server import inference
 from serving.model_server import json_answers
 from serving.model_server import json_requests
 from serving.model_server.core import SIGNATURE_DEF_FIELD, ServerCore
@@ -35,6 +42,10 @@ _CORS_HEADERS = [("Access-Control-Allow-Origin", "*"),
                  ("Access-Control-Allow-Methods", "POST, GET"),
                  ("Access-Control-Allow-Headers", "Content-Type")]
 
+
+
+def _malformed(method: str, path: str) -> ServingError:
+  return invalid_argument(f"Malformed request: {method} {path}")
 
 
 def _model_spec(name: str, version: Optional[str], label: Optional[str]) -> model_pb2.ModelSpec:
@@ -92,9 +103,36 @@ class RestApi:
                  error.message[:200])
     return json_answers.error_body(error.message)
 
+  @property
+  def batching(self) -> bool:
+    """Whether the server batches requests (then `handle_async` is the way to answer)."""
+    return self._core.batching
+
   def handle(self, method: str, path: str, body: bytes, origin: str = ""
              ) -> Tuple[int, str, bytes]:
-    """(HTTP status, content type, body) of one request."""
+    """(HTTP status, content type, body) of one request, answered on this thread."""
+    return self._core.answer(self.respond(method, path, body, origin), self._timeout_ms)
+
+  async def handle_async(self, method: str, path: str, body: bytes, origin: str,
+                         offload: Callable[..., Awaitable], alone: Callable[[], bool]
+                         ) -> Tuple[int, str, bytes]:
+    """`handle` in the event loop: a batched session run is awaited; an unbatched one runs
+    here when the request is `alone()` (a hand-over to a thread would cost more than the
+    run), else on a worker through `offload(function, *args)`."""
+
+    async def run(needed: inference.SessionRun) -> inference.Outputs:
+      future = self._core.submit(needed, self._timeout_ms)
+      if future is not None:
+        return await asyncio.wrap_future(future)
+      if alone():
+        return self._core.run_session(needed, self._timeout_ms)
+      return await offload(self._core.run_session, needed, self._timeout_ms)
+
+    return await inference.run_steps_async(self.respond(method, path, body, origin), run)
+
+  def respond(self, method: str, path: str, body: bytes, origin: str = ""
+              ) -> inference.Steps[Tuple[int, str, bytes]]:
+    """The steps that answer one request: (HTTP status, content type, body)."""
     if self._metrics_path and path == self._metrics_path and method == "GET":
       return 200, "text/plain; charset=utf-8", \
           self._core.metrics.prometheus_text().encode("utf-8")
@@ -105,7 +143,7 @@ class RestApi:
     started = time.perf_counter()
     code = "OK"
     try:
-      output, status = self._process(method, path, body, origin), 200
+      output, status = (yield from self._process(method, path, body, origin)), 200
     except ServingError as e:
       status, code = e.http_status, e.code.name
       output = self.refuse(method, path, e, status)
@@ -118,30 +156,30 @@ class RestApi:
     self._core.metrics.request(name, code, api, "REST", (time.perf_counter() - started) * 1e6)
     return status, _JSON, output
 
-  def _process(self, method: str, path: str, body: bytes, origin: str) -> bytes:
+  def _process(self, method: str, path: str, body: bytes, origin: str
+               ) -> inference.Steps[bytes]:
     if method == "OPTIONS":
       if re.search(r"https?://", origin):
         return b""
       raise ServingError(grpc.StatusCode.FAILED_PRECONDITION,
                          "Origin header is missing in CORS preflight")
-    malformed = invalid_argument(f"Malformed request: {method} {path}")
     if method == "POST":
       match = _PREDICTION_PATH.fullmatch(path)
       if not match:
-        raise malformed
+        raise _malformed(method, path)
       name, version, label, verb = match.groups()
       spec = _model_spec(name, version, label)
       if verb == "predict":
-        return self._predict(spec, body)
+        return (yield from self._predict(spec, body))
       if verb == "classify":
-        return self._classify(spec, body)
+        return (yield from self._classify(spec, body))
       if verb == "regress":
-        return self._regress(spec, body)
-      raise malformed  # the path matches case-insensitively, the verb does not
+        return (yield from self._regress(spec, body))
+      raise _malformed(method, path)  # the path matches case-insensitively, the verb does not
     if method == "GET":
       match = _STATUS_PATH.fullmatch(path)
       if not match:
-        raise malformed
+        raise _malformed(method, path)
       name, version, label, metadata = match.groups()
       if not name:
         raise invalid_argument("Missing model name in request.")
@@ -149,7 +187,7 @@ class RestApi:
       if metadata:
         return self._metadata(spec)
       return self._status(spec)
-    raise malformed
+    raise _malformed(method, path)
 
   def _parse(self, body: bytes) -> dict:
     # Each list or object costs ~0.3 µs and ~60 bytes to parse, so a body of nothing but
@@ -161,27 +199,27 @@ class RestApi:
                              f"the server's limit is {limit} (--max_request_elements / 16)")
     return json_requests.parse_request(body)
 
-  def _predict(self, spec: model_pb2.ModelSpec, body: bytes) -> bytes:
+  def _predict(self, spec: model_pb2.ModelSpec, body: bytes) -> inference.Steps[bytes]:
     document = self._parse(body)
     spec.signature_name = json_requests.signature_name(document)
     specs = self._core.signature_inputs(spec, spec.signature_name)
     inputs, row_format = json_requests.predict_inputs(
         document, specs, spec.signature_name, not json_requests.may_hold_booleans(body))
-    _, outputs = self._core.predict(spec, inputs, timeout_ms=self._timeout_ms)
+    _, outputs = yield from self._core.predict_steps(spec, inputs)
     return json_answers.predict_response(outputs, row_format)
 
-  def _classify(self, spec: model_pb2.ModelSpec, body: bytes) -> bytes:
+  def _classify(self, spec: model_pb2.ModelSpec, body: bytes) -> inference.Steps[bytes]:
     document = self._parse(body)
     spec.signature_name = json_requests.signature_name(document)
     examples = json_requests.serialized_examples(document)
-    _, result = self._core.classify(spec, examples, self._timeout_ms)
+    _, result = yield from self._core.classify_steps(spec, examples)
     return json_answers.classify_response(result)
 
-  def _regress(self, spec: model_pb2.ModelSpec, body: bytes) -> bytes:
+  def _regress(self, spec: model_pb2.ModelSpec, body: bytes) -> inference.Steps[bytes]:
     document = self._parse(body)
     spec.signature_name = json_requests.signature_name(document)
     examples = json_requests.serialized_examples(document)
-    _, result = self._core.regress(spec, examples, self._timeout_ms)
+    _, result = yield from self._core.regress_steps(spec, examples)
     return json_answers.regress_response(result)
 
   def _status(self, spec: model_pb2.ModelSpec) -> bytes:

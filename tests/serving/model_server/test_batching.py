@@ -14,9 +14,10 @@ from serving.model_server import batching
 from serving.model_server import config_files
 from serving.model_server import monitoring
 from serving.model_server.core import CoreOptions, ServerCore
+from serving.model_server.server import ModelServer, ServerOptions
 from serving.model_server.status import ServingError
 from tests import tiny_models
-from tests.serving.helpers import serialized
+from tests.serving.helpers import rest
 
 LONG_TIMEOUT_MICROS = 30_000_000  # a batch that runs only once full
 
@@ -230,6 +231,19 @@ def test_too_few_batch_threads_are_refused_at_start(tmp_path):
   with pytest.raises(ServingError, match="num_batch_threads must be positive; was 0"):
     ServerCore(config_files.single_model_config("m", str(tmp_path / "m")),
                CoreOptions(batching_parameters=params(8, num_batch_threads=0)))
+
+
+def test_rest_requests_wait_for_their_batch_without_holding_a_thread(tmp_path):
+  tiny_models.half_plus_two(str(tmp_path / "m" / "1"))
+  options = ServerOptions(grpc_port=0, rest_api_port=0, rest_api_num_threads=2)
+  with ModelServer(config_files.single_model_config("m", str(tmp_path / "m")), options,
+                   CoreOptions(batching_parameters=params(8))) as server:
+    answers, _ = at_once([
+        lambda i=i: rest(server.rest_api_port, "POST", "/v1/models/m:predict",
+                         {"instances": [[float(i)]]}) for i in range(8)])
+    assert answers == [(200, {"predictions": [[0.5 * i + 2]]}) for i in range(8)]
+    # Eight requests in one run, though only two threads answer REST requests.
+    assert session_runs(server.core) == 1
 
 
 # -- the scheduler's rules, with a session run the test controls ------------------------------

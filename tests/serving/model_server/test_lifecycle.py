@@ -2,6 +2,7 @@
 they are named, feeding by the runtime's rules, polling, unloading without dropping requests,
 and config reloads."""
 
+import gc
 import os
 import shutil
 import threading
@@ -15,7 +16,7 @@ from tensorflow_serving.apis import get_model_status_pb2
 from tensorflow_serving.apis import model_management_pb2
 
 from serving.model_server import config_files
-from serving.model_server.core import CoreOptions
+from serving.model_server.core import CoreOptions, ServerCore
 from serving.model_server.server import ModelServer, ServerOptions
 from tests import tiny_models
 from tests.serving.helpers import grpc_stubs, predict_request, rest
@@ -195,3 +196,24 @@ def test_version_policies_pick_versions_as_tf_serving_does(tmp_path, server_on):
   stubs.model.HandleReloadConfigRequest(request, timeout=60)
   assert {v: s for v, (s, _) in status_of(stubs, "model").items()} == {
       1: "AVAILABLE", 2: "END", 3: "END"}
+
+
+def test_loaded_versions_stay_out_of_garbage_collections_and_unloaded_ones_are_freed(tmp_path):
+  base = tmp_path / "model"
+  tiny_models.half_plus_two(str(base / "1"))
+  tiny_models.half_plus_two(str(base / "2"))
+  config = config_files.single_model_config("model", str(base))
+  config.model_config_list.config[0].model_version_policy.all.SetInParent()
+  core = ServerCore(config, CoreOptions(max_num_load_retries=0))
+  try:
+    core.load()
+    # Full collections would walk every loaded graph; frozen objects are not walked.
+    both = gc.get_freeze_count()
+    assert both > 1000
+    shutil.rmtree(base / "2")
+    core.poll_file_system()
+    one = gc.get_freeze_count()
+    # The unloaded version's graph (reference cycles) was collected, not kept frozen.
+    assert one < both - 1000
+  finally:
+    core.close()
