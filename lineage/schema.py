@@ -36,9 +36,11 @@ EXPORTED_MODEL = "ExportedModel"
 OPTIMIZED_MODEL = "OptimizedModel"
 VERDICT = "Verdict"
 PUSHED_MODEL = "PushedModel"
+BATCHING_PARAMETERS = "BatchingParameters"
 SERVABLES = (EXPORTED_MODEL, OPTIMIZED_MODEL)
 
 TRAIN, EXPORT, OPTIMIZE, SMOKE_TEST, PUSH = "Train", "Export", "Optimize", "SmokeTest", "Push"
+TUNE_BATCHING = "TuneBatching"
 
 EXPERIMENT = "Experiment"
 PIPELINE_RUN = "PipelineRun"
@@ -56,6 +58,9 @@ ARTIFACT_TYPES: Dict[str, Dict[str, str]] = {
     OPTIMIZED_MODEL: dict(_SERVABLE),
     VERDICT: {"blessed": BOOL, "reason": STRING, "backend": STRING, "model_version": INT},
     PUSHED_MODEL: {"base_path": STRING, "version": INT, "fingerprint": STRING},
+    BATCHING_PARAMETERS: {"max_batch_size": INT, "batch_timeout_micros": INT,
+                          "num_batch_threads": INT, "max_enqueued_batches": INT,
+                          "requests_per_s": DOUBLE, "p99_ms": DOUBLE, "concurrency": INT},
 }
 
 EXECUTION_TYPES: Dict[str, Dict[str, str]] = {
@@ -69,6 +74,9 @@ EXECUTION_TYPES: Dict[str, Dict[str, str]] = {
     SMOKE_TEST: {"backend": STRING, "blessed": BOOL, "reason": STRING, "checks_passed": INT,
                  "checks_total": INT, "latency_ms": JSON, "model_version": INT},
     PUSH: {"push_to": STRING, "model_uri": STRING, "version": INT, "pushed_uri": STRING},
+    TUNE_BATCHING: {"backend": STRING, "concurrency": INT, "p99_budget_ms": DOUBLE,
+                    "seconds_per_point": DOUBLE, "baseline": JSON, "measured": JSON,
+                    "best": JSON, "verdict": STRING, "speedup": DOUBLE},
 }
 for _properties in EXECUTION_TYPES.values():
   _properties[FAILURE_REASON] = STRING
@@ -204,3 +212,14 @@ def pushed_model(version_dir: str, base_path: str, version: int,
                  content_fingerprint: str) -> metadata_store_pb2.Artifact:
   return new_artifact(PUSHED_MODEL, version_dir, base_path=base_path, version=version,
                       fingerprint=content_fingerprint)
+
+
+def batching_parameters(uri: str, parameters, requests_per_s: float, p99_ms: float,
+                        concurrency: int) -> metadata_store_pb2.Artifact:
+  """A tuned BatchingParameters file; `parameters` is the message written to `uri`."""
+  return new_artifact(BATCHING_PARAMETERS, uri,
+                      max_batch_size=parameters.max_batch_size.value,
+                      batch_timeout_micros=parameters.batch_timeout_micros.value,
+                      num_batch_threads=parameters.num_batch_threads.value,
+                      max_enqueued_batches=parameters.max_enqueued_batches.value,
+                      requests_per_s=requests_per_s, p99_ms=p99_ms, concurrency=concurrency)

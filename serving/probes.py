@@ -131,9 +131,12 @@ def _rows_from_examples(name: str, signature: meta_graph_pb2.SignatureDef,
 
 def build_probes(servable: SessionServable,
                  examples: Optional[Sequence[tf.train.Example]] = None,
-                 max_rows: int = 32) -> Dict[str, Probe]:
-  """One probe per signature of the loaded version."""
-  signatures: Mapping[str, meta_graph_pb2.SignatureDef] = servable.signatures
+                 max_rows: int = 32,
+                 signature_names: Optional[Sequence[str]] = None) -> Dict[str, Probe]:
+  """One probe per signature of the loaded version (or of those named)."""
+  signatures: Mapping[str, meta_graph_pb2.SignatureDef] = {
+      name: signature for name, signature in servable.signatures.items()
+      if signature_names is None or name in signature_names}
   probes: Dict[str, Probe] = {}
   pool = list(examples or [])
   if examples is None:
