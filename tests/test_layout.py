@@ -1,8 +1,13 @@
 """The shape of the code: layers import only downward, and no product module outgrows one idea."""
 
+import ast
 import os
 import subprocess
 import sys
+from importlib import metadata
+
+import pytest
+from packaging import requirements, utils
 
 from tests.helpers import PROJECT_ROOT
 
@@ -45,3 +50,54 @@ def test_importing_the_command_modules_changes_nothing_in_the_environment():
   completed = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
                              cwd=PROJECT_ROOT, env=env, timeout=300)
   assert completed.returncode == 0, completed.stdout + completed.stderr[-2000:]
+
+
+# Imported only where the platform provides it, behind an ImportError check: Vertex AI's
+# training containers install cloudml-hypertune (trainer/cloud.py).
+PLATFORM_PROVIDED_MODULES = {"hypertune"}
+
+
+def _third_party_imports(package):
+  """Top-level module names imported anywhere in `package`, minus the standard library."""
+  names = set()
+  for parent, _, files in os.walk(os.path.join(PROJECT_ROOT, package)):
+    for file_name in files:
+      if not file_name.endswith(".py"):
+        continue
+      with open(os.path.join(parent, file_name)) as f:
+        tree = ast.parse(f.read())
+      for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+          names.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+          names.add(node.module.split(".")[0])
+  return names - set(sys.stdlib_module_names) - set(PACKAGES) - PLATFORM_PROVIDED_MODULES
+
+
+def _installed_by(requirement_texts):
+  """Every distribution a fresh `pip install` of these requirements brings, transitively."""
+  wanted = [requirements.Requirement(text) for text in requirement_texts]
+  seen = set()
+  while wanted:
+    requirement = wanted.pop()
+    name = utils.canonicalize_name(requirement.name)
+    if name in seen or (requirement.marker and not requirement.marker.evaluate({"extra": ""})):
+      continue
+    seen.add(name)
+    wanted.extend(requirements.Requirement(text) for text in metadata.requires(name) or ())
+  return seen
+
+
+def test_every_module_the_package_imports_is_installed_by_its_declared_dependencies():
+  # CI runs Python 3.11; tomllib and sys.stdlib_module_names are not in 3.9.
+  tomllib = pytest.importorskip("tomllib", reason="reading pyproject.toml needs Python 3.11")
+  with open(os.path.join(PROJECT_ROOT, "pyproject.toml"), "rb") as f:
+    installed = _installed_by(tomllib.load(f)["project"]["dependencies"])
+  providers = metadata.packages_distributions()
+  undeclared = {}
+  for package in PACKAGES:
+    for module in _third_party_imports(package):
+      distributions = {utils.canonicalize_name(d) for d in providers.get(module, ())}
+      if not distributions & installed:
+        undeclared[module] = sorted(distributions) or "not installed here either"
+  assert not undeclared, f"imported but not installed by pyproject's dependencies: {undeclared}"

@@ -7,7 +7,6 @@ import socket
 import time
 
 import grpc
-import numpy as np
 import pytest
 from tensorflow.core.framework import tensor_pb2
 from tensorflow.core.framework import types_pb2

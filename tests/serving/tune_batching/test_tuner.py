@@ -17,7 +17,6 @@ from lineage import store as lineage_store
 from lineage.record import Recorder
 from serving.model_server import batching
 from serving.model_server import command as model_server_command
-from serving.model_server import config_files
 from serving.model_server.core import ServerCore
 from serving.tune_batching import load
 from serving.tune_batching import recorded
