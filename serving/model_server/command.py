@@ -127,6 +127,8 @@ def options_from_flags(values) -> Tuple[model_server_config_pb2.ModelServerConfi
       enable_per_model_batching_parameters=values.enable_per_model_batching_parameters,
       enable_model_warmup=values.enable_model_warmup,
       num_request_iterations_for_warmup=values.num_request_iterations_for_warmup,
+      warmup_timeouts_ms=((None, values.rest_api_timeout_in_ms) if values.rest_api_port
+                          and values.rest_api_timeout_in_ms > 0 else (None,)),
       max_num_load_retries=values.max_num_load_retries,
       load_retry_interval_secs=values.load_retry_interval_micros / 1e6,
       file_system_poll_wait_seconds=values.file_system_poll_wait_seconds,

@@ -35,7 +35,7 @@ from tensorflow_serving.apis import inference_pb2
 from tensorflow_serving.apis import model_pb2
 from tensorflow_serving.config import model_server_config_pb2
 
-from export.servable import SERVE_TAG, ServableError
+from export.servable import SERVE_TAG, ServableError, runs_on_caller_thread
 from export.warmup import DEFAULT_SIGNATURE
 from serving.model_server import batching
 from serving.model_server import config_files
@@ -60,6 +60,7 @@ class CoreOptions:
   enable_per_model_batching_parameters: bool = False
   enable_model_warmup: bool = True
   num_request_iterations_for_warmup: int = 0
+  warmup_timeouts_ms: Tuple[Optional[int], ...] = (None,)
   max_num_load_retries: int = 5
   load_retry_interval_secs: float = 60.0
   file_system_poll_wait_seconds: int = 1
@@ -99,6 +100,7 @@ class ServerCore:
             tags=options.saved_model_tags, session_config=options.session_config,
             enable_model_warmup=options.enable_model_warmup,
             warmup_iterations=max(options.num_request_iterations_for_warmup, 1),
+            warmup_timeouts_ms=options.warmup_timeouts_ms,
             max_num_load_retries=options.max_num_load_retries,
             load_retry_interval_secs=options.load_retry_interval_secs),
         self._checks, self.run_session, self.metrics)
@@ -417,9 +419,11 @@ def _run_signature(servable, signature_name: str, output_keys: Sequence[str],
                    ) -> Dict[str, np.ndarray]:
   """One session run of a signature, with the runtime's errors as TF Serving's statuses."""
   input_keys = sorted(inputs)
+  fed = [inputs[k] for k in input_keys]
   try:
-    run = servable.callable(signature_name, input_keys, output_keys, timeout_ms)
-    return dict(zip(output_keys, run(*[inputs[k] for k in input_keys])))
+    run = servable.callable(signature_name, input_keys, output_keys, timeout_ms,
+                            caller_thread=runs_on_caller_thread(fed))
+    return dict(zip(output_keys, run(*fed)))
   except (tf.errors.OpError, ServableError) as e:
     raise from_tf_error(e) from None
   except (TypeError, ValueError) as e:  # a feed that numpy/TensorFlow cannot convert

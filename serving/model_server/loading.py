@@ -10,7 +10,7 @@ counted in the metrics. A warmup record that fails fails the load.
 
 import dataclasses
 import time
-from typing import Callable, Dict, Optional, Sequence
+from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import grpc
 import tenacity
@@ -71,6 +71,10 @@ class LoadOptions:
   session_config: Optional[config_pb2.ConfigProto] = None
   enable_model_warmup: bool = True
   warmup_iterations: int = 1
+  # A session callable is made per timeout (export/servable.py), and making one runs
+  # Grappler, ~100 ms for the Banking77 model: warmup makes those of every timeout the APIs
+  # use (none, and the REST API's), so no first request pays for it.
+  warmup_timeouts_ms: Tuple[Optional[int], ...] = (None,)
   max_num_load_retries: int = 5
   load_retry_interval_secs: float = 60.0
 
@@ -144,7 +148,8 @@ class VersionLoader:
       for count, log in warmup.iter_records(path):
         for _ in range(self.options.warmup_iterations):
           try:
-            self._replay(handle, log)
+            for timeout_ms in self.options.warmup_timeouts_ms:
+              self._replay(handle, log, timeout_ms)
           except ServingError as e:
             raise ServingError(e.code, f"warmup record {count} of {path} failed: "
                                        f"{e.message}") from None
@@ -155,7 +160,8 @@ class VersionLoader:
     logging.info("Finished reading warmup data for model at %s. Number of warmup records "
                  "read: %d.", path, count)
 
-  def _replay(self, handle: Handle, log: prediction_log_pb2.PredictionLog) -> None:
+  def _replay(self, handle: Handle, log: prediction_log_pb2.PredictionLog,
+              timeout_ms: Optional[int]) -> None:
     kind = log.WhichOneof("log_type")
     if kind == "predict_log":
       request = log.predict_log.request
@@ -173,4 +179,4 @@ class VersionLoader:
                          f"Unsupported log_type for warmup: {kind}")
     else:
       return
-    inference.run_steps(steps, self._run)
+    inference.run_steps(steps, lambda run: self._run(run, timeout_ms))

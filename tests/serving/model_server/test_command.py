@@ -97,6 +97,8 @@ def test_the_flags_become_the_servers_options(parse, tmp_path):
   assert core.session_config.allow_soft_placement
   assert core.file_system_poll_wait_seconds == 5 and core.enable_signature_method_name_check
   assert core.num_request_iterations_for_warmup == 3
+  # Warmup makes the session callables of both timeouts the APIs run with.
+  assert core.warmup_timeouts_ms == (None, 1200)
 
 
 def test_session_parallelism_sets_both_counts_and_excludes_setting_all_three(parse):

@@ -51,6 +51,16 @@ def test_each_warmup_record_is_replayed_as_often_as_asked(tmp_path, monkeypatch,
   assert seen == ["serving_default"] * replays
 
 
+def test_warmup_makes_the_session_callables_of_every_timeout_the_apis_use(tmp_path):
+  logs = [warmup.predict_log("serving_default", {"x": np.array([[1.0]], np.float32)})]
+  tiny_models.half_plus_two(str(tmp_path / "m" / "1"), warmup_logs=logs)
+  core = core_for(tmp_path / "m", warmup_timeouts_ms=(None, 1200))
+  with core.handle(predict_request("", {}, name="m").model_spec) as handle:
+    made = set(handle.servable._callables)  # pylint: disable=protected-access
+  core.close()
+  assert {key[3] for key in made if key[0] == "serving_default"} == {None, 1200}
+
+
 def test_the_method_name_check_holds_signatures_to_their_api_when_asked(tmp_path):
   tiny_models.half_plus_two(str(tmp_path / "m" / "1"), extras=True)
   x = {"x": np.array([[2.0]], np.float32)}
