@@ -1,203 +1,459 @@
-"""Serving latency: batch-1 p50/p99 and throughput at concurrency 8, over REST and gRPC, for
-the original export and (when given) an optimized one, measured in the same run, beside the
-in-process session.run time of the same model as the floor.
+"""The bundled server under load: batch-1 latency and throughput with batching off, with the
+project's batching file and with the tuner's, for the Banking77 model, original and optimized,
+beside the in-process session time of the same model, all in one run.
 
-    python benchmarks/serving_latency.py [--model_base_path jobs/intent/export/intent]
-        [--model_name intent] [--optimized_dir VERSION_DIR] [--requests 1000] [--concurrency 8]
+    python benchmarks/serving_latency.py [--job-dir DIR | --original_dir V --optimized_dir V]
+        [--seconds 5] [--rounds 3] [--p99_budget_ms 50]
 
-Each model is served in turn by the embedded server (its own process, as in production) and
-asked the default signature's question (a Classify of one evaluation example from the
-version's warmup records), with request bodies built once so the client does as little as it
-can. Prints JSON; the target is embedded REST batch-1 p50 within 3x of in-process.
+Trains the default model on ../shared/datasets/banking77 and optimizes it (or takes the given
+version dirs). Per model it runs `python -m serving.tune_batching` at concurrency 32, then
+starts three embedded servers (batching off, serving/docker/batching_parameters.txt, the
+tuner's file) side by side and measures them in interleaved rounds, so the VM's drift hits
+each alike: REST batch-1 p50/p99 (wrk, one connection), gRPC batch-1 p50/p99 (a sync stub),
+REST throughput at 1, 8 and 32 connections (wrk) and gRPC throughput at 32 (grpc.aio), with
+failures counted, and every server's answers to 64 distinct examples sent at once compared
+with the in-process ones. The load is Classify of one evaluation example a request.
+
+Whether the client is the bottleneck is measured, not assumed: the same clients against a
+server that answers instantly (a trivial uvicorn app and a trivial grpc server returning
+answers of the same size) give their ceilings, and the clients' own CPU time per request is
+reported. Prints JSON; needs `wrk` on PATH (Debian package wrk).
 """
 
+import asyncio
+import dataclasses
 import json
 import os
+import resource
+import shutil
+import statistics
+import subprocess
 import sys
 import tempfile
-import threading
 import time
 from concurrent import futures
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import grpc  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 from tensorflow_serving.apis import classification_pb2  # noqa: E402
+from tensorflow_serving.apis import prediction_service_pb2_grpc  # noqa: E402
 
+import banking77  # noqa: E402  (beside this script)
 from export import versions  # noqa: E402
 from export.servable import SessionServable  # noqa: E402
+from optimize import optimizer  # noqa: E402
 from serving import clients  # noqa: E402
 from serving import probes  # noqa: E402
 from serving import runners  # noqa: E402
+from serving.model_server import config_files  # noqa: E402
+from serving.tune_batching import tuner  # noqa: E402
+from trainer import command  # noqa: E402
+from trainer import pipeline  # noqa: E402
 
 PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PROJECT_BATCHING = os.path.join(PROJECT_ROOT, "serving", "docker", "batching_parameters.txt")
 SIGNATURE = "serving_default"
-TARGET_RATIO = 3.0
+MODEL_NAME = "intent"
+REST_P50_TARGET, REST_P50_GOAL = 2.5, 2.0
+THROUGHPUT_TARGET, THROUGHPUT_GOAL = 2.0, 3.0
 
-flags.DEFINE_string("model_base_path", os.path.join(PROJECT_ROOT, "jobs", "intent", "export",
-                                                    "intent"),
-                    "Base path of the original export (its highest version is measured).")
-flags.DEFINE_string("model_name", "intent", "Model name to serve it under.")
-flags.DEFINE_string("optimized_dir", None, "Version dir of an optimized export to measure "
-                    "beside the original.")
-flags.DEFINE_integer("requests", 1000, "Requests per sequential figure; the concurrent figure "
-                     "sends twice as many.")
-flags.DEFINE_integer("concurrency", 8, "Concurrent clients for the throughput figure.")
+banking77.define_trainer_flags()
+flags.DEFINE_string("original_dir", None, "Version dir of the original export (default: train "
+                    "one in --job-dir).")
+flags.DEFINE_string("optimized_dir", None, "Version dir of its optimized export (default: "
+                    "optimize it).")
+flags.DEFINE_float("seconds", 5.0, "Seconds per throughput figure.")
+flags.DEFINE_integer("rounds", 3, "Interleaved measurement rounds.")
+flags.DEFINE_integer("latency_requests", 2000, "Requests per gRPC batch-1 latency figure.")
+flags.DEFINE_float("p99_budget_ms", 50.0, "The tuner's p99 budget at concurrency 32.")
 FLAGS = flags.FLAGS
 
+WRK_SCRIPT = r"""
+local bodies = {}
+for line in io.lines(os.getenv("BODIES")) do bodies[#bodies + 1] = line end
+local index = 0
+request = function()
+  index = index % #bodies + 1
+  return wrk.format("POST", os.getenv("REQUEST_PATH"), {["Content-Type"] = "application/json"},
+                    bodies[index])
+end
+done = function(summary, latency, requests)
+  io.write(string.format(
+      '{"requests": %d, "seconds": %f, "p50_ms": %f, "p99_ms": %f, "errors": %d, ' ..
+      '"status_errors": %d}\n', summary.requests, summary.duration / 1e6,
+      latency:percentile(50) / 1e3, latency:percentile(99) / 1e3,
+      summary.errors.connect + summary.errors.read + summary.errors.write +
+      summary.errors.timeout, summary.errors.status))
+end
+"""
 
-def highest_version(base_path):
-  newest = versions.latest_version_dir(base_path)
-  if newest is None:
-    raise SystemExit(f"{base_path} has no numeric version dir; run `make demo` first or pass "
-                     f"--model_base_path")
-  return newest
+TRIVIAL_HTTP = r"""
+import sys, uvicorn
+answer = open(sys.argv[2], "rb").read()
+async def app(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    more = True
+    while more:
+        more = (await receive()).get("more_body", False)
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", b"application/json"),
+                            (b"content-length", str(len(answer)).encode())]})
+    await send({"type": "http.response.body", "body": answer})
+uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), loop="uvloop", http="httptools",
+            log_level="warning", access_log=False)
+"""
 
-
-def percentiles(seconds):
-  millis = np.array(seconds) * 1e3
-  return {"p50_ms": round(float(np.percentile(millis, 50)), 3),
-          "p99_ms": round(float(np.percentile(millis, 99)), 3)}
-
-
-def one_example(version_dir):
-  """The first evaluation example the version's warmup records hold for the signature."""
-  with SessionServable(version_dir) as model:
-    probe = probes.build_probes(model)[SIGNATURE]
-  return probe.batch(1)["inputs"][0]
-
-
-def in_process(version_dir, serialized, requests):
-  """session.run time (the floor the issue names), and the session-callable time of the
-  path the server itself runs, which skips session.run's Python feed handling."""
-  with SessionServable(version_dir) as model:
-    feed = {"inputs": np.array([serialized], dtype=object)}
-    run_callable = model.callable(SIGNATURE, ["inputs"], ["classes", "scores"])
-    return {"session_run": sequential(lambda: model.run(SIGNATURE, feed), requests),
-            "session_callable": sequential(lambda: run_callable(feed["inputs"]), requests)}
-
-
-class Clients:
-  """Per-thread REST connection and gRPC stub, each sending the one prepared request."""
-
-  def __init__(self, runner, model_name, serialized):
-    example = tf.train.Example.FromString(serialized)
-    self._rest_body = json.dumps({"signature_name": SIGNATURE,
-                                  "examples": [clients.example_to_json(example)]}).encode()
-    self._rest_path = f"/v1/models/{model_name}:classify"
-    self._request = classification_pb2.ClassificationRequest()
-    self._request.model_spec.name = model_name
-    self._request.model_spec.signature_name = SIGNATURE
-    self._request.input.example_list.examples.append(example)
-    self._runner = runner
-    self._local = threading.local()
-    self._opened = []
-    self._lock = threading.Lock()
-
-  def _own(self):
-    if not hasattr(self._local, "rest"):
-      self._local.rest = clients.RestClient(self._runner.rest_target)
-      self._local.grpc = clients.GrpcClient(self._runner.grpc_target)
-      with self._lock:
-        self._opened.append((self._local.rest, self._local.grpc))
-    return self._local
-
-  def rest(self):
-    status, body = self._own().rest.send("POST", self._rest_path, self._rest_body)
-    if status != 200:
-      raise RuntimeError(f"REST {status}: {body[:300]!r}")
-
-  def grpc(self):
-    self._own().grpc.prediction.Classify(self._request, timeout=60)
-
-  def close(self):
-    for rest, grpc_client in self._opened:
-      rest.close()
-      grpc_client.close()
+TRIVIAL_GRPC = r"""
+import sys, time
+from concurrent import futures
+import grpc
+answer = open(sys.argv[2], "rb").read()
+handler = grpc.method_handlers_generic_handler("tensorflow.serving.PredictionService", {
+    "Classify": grpc.unary_unary_rpc_method_handler(lambda request, context: answer)})
+server = grpc.server(futures.ThreadPoolExecutor(8))
+server.add_generic_rpc_handlers((handler,))
+server.add_insecure_port(f"127.0.0.1:{sys.argv[1]}")
+server.start()
+server.wait_for_termination()
+"""
 
 
-def sequential(call, requests):
-  for _ in range(20):
-    call()
-  seconds = []
-  for _ in range(requests):
-    started = time.perf_counter()
-    call()
-    seconds.append(time.perf_counter() - started)
-  return percentiles(seconds)
+@dataclasses.dataclass
+class Requests:
+  """The load: REST bodies and gRPC requests of distinct evaluation examples."""
+  bodies_file: str
+  rest_path: str
+  grpc_requests: list
+  serialized: list
 
 
-def concurrent(call, clients, total):
-  per_client = total // clients
+def requests_for(version_dir, scratch):
+  with SessionServable(version_dir) as servable:
+    probe = probes.build_probes(servable, signature_names=[SIGNATURE])[SIGNATURE]
+  serialized = [probe.batch(1, i)["inputs"][0] for i in range(len(probe.rows))]
+  examples = [tf.train.Example.FromString(s) for s in serialized]
+  path = os.path.join(scratch, "bodies.jsonl")
+  with open(path, "w") as f:
+    for example in examples:
+      f.write(json.dumps({"signature_name": SIGNATURE,
+                          "examples": [clients.example_to_json(example)]}) + "\n")
+  grpc_requests = []
+  for example in examples:
+    request = classification_pb2.ClassificationRequest()
+    request.model_spec.name = MODEL_NAME
+    request.model_spec.signature_name = SIGNATURE
+    request.input.example_list.examples.append(example)
+    grpc_requests.append(request)
+  return Requests(path, f"/v1/models/{MODEL_NAME}:classify", grpc_requests, serialized)
 
-  def client(_):
+
+# -- clients ---------------------------------------------------------------------------------
+
+
+def wrk(target, requests, connections, seconds, scratch):
+  """wrk's figures, and its CPU seconds (it runs as our child)."""
+  script = os.path.join(scratch, "load.lua")
+  if not os.path.exists(script):
+    with open(script, "w") as f:
+      f.write(WRK_SCRIPT)
+  before = resource.getrusage(resource.RUSAGE_CHILDREN)
+  completed = subprocess.run(
+      ["wrk", "-t1", f"-c{connections}", f"-d{max(int(round(seconds)), 1)}s", "--timeout", "10s", "-s", script,
+       f"http://{target}"], capture_output=True, text=True, check=True,
+      env=dict(os.environ, BODIES=requests.bodies_file, REQUEST_PATH=requests.rest_path))
+  after = resource.getrusage(resource.RUSAGE_CHILDREN)
+  figures = json.loads(completed.stdout.strip().splitlines()[-1])
+  figures["requests_per_s"] = figures["requests"] / figures["seconds"]
+  figures["failures"] = figures.pop("errors") + figures.pop("status_errors")
+  cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+  figures["client_cpu_us_per_request"] = cpu / max(figures["requests"], 1) * 1e6
+  return figures
+
+
+def grpc_latency(target, requests, count):
+  with grpc.insecure_channel(target) as channel:
+    stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+    for i in range(50):
+      stub.Classify(requests.grpc_requests[i % len(requests.grpc_requests)], timeout=30)
     seconds = []
-    for _ in range(per_client):
+    for i in range(count):
       started = time.perf_counter()
-      call()
+      stub.Classify(requests.grpc_requests[i % len(requests.grpc_requests)], timeout=30)
       seconds.append(time.perf_counter() - started)
-    return seconds
+  millis = np.array(seconds) * 1e3
+  return {"p50_ms": float(np.percentile(millis, 50)), "p99_ms": float(np.percentile(millis, 99))}
 
-  with futures.ThreadPoolExecutor(clients) as pool:
-    for _ in pool.map(lambda _: [call() for _ in range(5)], range(clients)):
-      pass
-    started = time.perf_counter()
-    results = list(pool.map(client, range(clients)))
-    wall = time.perf_counter() - started
-  figures = percentiles([s for r in results for s in r])
-  figures["requests_per_s"] = round(per_client * clients / wall, 1)
+
+async def _grpc_load(target, requests, connections, seconds):
+  async with grpc.aio.insecure_channel(target) as channel:
+    classify = channel.unary_unary(
+        "/tensorflow.serving.PredictionService/Classify",
+        request_serializer=classification_pb2.ClassificationRequest.SerializeToString,
+        response_deserializer=classification_pb2.ClassificationResponse.FromString)
+    latencies, failures = [], []
+    stop_at = time.perf_counter() + seconds
+
+    async def client(number):
+      sent = number
+      while time.perf_counter() < stop_at:
+        started = time.perf_counter()
+        try:
+          await classify(requests.grpc_requests[sent % len(requests.grpc_requests)],
+                         timeout=30)
+          latencies.append(time.perf_counter() - started)
+        except grpc.aio.AioRpcError as e:
+          failures.append(e.code().name)
+        sent += 1
+
+    began = time.perf_counter()
+    await asyncio.gather(*(client(i) for i in range(connections)))
+    wall = time.perf_counter() - began
+  millis = np.array(latencies) * 1e3
+  return {"requests_per_s": len(latencies) / wall, "p50_ms": float(np.percentile(millis, 50)),
+          "p99_ms": float(np.percentile(millis, 99)), "failures": len(failures),
+          "requests": len(latencies)}
+
+
+def grpc_load(target, requests, connections, seconds):
+  started = time.process_time()
+  figures = asyncio.run(_grpc_load(target, requests, connections, seconds))
+  figures["client_cpu_us_per_request"] = (time.process_time() - started) / max(
+      figures["requests"], 1) * 1e6
   return figures
 
 
-def measure(version_dir, model_name, serialized, requests, concurrency):
-  figures = {"version_dir": version_dir,
-             "in_process": in_process(version_dir, serialized, requests)}
-  with tempfile.TemporaryDirectory(prefix="serving-latency-") as scratch:
-    base = os.path.join(scratch, model_name)
-    os.makedirs(base)
-    os.symlink(os.path.abspath(version_dir), os.path.join(base, "1"))
-    runner = runners.EmbeddedRunner([runners.ServedModel(model_name, base)],
-                                    os.path.join(scratch, "server"))
-    with runner:
-      runners.wait_until_available(runner.grpc_target, runner.model_names, 300,
-                                   runner.check_alive)
-      clients = Clients(runner, model_name, serialized)
-      try:
-        for protocol in ("rest", "grpc"):
-          call = getattr(clients, protocol)
-          figures[f"{protocol}_batch_1"] = sequential(call, requests)
-          figures[f"{protocol}_concurrency_{concurrency}"] = concurrent(call, concurrency,
-                                                                        2 * requests)
-      finally:
-        clients.close()
-  for floor in ("session_run", "session_callable"):
+# -- what the servers answer ------------------------------------------------------------------
+
+
+def in_process(version_dir, requests, count=2000):
+  """Batch-1 session time of the same requests: through the inter-op pool, as TensorFlow's
+  session.run and callables run by default (the in-process baseline), and on the calling
+  thread, as the server runs one row (export/servable.py), for reference."""
+  with SessionServable(version_dir) as servable:
+    run = servable.callable(SIGNATURE, ["inputs"], ["classes", "scores"])
+    inline = servable.callable(SIGNATURE, ["inputs"], ["classes", "scores"], caller_thread=True)
+    batches = [np.array([s], dtype=object) for s in requests.serialized]
+    for batch in batches:
+      run(batch)
+
+    def p50(call):
+      seconds = []
+      for i in range(count):
+        started = time.perf_counter()
+        call(batches[i % len(batches)])
+        seconds.append(time.perf_counter() - started)
+      return float(np.percentile(np.array(seconds) * 1e3, 50))
+
+    answers = {i: run(batches[i % len(batches)]) for i in range(len(batches))}
+    inline(batches[0])
+    return {"session_callable_p50_ms": p50(run),
+            "caller_thread_p50_ms": p50(inline)}, answers
+
+
+def answers_agree(server, requests, expected, copies=4):
+  """Sends every example `copies` times at once over REST and gRPC; the largest score
+  difference from the in-process answer, and whether every label order matched."""
+  rest = clients.RestClient(server.rest_target)
+  model = clients.ModelClient(MODEL_NAME, None, rest, clients.GrpcClient(server.grpc_target))
+  like = {"classes": expected[0][0], "scores": expected[0][1]}
+  jobs = [(protocol, i) for protocol in ("rest", "grpc") for i in expected
+          for _ in range(copies)]
+
+  def ask(job):
+    protocol, i = job
+    inputs = {"inputs": np.array([requests.serialized[i]], dtype=object)}
+    return job, model.ask(protocol, clients.CLASSIFY, SIGNATURE, inputs, like)
+
+  worst, same_labels = 0.0, True
+  with futures.ThreadPoolExecutor(32) as pool:
+    for (protocol, i), answer in pool.map(ask, jobs):
+      classes, scores = expected[i]
+      same_labels &= bool(np.array_equal(answer["classes"], classes))
+      worst = max(worst, float(np.max(np.abs(answer["scores"] - scores))))
+  rest.close()
+  model.grpc.close()
+  return {"requests": len(jobs), "same_labels": same_labels, "max_score_difference": worst}
+
+
+# -- servers ----------------------------------------------------------------------------------
+
+
+def tuned_file(version_dir, scratch, seconds):
+  out = os.path.join(scratch, "tuned")
+  completed = subprocess.run(
+      [sys.executable, "-m", "serving.tune_batching",
+       f"--model_base_path={os.path.dirname(version_dir)}", f"--model_name={MODEL_NAME}",
+       "--concurrency=32", f"--p99_budget_ms={FLAGS.p99_budget_ms}",
+       f"--seconds_per_point={seconds}", "--backend=embedded", f"--output_dir={out}"],
+      cwd=PROJECT_ROOT, capture_output=True, text=True)
+  with open(os.path.join(out, tuner.REPORT_FILE)) as f:
+    report = json.load(f)
+  if completed.returncode != 0:
+    raise SystemExit(f"the tuner found no point within budget:\n{completed.stdout}")
+  return os.path.join(out, tuner.PARAMETERS_FILE), report
+
+
+def start_servers(version_dir, scratch, batching_files):
+  servers = {}
+  for name, path in batching_files.items():
+    params = config_files.read_batching_parameters(path) if path else None
+    runner = runners.EmbeddedRunner([runners.ServedModel(MODEL_NAME, os.path.dirname(
+        version_dir))], os.path.join(scratch, f"server-{name}"), batching_parameters=params)
+    runner.start()
+    servers[name] = runner
+  for runner in servers.values():
+    runners.wait_until_available(runner.grpc_target, runner.model_names, 600,
+                                 runner.check_alive)
+  return servers
+
+
+def trivial_servers(scratch, rest_answer, grpc_answer):
+  files = []
+  for name, content in (("rest_answer.json", rest_answer), ("grpc_answer.bin", grpc_answer)):
+    files.append(os.path.join(scratch, name))
+    with open(files[-1], "wb") as f:
+      f.write(content)
+  rest_port, grpc_port = runners.free_port(), runners.free_port()
+  processes = [subprocess.Popen([sys.executable, "-c", TRIVIAL_HTTP, str(rest_port), files[0]]),
+               subprocess.Popen([sys.executable, "-c", TRIVIAL_GRPC, str(grpc_port), files[1]])]
+  time.sleep(3)
+  return f"127.0.0.1:{rest_port}", f"127.0.0.1:{grpc_port}", processes
+
+
+def client_ceilings(requests, scratch, seconds):
+  """The clients against servers that answer at once with answers of the real size (77
+  classes)."""
+  rest_answer = json.dumps({"results": [[["card_arrival", 0.5]] * 77]}).encode()
+  response = classification_pb2.ClassificationResponse()
+  classes = response.result.classifications.add().classes
+  for _ in range(77):
+    classes.add(label="card_arrival", score=0.5)
+  rest_target, grpc_target, processes = trivial_servers(scratch, rest_answer,
+                                                        response.SerializeToString())
+  try:
+    return {"rest_wrk_c32": rounded(wrk(rest_target, requests, 32, seconds, scratch)),
+            "rest_wrk_c1": rounded(wrk(rest_target, requests, 1, seconds, scratch)),
+            "grpc_aio_c32": rounded(grpc_load(grpc_target, requests, 32, seconds)),
+            "grpc_sync_c1": rounded(grpc_latency(grpc_target, requests,
+                                                 FLAGS.latency_requests))}
+  finally:
+    for process in processes:
+      process.kill()
+
+
+def rounded(figures):
+  return {k: (round(v, 3) if isinstance(v, float) else v) for k, v in figures.items()}
+
+
+def median_of(rounds, key):
+  return statistics.median(r[key] for r in rounds)
+
+
+def measure_model(version_dir, scratch):
+  requests = requests_for(version_dir, scratch)
+  floor, expected = in_process(version_dir, requests)
+  tuned, tuning_report = tuned_file(version_dir, scratch, FLAGS.seconds)
+  files = {"off": None, "project": PROJECT_BATCHING, "tuned": tuned}
+  servers = start_servers(version_dir, scratch, files)
+  samples = {name: [] for name in files}
+  try:
+    for _ in range(FLAGS.rounds):
+      for name, server in servers.items():
+        figures = {}
+        rest_c1 = wrk(server.rest_target, requests, 1, FLAGS.seconds, scratch)
+        figures["rest_batch1_p50_ms"] = rest_c1["p50_ms"]
+        figures["rest_batch1_p99_ms"] = rest_c1["p99_ms"]
+        figures["rest_c1_requests_per_s"] = rest_c1["requests_per_s"]
+        grpc_c1 = grpc_latency(server.grpc_target, requests, FLAGS.latency_requests)
+        figures["grpc_batch1_p50_ms"] = grpc_c1["p50_ms"]
+        figures["grpc_batch1_p99_ms"] = grpc_c1["p99_ms"]
+        failures = rest_c1["failures"]
+        for connections in (8, 32):
+          load = wrk(server.rest_target, requests, connections, FLAGS.seconds, scratch)
+          figures[f"rest_c{connections}_requests_per_s"] = load["requests_per_s"]
+          figures[f"rest_c{connections}_p99_ms"] = load["p99_ms"]
+          figures[f"rest_c{connections}_client_cpu_us_per_request"] = \
+              load["client_cpu_us_per_request"]
+          failures += load["failures"]
+        grpc_c32 = grpc_load(server.grpc_target, requests, 32, FLAGS.seconds)
+        figures["grpc_c32_requests_per_s"] = grpc_c32["requests_per_s"]
+        figures["grpc_c32_p99_ms"] = grpc_c32["p99_ms"]
+        figures["grpc_c32_client_cpu_us_per_request"] = grpc_c32["client_cpu_us_per_request"]
+        figures["failures"] = failures + grpc_c32["failures"]
+        samples[name].append(figures)
+    agreement = {name: answers_agree(server, requests, expected)
+                 for name, server in servers.items()}
+  finally:
+    for server in servers.values():
+      server.stop()
+  configs = {}
+  for name, rounds in samples.items():
+    configs[name] = rounded({key: median_of(rounds, key) for key in rounds[0]})
+    configs[name]["failures"] = sum(r["failures"] for r in rounds)
+    configs[name]["answers"] = agreement[name]
+  floor_ms = floor["session_callable_p50_ms"]
+  off = samples["off"]
+  ratios = {
+      "rest_batch1_p50_over_in_process": round(configs["off"]["rest_batch1_p50_ms"] / floor_ms,
+                                               3),
+      "rest_batch1_p50_over_caller_thread_run": round(
+          configs["off"]["rest_batch1_p50_ms"] / floor["caller_thread_p50_ms"], 3),
+      "grpc_batch1_p50_over_in_process": round(configs["off"]["grpc_batch1_p50_ms"] / floor_ms,
+                                               3)}
+  for name in ("project", "tuned"):
     for protocol in ("rest", "grpc"):
-      figures[f"{protocol}_p50_over_{floor}_p50"] = round(
-          figures[f"{protocol}_batch_1"]["p50_ms"] / figures["in_process"][floor]["p50_ms"], 2)
-  return figures
+      key = f"{protocol}_c32_requests_per_s"
+      per_round = [on[key] / base[key] for on, base in zip(samples[name], off)]
+      ratios[f"{name}_over_off_{protocol}_c32_throughput"] = {
+          "median": round(statistics.median(per_round), 3),
+          "min": round(min(per_round), 3), "max": round(max(per_round), 3)}
+  return {"version_dir": version_dir, "in_process": rounded(floor),
+          "tuner": {"best": tuning_report["best"], "speedup": tuning_report["speedup"]},
+          "configs": configs, "ratios": ratios}
 
 
 def main(argv):
   del argv
-  original = highest_version(FLAGS.model_base_path)
-  serialized = one_example(original)
-  report = {"model_name": FLAGS.model_name, "signature": SIGNATURE, "api": "classify",
-            "server": "embedded (python -m serving.model_server)", "cpus": os.cpu_count(),
-            "requests": FLAGS.requests, "concurrency": FLAGS.concurrency,
-            "target": f"embedded REST batch-1 p50 within {TARGET_RATIO:g}x of in-process "
-                      f"session.run",
-            "original": measure(original, FLAGS.model_name, serialized, FLAGS.requests,
-                                FLAGS.concurrency)}
-  if FLAGS.optimized_dir:
-    report["optimized"] = measure(FLAGS.optimized_dir.rstrip("/"), FLAGS.model_name,
-                                  serialized, FLAGS.requests, FLAGS.concurrency)
-  report["target_met"] = all(
-      report[k]["rest_p50_over_session_run_p50"] <= TARGET_RATIO
-      for k in ("original", "optimized") if k in report)
+  if shutil.which("wrk") is None:
+    raise SystemExit("this benchmark needs wrk on PATH (apt-get install wrk)")
+  if not FLAGS.original_dir:
+    if not FLAGS["job-dir"].value:
+      FLAGS["job-dir"].value = tempfile.mkdtemp(prefix="banking77-serving-")
+    config = dataclasses.replace(command.config_from_flags(), optimize=False, smoke_test=False)
+    FLAGS.original_dir = (versions.latest_version_dir(os.path.join(config.job_dir, "export",
+                                                                   FLAGS.model_name))
+                          or pipeline.run(config).export_dir)
+  if not FLAGS.optimized_dir:
+    FLAGS.optimized_dir = os.path.join(tempfile.mkdtemp(prefix="optimized-"), MODEL_NAME, "1")
+    optimizer.optimize(FLAGS.original_dir, FLAGS.optimized_dir, FLAGS.transforms)
+  report = {"cpus": os.cpu_count(), "seconds_per_figure": FLAGS.seconds,
+            "rounds": FLAGS.rounds, "load": "Classify, one Banking77 test example a request",
+            "targets": {"rest_batch1_p50_over_in_process": f"<= {REST_P50_TARGET} "
+                                                           f"(goal {REST_P50_GOAL})",
+                        "batching_over_off_c32_throughput": f">= {THROUGHPUT_TARGET} "
+                                                            f"(goal {THROUGHPUT_GOAL})"}}
+  with tempfile.TemporaryDirectory(prefix="serving-latency-") as scratch:
+    for name, version_dir in (("original", FLAGS.original_dir),
+                              ("optimized", FLAGS.optimized_dir)):
+      os.makedirs(os.path.join(scratch, name))
+      report[name] = measure_model(os.path.abspath(version_dir), os.path.join(scratch, name))
+    requests = requests_for(FLAGS.original_dir, scratch)
+    report["client_ceilings"] = client_ceilings(requests, scratch, FLAGS.seconds)
+  report["targets_met"] = {
+      name: {"rest_batch1_p50": report[name]["ratios"]["rest_batch1_p50_over_in_process"]
+                                <= REST_P50_TARGET,
+             "batching_c32_throughput": report[name]["ratios"][
+                 "tuned_over_off_rest_c32_throughput"]["median"] >= THROUGHPUT_TARGET,
+             "zero_failures": all(c["failures"] == 0 for c in report[name]["configs"].values()),
+             "answers_equal": all(c["answers"]["same_labels"]
+                                  for c in report[name]["configs"].values())}
+      for name in ("original", "optimized")}
   print(json.dumps(report, indent=2))
 
 

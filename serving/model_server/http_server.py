@@ -4,24 +4,23 @@ around `rest.RestApi`, in a thread of its own.
 An asyncio server holds thousands of connections without a thread each, so a slow client
 (slowloris, a body trickling in) costs a socket, not a worker. A request's body is refused with
 413 as soon as its Content-Length (or the bytes received so far) passes the limit, before it is
-read or buffered. Where a request is answered (measured with the Banking77 model on two
-cores, see benchmarks/serving_latency.py):
+read or buffered. Where a request is answered (chosen by measuring the Banking77 model on two
+cores; benchmarks/serving_latency.py gives the resulting figures):
 
 - With batching on, a small request (the usual one: a few examples) is answered in the event
   loop, its JSON in microseconds, and waits for its batch without holding a thread, so the
   batch can fill from every connection, not only from as many as there are threads.
 - Without batching, a request that is the only one in flight is answered in the loop: handing
-  it to a thread and back costs about as much as the run of a small model (batch-1 p50 0.65
-  against 1.0 ms). Under concurrency each request is answered whole on a pool of
-  `--rest_api_num_threads` threads, whose session runs overlap (15 % more requests a second
-  at 32 connections than running them in the loop).
+  it to a thread and back costs about as much as the run of a small model. Under concurrency
+  each request is answered whole on a pool of `--rest_api_num_threads` threads, whose session
+  runs overlap, where the loop would run them one after another.
 - A large body is always answered on the pool, so it never stops the loop from taking and
   answering the others. After it the process gives the memory it used back to the system
   (`memory.release`).
 
-Measured against waitress, the WSGI server used before, on loopback with a trivial application
-and wrk: batch-1 p50 79 µs against 133 µs, and 42,800 against 6,900 requests/s at 32
-connections.
+uvicorn replaced waitress, the WSGI server used before, which on loopback with a trivial
+application and wrk answered about 6x fewer requests a second at 32 connections; the
+benchmark's `client_ceilings` gives uvicorn's own figures on a trivial application.
 """
 
 import asyncio
