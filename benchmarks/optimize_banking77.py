@@ -114,7 +114,10 @@ def main(argv):
     original = pipeline.run(config).export_dir
   optimized = os.path.join(tempfile.mkdtemp(prefix="optimized-"), "1")
   started = time.perf_counter()
-  result = optimizer.optimize(original, optimized, FLAGS.transforms, latency_repeats=20)
+  # The guard judges what the pipeline gives it: the test set with labels, then training texts.
+  guard_examples = pipeline.write_guard_examples(config, test_examples, train_examples)
+  result = optimizer.optimize(original, optimized, FLAGS.transforms, eval_data=guard_examples,
+                              label_key=pipeline.GUARD_LABEL_KEY, latency_repeats=20)
   optimize_seconds = time.perf_counter() - started
 
   texts = [e.text for e in test_examples]
@@ -166,6 +169,18 @@ def main(argv):
   figures["top1_agreement_test_set"] = round(
       sum(a == b for a, b in zip(predictions["original"], predictions["optimized"])) / len(texts), 4)
   figures["guard_lowest_agreement"] = round(result.guard.agreement, 4)
+  figures["guard"] = {
+      "examples": result.guard.examples, "synthetic": result.guard.synthetic_examples,
+      "passed": result.guard.passed,
+      "signatures": {s.name: {"agreement": round(s.agreement, 4),
+                              "disagreement_bound_95": round(s.disagreement_bound, 4),
+                              **({"labelled": s.labels.examples,
+                                  s.labels.metric: [round(s.labels.original, 4),
+                                                    round(s.labels.optimized, 4)]}
+                                 if s.labels else {})}
+                     for s in result.guard.signatures},
+      "kept_in_float": [f"{k.name} ({k.stored_as})" for k in result.fallback.kept]
+                       if result.fallback else []}
   figures["session_call_floor_ms"] = round(1000 * session_call_floor(), 4)
   figures["transforms"] = [s.step for s in result.steps[1:]]
   figures["latency_signature"] = signature

@@ -25,6 +25,8 @@ import csv
 import dataclasses
 import io
 import json
+import posixpath
+import uuid
 from typing import Dict, Iterable, List, Mapping, Optional, Sequence
 
 import tensorflow as tf
@@ -109,6 +111,30 @@ def feeds_parser(graph_def, tensor_name: str) -> bool:
       if user.op == "Identity":
         frontier.append(user.name)
   return False
+
+
+# ------------------------------------------------------------------------------ writing
+
+
+def write_examples(path: str, examples: Iterable[tf.train.Example]) -> int:
+  """Writes a TFRecord of the examples all-or-nothing (a temporary sibling, then a rename);
+  returns how many it wrote."""
+  parent = posixpath.dirname(path)
+  if parent:
+    tf.io.gfile.makedirs(parent)
+  staging = f"{path}.partial-{uuid.uuid4().hex[:8]}"
+  count = 0
+  try:
+    with tf.io.TFRecordWriter(staging) as writer:
+      for example in examples:
+        writer.write(example.SerializeToString())
+        count += 1
+    tf.io.gfile.rename(staging, path, overwrite=True)
+  except BaseException:
+    if tf.io.gfile.exists(staging):
+      tf.io.gfile.remove(staging)
+    raise
+  return count
 
 
 # ------------------------------------------------------------------------------ reading

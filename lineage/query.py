@@ -236,6 +236,14 @@ def _summary(step: str, execution: Optional[Dict], artifact: Optional[Dict]) -> 
     sizes = (f"{_size(before)} -> {_size(made.get('size_bytes'))}" if before
              else _size(made.get("size_bytes")))
     agreement = f", agreement {_value(run['agreement'])}" if "agreement" in run else ""
+    if "guard_examples" in run:
+      agreement += f" on {run['guard_examples']}"
+    for metric in ("accuracy", "mean_absolute_error"):
+      if f"{metric}_before" in run:
+        agreement += (f", {metric} {_value(run[metric + '_before'])} -> "
+                      f"{_value(run[metric + '_after'])}")
+    if run.get("kept_in_float"):
+      agreement += f", {len(run['kept_in_float'])} weights kept in float"
     return sizes + agreement
   if step == "verdict" and artifact:
     if made.get("blessed"):

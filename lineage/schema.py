@@ -41,6 +41,8 @@ SERVABLES = (EXPORTED_MODEL, OPTIMIZED_MODEL)
 
 TRAIN, EXPORT, OPTIMIZE, SMOKE_TEST, PUSH = "Train", "Export", "Optimize", "SmokeTest", "Push"
 TUNE_BATCHING = "TuneBatching"
+# The executions one pipeline run records, in order; TuneBatching runs on its own.
+PIPELINE_EXECUTIONS = (TRAIN, EXPORT, OPTIMIZE, SMOKE_TEST, PUSH)
 
 EXPERIMENT = "Experiment"
 PIPELINE_RUN = "PipelineRun"
@@ -70,7 +72,13 @@ EXECUTION_TYPES: Dict[str, Dict[str, str]] = {
     EXPORT: {"model_name": STRING, "export_base": STRING, "warmup_records": INT},
     OPTIMIZE: {"transforms": JSON, "min_agreement": DOUBLE, "force": BOOL, "agreement": DOUBLE,
                "guard": JSON, "steps": JSON, "size_bytes_before": INT, "size_bytes_after": INT,
-               "batch1_p50_ms_before": DOUBLE, "batch1_p50_ms_after": DOUBLE},
+               "batch1_p50_ms_before": DOUBLE, "batch1_p50_ms_after": DOUBLE,
+               "max_accuracy_drop": DOUBLE, "min_examples": INT, "fallback": STRING,
+               "label_key": STRING, "guard_passed": BOOL, "guard_examples": INT,
+               "guard_synthetic_examples": INT, "guard_metric": STRING,
+               "guard_labelled_examples": INT, "accuracy_before": DOUBLE,
+               "accuracy_after": DOUBLE, "mean_absolute_error_before": DOUBLE,
+               "mean_absolute_error_after": DOUBLE, "kept_in_float": JSON},
     SMOKE_TEST: {"backend": STRING, "blessed": BOOL, "reason": STRING, "checks_passed": INT,
                  "checks_total": INT, "latency_ms": JSON, "model_version": INT},
     PUSH: {"push_to": STRING, "model_uri": STRING, "version": INT, "pushed_uri": STRING},

@@ -7,6 +7,7 @@ from absl import flags
 from lineage import query
 from lineage import store as lineage_store
 from lineage.record import Recorder
+from optimize import fallback
 from optimize import guard
 from optimize import optimizer
 from optimize import recorded
@@ -26,9 +27,25 @@ def define_flags() -> None:
   flags.DEFINE_string("eval_data", None,
                       "Evaluation inputs for the accuracy guard: a TFRecord of serialized "
                       "tf.Example, or a CSV / JSON Lines file whose columns are features. "
-                      "Default: the export's warmup records.")
+                      "Default: the export's warmup records, topped up with synthetic "
+                      "examples made from the export to --min_examples.")
+  flags.DEFINE_string("label_key", None,
+                      "The --eval_data feature holding each example's label: the guard then "
+                      "scores both models against it (accuracy, or mean absolute error for "
+                      "regressors). Rows without it count for agreement only.")
   flags.DEFINE_float("min_agreement", guard.DEFAULT_MIN_AGREEMENT,
                      "Lowest top-1 agreement with the original, per signature, to accept.")
+  flags.DEFINE_float("max_accuracy_drop", guard.DEFAULT_MAX_ACCURACY_DROP,
+                     "Most accuracy points the optimized model may lose against the labels "
+                     "(regressors: percent of mean absolute error it may gain).")
+  flags.DEFINE_integer("min_examples", None,
+                       "Fewest examples the guard judges before it calls a model safe. Default: "
+                       "as many as --min_agreement needs for a one-sided 95% bound (598 for "
+                       "0.995).", lower_bound=1)
+  flags.DEFINE_enum("fallback", fallback.DEFAULT_FALLBACK, fallback.FALLBACKS,
+                    "When the int8 plan fails the guard: 'mixed' writes the smallest plan that "
+                    "passes, keeping the weights that do harm in float16 or float32; 'none' "
+                    "refuses.")
   flags.DEFINE_bool("force", False, "Write the optimized model even if the guard refuses it.")
   flags.DEFINE_bool("overwrite", False, "Replace a non-empty --output_dir.")
   flags.DEFINE_string("report_dir", None, "Report location (default: <output_dir>.report).")
@@ -43,8 +60,14 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
   if not 0.0 <= FLAGS.min_agreement <= 1.0:
     raise app.UsageError(f"--min_agreement must be in [0, 1], got {FLAGS.min_agreement}")
+  if FLAGS.label_key and not FLAGS.eval_data:
+    raise app.UsageError("--label_key needs --eval_data, the file with the labels")
+  if FLAGS.max_accuracy_drop < 0:
+    raise app.UsageError(f"--max_accuracy_drop must be >= 0, got {FLAGS.max_accuracy_drop}")
   arguments = dict(transform_specs=FLAGS.transforms, eval_data=FLAGS.eval_data,
-                   min_agreement=FLAGS.min_agreement, force=FLAGS.force,
+                   label_key=FLAGS.label_key, min_agreement=FLAGS.min_agreement,
+                   max_accuracy_drop=FLAGS.max_accuracy_drop, min_examples=FLAGS.min_examples,
+                   fallback=FLAGS.fallback, force=FLAGS.force,
                    overwrite=FLAGS.overwrite, report_dir=FLAGS.report_dir, measure=FLAGS.measure)
   try:
     if FLAGS.metadata_db or FLAGS.mysql_host:
@@ -57,8 +80,8 @@ def main(argv):
   for step in result.steps:
     print(f"{step.step:40s} nodes {step.nodes:5d}  {step.bytes_on_disk / 1e6:8.2f} MB  "
           f"batch-1 p50 {step.batch1_p50_ms:7.3f} ms  agreement {step.agreement:.4f}")
-  print(f"guard: lowest agreement {result.guard.agreement:.4f} "
-        f"({'passed' if result.guard.passed else 'forced'})")
+  for line in optimizer.summary(result):
+    print(line)
   print(f"optimized {result.output_dir}")
   if result.report_paths:
     print(f"report {result.report_paths['markdown']}")

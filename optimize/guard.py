@@ -1,14 +1,21 @@
 """The accuracy guard: original and optimized must answer the same on evaluation inputs.
 
 Every signature is run on the inputs `evaluation_inputs` builds and compared, output by
-output, as an agreement rate. This rule differs on purpose from the smoke test's
+output, as an agreement rate; a signature's agreement is its lowest decision output's (class,
+scores, probabilities, class ids, regression value) or, where it has none, its lowest output's. This rule differs on purpose from the smoke test's
 (`serving/smoke_test/checks.py`), which demands equal answers within float noise: the smoke
 test compares one model with itself served, where any difference is a serving bug; the guard
 compares two different models, where quantization is allowed to move scores as long as the
 decisions (top class, regression value within tolerance) stay the same.
+
+Where the inputs carry labels, the guard also scores both models against them: accuracy for
+classifiers, mean absolute error for regressors. And it says how much its count of examples
+can prove: the one-sided 95 % (Clopper-Pearson) upper bound on the disagreement rate, and how
+many examples the agreement threshold needs before zero disagreements can vouch for it.
 """
 
 import dataclasses
+import math
 from typing import Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
@@ -17,7 +24,54 @@ from export.servable import SessionServable
 from optimize.evaluation_inputs import SignatureInputs
 
 DEFAULT_MIN_AGREEMENT = 0.995
+# In accuracy points (0.2 = 0.2 % of the examples); for regressors, percent of the original's
+# mean absolute error.
+DEFAULT_MAX_ACCURACY_DROP = 0.2
+CONFIDENCE = 0.95
 _REGRESSION_RTOL, _REGRESSION_ATOL = 1e-2, 1e-3
+# Output names TF Serving's Classify and Regress APIs and the canned estimators' Predict
+# signatures give a decision; other outputs are compared but not scored against labels.
+_CLASS_OUTPUTS = ("classes",)
+_SCORE_OUTPUTS = ("scores", "probabilities")
+_REGRESSION_OUTPUTS = ("outputs", "predictions")
+# Where a signature has any of these, they decide its agreement; the others (logits, a
+# binary classifier's logistic) are compared and reported but move freely with quantization.
+_DECISION_OUTPUTS = frozenset(_CLASS_OUTPUTS + _SCORE_OUTPUTS + _REGRESSION_OUTPUTS
+                              + ("class_ids",))
+
+
+def examples_needed(min_agreement: float, confidence: float = CONFIDENCE) -> int:
+  """The fewest examples on which zero disagreements put the one-sided upper bound on the
+  disagreement rate at or under 1 - min_agreement."""
+  if min_agreement <= 0.0:
+    return 1
+  if min_agreement >= 1.0:
+    raise ValueError("no number of examples can prove agreement 1.0")
+  return math.ceil(math.log(1.0 - confidence) / math.log(min_agreement))
+
+
+def disagreement_bound(disagreements: int, examples: int, confidence: float = CONFIDENCE) -> float:
+  """The one-sided Clopper-Pearson upper bound on the disagreement rate."""
+  if examples <= 0:
+    return 1.0
+  if disagreements >= examples:
+    return 1.0
+  alpha = 1.0 - confidence
+
+  def at_most_observed(rate: float) -> float:  # P(X <= disagreements) for X ~ B(examples, rate)
+    log_rate, log_rest = math.log(rate), math.log1p(-rate)
+    return sum(math.exp(math.lgamma(examples + 1) - math.lgamma(k + 1)
+                        - math.lgamma(examples - k + 1) + k * log_rate
+                        + (examples - k) * log_rest) for k in range(disagreements + 1))
+
+  low, high = disagreements / examples, 1.0
+  for _ in range(60):
+    middle = (low + high) / 2
+    if middle <= 0.0 or at_most_observed(middle) > alpha:
+      low = middle
+    else:
+      high = middle
+  return high
 
 
 @dataclasses.dataclass
@@ -28,35 +82,100 @@ class OutputAgreement:
 
 
 @dataclasses.dataclass
+class LabelScore:
+  """Both models scored against the labels of `examples` rows: accuracy (classifiers, a
+  share) or mean absolute error (regressors)."""
+  metric: str  # "accuracy" or "mean_absolute_error"
+  examples: int
+  original: float
+  optimized: float
+
+  @property
+  def drop(self) -> float:
+    """Accuracy points lost, or for an error, percent of the original error gained."""
+    if self.metric == "accuracy":
+      return (self.original - self.optimized) * 100.0
+    if self.original == 0.0:
+      return 0.0 if self.optimized == 0.0 else math.inf
+    return (self.optimized - self.original) / self.original * 100.0
+
+
+@dataclasses.dataclass
 class SignatureAgreement:
   name: str
   examples: int
   agreement: float
   outputs: Dict[str, OutputAgreement]
+  labels: Optional[LabelScore] = None
+
+  @property
+  def disagreements(self) -> int:
+    return int(round((1.0 - self.agreement) * self.examples))
+
+  @property
+  def disagreement_bound(self) -> float:
+    return disagreement_bound(self.disagreements, self.examples)
 
 
 @dataclasses.dataclass
 class GuardResult:
   signatures: List[SignatureAgreement]
   min_agreement: float
+  max_accuracy_drop: float = DEFAULT_MAX_ACCURACY_DROP
+  min_examples: int = 0
+  synthetic_examples: int = 0  # of the inputs, how many were made up from the export
 
   @property
   def agreement(self) -> float:
     return min(s.agreement for s in self.signatures)
 
   @property
+  def examples(self) -> int:
+    return min(s.examples for s in self.signatures)
+
+  @property
   def passed(self) -> bool:
-    return self.agreement >= self.min_agreement
+    return not self.failures()
+
+  @property
+  def enough_examples(self) -> bool:
+    return self.examples >= self.min_examples
 
   def failures(self) -> List[str]:
-    return [f"{s.name}: {s.agreement:.4f} < {self.min_agreement}" for s in self.signatures
-            if s.agreement < self.min_agreement]
+    problems = []
+    for s in self.signatures:
+      if s.examples < self.min_examples:
+        problems.append(
+            f"{s.name}: judged {s.examples} examples; {self.min_examples} are needed before "
+            f"agreement {self.min_agreement} can be vouched for at {CONFIDENCE:.0%} (pass more "
+            f"evaluation data, or lower min_examples to accept less proof)")
+      if s.agreement < self.min_agreement:
+        problems.append(f"{s.name}: agreement {s.agreement:.4f} < {self.min_agreement}")
+      # A drop exactly at the limit passes; accuracies are ratios, so allow float rounding.
+      if s.labels is not None and s.labels.drop > self.max_accuracy_drop + 1e-9:
+        problems.append(
+            f"{s.name}: {s.labels.metric} {s.labels.original:.4f} -> {s.labels.optimized:.4f} "
+            f"on {s.labels.examples} labelled examples, a drop of {s.labels.drop:.2f} "
+            f"> {self.max_accuracy_drop}")
+    return problems
 
   def to_dict(self) -> Dict:
-    return dataclasses.asdict(self) | {"agreement": self.agreement, "passed": self.passed}
+    signatures = []
+    for s in self.signatures:
+      figures = dataclasses.asdict(s) | {"disagreement_bound_95": round(s.disagreement_bound, 6)}
+      if s.labels is not None:
+        figures["labels"]["drop"] = s.labels.drop
+      signatures.append(figures)
+    return {"signatures": signatures, "min_agreement": self.min_agreement,
+            "max_accuracy_drop": self.max_accuracy_drop, "min_examples": self.min_examples,
+            "synthetic_examples": self.synthetic_examples, "agreement": self.agreement,
+            "examples": self.examples, "passed": self.passed, "failures": self.failures()}
 
 
 def compare_outputs(reference: np.ndarray, candidate: np.ndarray) -> OutputAgreement:
+  """Agreement of one output over a batch: shapes that differ agree nowhere; float outputs
+  with a class axis agree where the top class does, others where the candidate is within
+  1 % (and 1e-3) of the reference; other dtypes where rows are equal."""
   if reference.shape != candidate.shape:
     return OutputAgreement(0.0)
   if reference.dtype.kind == "f":
@@ -72,23 +191,90 @@ def compare_outputs(reference: np.ndarray, candidate: np.ndarray) -> OutputAgree
   return OutputAgreement(float(np.mean(rows)) if rows.size else 1.0)
 
 
+def decisions(outputs: Mapping[str, np.ndarray]):
+  """("accuracy", predicted labels as bytes) or ("mean_absolute_error", values) from a
+  signature's outputs, or None when no output is a decision."""
+  classes = next((outputs[k] for k in _CLASS_OUTPUTS if k in outputs), None)
+  scores = next((outputs[k] for k in _SCORE_OUTPUTS if k in outputs), None)
+  if classes is not None and classes.dtype == object:
+    if classes.ndim == 2 and scores is not None and scores.shape == classes.shape:
+      picked = classes[np.arange(len(classes)), np.argmax(scores, axis=-1)]
+    else:
+      picked = classes.reshape(len(classes), -1)[:, 0]
+    return "accuracy", np.array([bytes(c) for c in picked], dtype=object)
+  values = next((outputs[k] for k in _REGRESSION_OUTPUTS if k in outputs), None)
+  if values is not None and values.dtype.kind == "f" and values.size == len(values):
+    return "mean_absolute_error", values.reshape(-1).astype(np.float64)
+  return None
+
+
+def _as_class(label) -> bytes:
+  """A label as the class string a canned classifier answers: ids answer as b"3"."""
+  if isinstance(label, bytes):
+    return label
+  return str(int(label)).encode() if float(label).is_integer() else str(label).encode()
+
+
+def _score(metric: str, predicted: np.ndarray, labels: Sequence) -> float:
+  if metric == "accuracy":
+    return float(np.mean([p == _as_class(label) for p, label in zip(predicted, labels)]))
+  return float(np.mean(np.abs(predicted - np.array([float(v) for v in labels]))))
+
+
 def compare(reference: SessionServable, candidate: SessionServable,
             inputs: Mapping[str, SignatureInputs],
-            min_agreement: float = DEFAULT_MIN_AGREEMENT) -> GuardResult:
+            min_agreement: float = DEFAULT_MIN_AGREEMENT,
+            max_accuracy_drop: float = DEFAULT_MAX_ACCURACY_DROP,
+            min_examples: int = 0, synthetic_examples: int = 0) -> GuardResult:
   signatures = []
   for name, signature_inputs_ in sorted(inputs.items()):
     per_output: Dict[str, List[OutputAgreement]] = {}
     weights = []
-    for batch in signature_inputs_.batches:
+    scored = {"original": [], "optimized": []}
+    metric = None
+    for index, batch in enumerate(signature_inputs_.batches):
       expected = reference.run(name, batch)
       actual = candidate.run(name, batch)
       weights.append(len(next(iter(batch.values()))))
       for key in expected:
         per_output.setdefault(key, []).append(compare_outputs(expected[key], actual[key]))
+      labels = signature_inputs_.batch_labels(index)
+      if labels is not None:
+        for side, outputs in (("original", expected), ("optimized", actual)):
+          decided = decisions(outputs)
+          if decided is None or (metric is not None and decided[0] != metric):
+            break
+          metric = decided[0]
+          scored[side].extend((p, label) for p, label in zip(decided[1], labels)
+                              if label is not None)
     outputs = {key: _combine(parts, weights) for key, parts in per_output.items()}
+    label_score = None
+    if metric is not None and scored["original"] and len(scored["original"]) == len(
+        scored["optimized"]):
+      try:
+        label_score = LabelScore(
+            metric, len(scored["original"]),
+            _score(metric, *_columns(scored["original"], metric)),
+            _score(metric, *_columns(scored["optimized"], metric)))
+      except ValueError:
+        # Labels that are no numbers cannot score a regression output (a binary
+        # classifier's regress signature gives the positive class's probability).
+        label_score = None
+    deciding = [o for key, o in outputs.items() if key in _DECISION_OUTPUTS] or list(
+        outputs.values())
     signatures.append(SignatureAgreement(
-        name, signature_inputs_.examples, min(o.agreement for o in outputs.values()), outputs))
-  return GuardResult(signatures, min_agreement)
+        name, signature_inputs_.examples, min(o.agreement for o in deciding), outputs,
+        label_score))
+  return GuardResult(signatures, min_agreement, max_accuracy_drop, min_examples,
+                     synthetic_examples)
+
+
+def _columns(pairs, metric):
+  predicted = [p for p, _ in pairs]
+  labels = [label for _, label in pairs]
+  if metric == "mean_absolute_error":
+    return np.array(predicted, dtype=np.float64), labels
+  return predicted, labels
 
 
 def _combine(parts: Sequence[OutputAgreement], weights: Sequence[int]) -> OutputAgreement:

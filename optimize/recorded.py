@@ -16,6 +16,22 @@ from optimize import optimizer
 Artifact = metadata_store_pb2.Artifact
 
 
+def guard_figures(result: optimizer.OptimizeResult):
+  """The guard's verdict as flat properties `python -m lineage` shows."""
+  verdict = result.guard
+  figures = dict(guard_passed=verdict.passed, guard_examples=verdict.examples,
+                 guard_synthetic_examples=verdict.synthetic_examples,
+                 kept_in_float=[f"{k.name}:{k.stored_as}" for k in result.fallback.kept]
+                 if result.fallback else [])
+  scored = [s for s in verdict.signatures if s.labels is not None]
+  if scored:
+    labels = scored[0].labels
+    figures.update({"guard_metric": labels.metric, "guard_labelled_examples": labels.examples,
+                    f"{labels.metric}_before": labels.original,
+                    f"{labels.metric}_after": labels.optimized})
+  return figures
+
+
 def optimize(recorder: Recorder, source: Artifact, output_dir: str,
              model_name: Optional[str] = None,
              **optimize_args) -> Tuple[optimizer.OptimizeResult, Artifact]:
@@ -25,6 +41,10 @@ def optimize(recorder: Recorder, source: Artifact, output_dir: str,
   params = {"transforms": transforms if isinstance(transforms, (list, type(None)))
                           else [transforms],
             "min_agreement": optimize_args.get("min_agreement"),
+            "max_accuracy_drop": optimize_args.get("max_accuracy_drop"),
+            "min_examples": optimize_args.get("min_examples"),
+            "fallback": optimize_args.get("fallback"),
+            "label_key": optimize_args.get("label_key"),
             "force": optimize_args.get("force", False)}
   with recorder.execution(schema.OPTIMIZE, inputs={"model": source},
                           params={k: v for k, v in params.items() if v is not None}) as run:
@@ -37,6 +57,6 @@ def optimize(recorder: Recorder, source: Artifact, output_dir: str,
                      batch1_p50_ms_before=result.steps[0].batch1_p50_ms,
                      batch1_p50_ms_after=result.steps[-1].batch1_p50_ms)
     run.results(agreement=result.guard.agreement, guard=result.guard.to_dict(), steps=steps,
-                **figures)
+                **figures, **guard_figures(result))
     optimized = run.output("optimized_model", schema.optimized_model(output_dir, model_name))
   return result, optimized

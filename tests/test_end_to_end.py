@@ -106,7 +106,14 @@ def test_pipeline_optimizes_verifies_and_pushes_with_the_whole_chain_recorded(jo
   assert chain["train"]["execution"]["properties"]["accuracy"] >= 0.9
   assert chain["train"]["execution"]["properties"]["hyperparameters"]["batch_size"] == 32
   assert chain["export"]["artifact"]["uri"] == export_dir
-  assert chain["optimize"]["execution"]["properties"]["agreement"] >= 0.995
+  optimize = chain["optimize"]["execution"]["properties"]
+  assert optimize["agreement"] >= 0.995
+  # The guard scores the eval set against its labels, and judges agreement on the eval and
+  # training texts together (154 + 616 distinct texts of the bundled data).
+  assert optimize["guard_labelled_examples"] == 154
+  assert optimize["guard_examples"] == 770 and optimize["guard_synthetic_examples"] == 0
+  assert optimize["accuracy_before"] >= 0.9
+  assert abs(optimize["accuracy_after"] - optimize["accuracy_before"]) <= 0.002
   assert chain["verdict"]["artifact"]["properties"]["blessed"] is True
   assert chain["push"]["artifact"]["properties"]["version"] == 1
 
@@ -126,5 +133,5 @@ def test_a_refused_optimization_is_recorded_as_failed_and_nothing_is_pushed(tmp_
   assert set(executions) == {"Train", "Export", "Optimize"}
   failed = executions["Optimize"]
   assert failed.last_known_state == metadata_store_pb2.Execution.FAILED
-  assert "disagrees with the original" in failed.properties["failure_reason"].string_value
+  assert "fails the guard" in failed.properties["failure_reason"].string_value
   assert executions["Export"].last_known_state == metadata_store_pb2.Execution.COMPLETE

@@ -1,5 +1,7 @@
 """quantize_weights: large float weights stored as int8 with scales, or as float16."""
 
+from typing import List, Tuple
+
 import numpy as np
 import tensorflow as tf
 from tensorflow.core.framework import graph_pb2
@@ -21,29 +23,63 @@ DEQUANTIZE_SUFFIX = "/dequantize"
 QUANTIZED_SUFFIXES = ("/int8", "/float16")
 
 
+# Separates weight names in keep_float16 / keep_float32 (a spec's values cannot hold commas).
+NAME_SEPARATOR = "|"
+
+
 @register("quantize_weights", params=[Param("dtype", str, "int8", choices=("int8", "float16")),
-                                      Param("min_elements", int, 1024, minimum=1)],
+                                      Param("min_elements", int, 1024, minimum=1),
+                                      Param("keep_float16", str, ""),
+                                      Param("keep_float32", str, "")],
           default_position=130, default_args={"dtype": "int8"})
 def quantize_weights(graph_def: graph_pb2.GraphDef, context: GraphContext,
-                     dtype: str = "int8", min_elements: int = 1024) -> graph_pb2.GraphDef:
+                     dtype: str = "int8", min_elements: int = 1024, keep_float16: str = "",
+                     keep_float32: str = "") -> graph_pb2.GraphDef:
   """Stores large float weights as int8 (per-channel scale) or float16.
 
   MatMul weights get one scale per output column and are dequantized before the
   MatMul. Embedding tables (GatherV2 params on axis 0) get one scale per row and are
   dequantized after the gather, so only the gathered rows are ever float: no full
   float table is rebuilt at load or per request. Weights with other consumers stay.
+  Weights named in `keep_float16` are stored as float16 whatever `dtype` says, and those in
+  `keep_float32` stay as they are (names separated by '|'): the plan the optimizer's
+  accuracy-aware fallback chooses.
   """
+  as_float16 = set(filter(None, keep_float16.split(NAME_SEPARATOR)))
+  as_float32 = set(filter(None, keep_float32.split(NAME_SEPARATOR)))
   graph = copy_graph(graph_def)
   by_name = {n.name: n for n in graph.node}
   users = consumers(graph)
   new_nodes = []
-  for node in list(graph.node):
+  for name, per_row in _weights(graph, context, min_elements, by_name, users):
+    if name in as_float32:
+      continue
+    node = by_name[name]
+    new_nodes.extend(_quantized(node, const_value(node), users[name],
+                                "float16" if name in as_float16 else dtype, per_row))
+  graph.node.extend(new_nodes)
+  return strip_unused_nodes(graph, context)
+
+
+def quantizable_weights(graph_def: graph_pb2.GraphDef, context: GraphContext,
+                        min_elements: int = 1024) -> List[str]:
+  """The weights quantize_weights would store compactly, by node name."""
+  by_name = {n.name: n for n in graph_def.node}
+  return [name for name, _ in _weights(graph_def, context, min_elements, by_name,
+                                       consumers(graph_def))]
+
+
+def _weights(graph, context, min_elements, by_name, users) -> List[Tuple[str, bool]]:
+  """(name, per_row) of each large float weight whose every use can take a dequantized one;
+  per_row for embedding tables, which are gathered by row."""
+  found = []
+  for node in graph.node:
     if node.op != "Const" or node.name in context.protected:
       continue
     if node.attr["dtype"].type != tf.float32.as_datatype_enum:
       continue
-    value = const_value(node)
-    if value.size < min_elements or value.ndim != 2:
+    shape = [d.size for d in node.attr["value"].tensor.tensor_shape.dim]
+    if len(shape) != 2 or int(np.prod(shape)) < min_elements:
       continue
     use = users.get(node.name, [])
     if not use or not all(_is_weight_use(u, p, by_name) for u, p in use):
@@ -51,10 +87,8 @@ def quantize_weights(graph_def: graph_pb2.GraphDef, context: GraphContext,
     gathers = [u for u, _ in use if u.op == "GatherV2"]
     if gathers and len(gathers) != len(use):
       continue
-    per_row = bool(gathers)
-    new_nodes.extend(_quantized(node, value, use, dtype, per_row))
-  graph.node.extend(new_nodes)
-  return strip_unused_nodes(graph, context)
+    found.append((node.name, bool(gathers)))
+  return found
 
 
 def _is_weight_use(user, position, by_name) -> bool:

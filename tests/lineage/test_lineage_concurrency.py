@@ -73,12 +73,13 @@ def test_two_processes_share_one_sqlite_store(tmp_path):
   chains = PROCESSES * CHAINS
   executions = store.mlmd.get_executions()
   assert collections.Counter(store.type_name(e.type_id) for e in executions) == {
-      name: chains for name in schema.EXECUTION_TYPES}
+      name: chains for name in schema.PIPELINE_EXECUTIONS}
   assert {e.last_known_state for e in executions} == {metadata_store_pb2.Execution.COMPLETE}
   artifacts = collections.Counter(store.type_name(a.type_id) for a in store.mlmd.get_artifacts())
   # Both processes recorded the same two data files: one artifact each, not one per chain.
   assert artifacts == {schema.DATASET: 2, **{name: chains for name in schema.ARTIFACT_TYPES
-                                             if name != schema.DATASET}}
+                                             if name not in (schema.DATASET,
+                                                             schema.BATCHING_PARAMETERS)}}
   # Train: 2 inputs + 2 outputs; Export, Optimize, SmokeTest, Push: 1 + 1 each.
   assert len(store.mlmd.get_events_by_execution_ids([e.id for e in executions])) == chains * 12
   assert len(store.mlmd.get_contexts_by_type(schema.PIPELINE_RUN)) == chains
@@ -86,7 +87,7 @@ def test_two_processes_share_one_sqlite_store(tmp_path):
 
   for run in runs:
     context = store.mlmd.get_context_by_type_and_name(schema.PIPELINE_RUN, run["run"])
-    assert len(store.mlmd.get_executions_by_context(context.id)) == len(schema.EXECUTION_TYPES)
+    assert len(store.mlmd.get_executions_by_context(context.id)) == len(schema.PIPELINE_EXECUTIONS)
     chain = query.describe_chain(store, run["job_dir"])
     assert chain["target"]["id"] == run["pushed"]
     assert chain["push"]["artifact"]["properties"]["version"] == 1

@@ -35,7 +35,7 @@ def test_the_full_chain_is_recorded_with_its_events_and_properties(store, tmp_pa
   recorder = record.Recorder(store, str(tmp_path / "job"))
   done = lineage_chain.record_chain(recorder, str(tmp_path), push_to=str(tmp_path / "serving"))
   executions = {store.type_name(e.type_id): e for e in store.mlmd.get_executions()}
-  assert sorted(executions) == sorted(schema.EXECUTION_TYPES)
+  assert sorted(executions) == sorted(schema.PIPELINE_EXECUTIONS)
   assert {Execution.State.Name(e.last_known_state) for e in executions.values()} == {"COMPLETE"}
 
   assert _events(store, executions[schema.TRAIN]) == {

@@ -85,7 +85,7 @@ def assert_same_answers_in_a_fresh_process(original_dir, optimized_dir, eval_dat
     graph_def = savedmodel_io.read_servable(original_dir).graph_def
     batches, warmup_examples = evaluation_inputs.warmup_inputs(original_dir, original.signatures)
     examples = (evaluation_inputs.read_eval_examples(eval_data, graph_def) if eval_data
-                else warmup_examples)
+                else evaluation_inputs.Examples(warmup_examples, [None] * len(warmup_examples)))
     inputs = evaluation_inputs.signature_inputs(original, graph_def, examples, batches)
     feeds = {name: s.batches[0] for name, s in inputs.items()}
     expected = {name: original.run(name, batch) for name, batch in feeds.items()}
@@ -163,7 +163,7 @@ def test_optimizes_the_hub_text_model_smaller_with_warmup_kept(trained, tmp_path
 def test_guard_refuses_a_broken_transform_and_writes_nothing(trained, tmp_path):
   output = tmp_path / "optimized"
   with transforms.registry.registered("scramble_weights", scramble_weights):
-    with pytest.raises(optimizer.OptimizeError, match=r"\[guard\] .*disagrees") as error:
+    with pytest.raises(optimizer.OptimizeError, match=r"\[guard\] .*fails the guard") as error:
       optimizer.optimize(trained.export_dir, str(output), "freeze scramble_weights",
                          measure=False)
     assert error.value.step == "guard"

@@ -18,6 +18,7 @@ def steps():
 
 GUARD = {"min_agreement": 0.995, "passed": True, "agreement": 0.9975,
          "signatures": [{"name": "serving_default", "examples": 400, "agreement": 0.9975,
+                         "disagreement_bound_95": 0.0149,
                          "outputs": {"scores": {"agreement": 0.9975, "max_abs_diff": 0.01,
                                                 "mean_abs_diff": 0.001}}}]}
 
@@ -38,8 +39,26 @@ def test_the_markdown_names_every_step_with_its_ratios_and_the_slower_ones():
   assert ("Slower than the original at batch 1 (by more than 5 %): "
           "quantize_weights(dtype=int8).") in text
   assert "- **freeze**: VarHandleOp -3, Const +3" in text
-  assert "| serving_default | 400 | 0.9975 | 1.00e-02 |" in text
+  assert "| serving_default | 400 | 0.9975 | 1.49% | 1.00e-02 |" in text
   assert "passed (lowest 0.9975)" in text
+
+
+def test_the_markdown_shows_label_scores_synthetic_inputs_and_the_fallback():
+  guard = json.loads(json.dumps(GUARD))
+  guard["synthetic_examples"] = 300
+  guard["signatures"][0]["labels"] = {"metric": "accuracy", "examples": 100, "original": 0.91,
+                                      "optimized": 0.905, "drop": 0.5}
+  guard["failures"] = ["serving_default: accuracy 0.9100 -> 0.9050 on 100 labelled examples"]
+  fallback = {"spec": "quantize_weights(dtype=int8,keep_float16=dense/kernel)", "plans_tried": 4,
+              "kept_in_float": [{"name": "dense/kernel", "stored_as": "float16",
+                                 "agreement_when_int8_alone": 0.93}],
+              "int8": ["embeddings", "logits/kernel"]}
+  text = report.to_markdown("/m/1", steps(), guard, fallback)
+  assert "300 of the examples are synthetic" in text
+  assert "| 100 | accuracy 0.9100 | 0.9050 |" in text
+  assert "- serving_default: accuracy 0.9100 -> 0.9050 on 100 labelled examples" in text
+  assert "- `dense/kernel` as float16 (0.9300)" in text
+  assert "4 plans were tried" in text and "2 weights stay int8." in text
 
 
 def test_the_report_files_are_written_together(tmp_path):
@@ -76,3 +95,32 @@ def test_time_runs_is_the_median_of_the_repeats(tmp_path, repeats, monkeypatch):
   median = report.time_runs(Fake(), "s", {}, repeats)
   assert len(calls) == repeats + 1  # one untimed run first
   assert median == pytest.approx({1: 1.0, 7: 2.0}[repeats])
+
+
+def test_steps_are_measured_in_interleaved_rounds_and_summarized_by_their_median(monkeypatch,
+                                                                                 tmp_path):
+  calls = []
+  latencies = iter([0.5, 0.9, 0.4, 1.0, 0.6, 0.8])
+
+  def measure(version_dir, signature, batch1, batch64, repeats):
+    calls.append(version_dir)
+    return 0, 0.1, next(latencies), 2.0
+  monkeypatch.setattr(report, "measure", measure)
+  monkeypatch.setattr(report.savedmodel_io, "directory_bytes", lambda path: 1000)
+  figures = report.measure_steps(["a", "b"], "serving_default", {}, {}, repeats=1, rounds=3)
+  assert calls == ["a", "b"] * 3
+  assert figures[0]["batch1_p50_ms"] == 0.5 and figures[0]["batch1_range_ms"] == [0.4, 0.6]
+  assert figures[1]["batch1_p50_ms"] == 0.9 and figures[1]["batch1_range_ms"] == [0.8, 1.0]
+
+
+def test_a_step_is_slower_only_when_its_spread_clears_the_originals():
+  base = report.StepFigures("original", 1, {}, 1, 0.1, 0.40, 4.0, 1.0,
+                            batch1_range_ms=[0.35, 0.45])
+  overlapping = report.StepFigures("noisy", 1, {}, 1, 0.1, 0.60, 4.0, 1.0,
+                                   batch1_range_ms=[0.44, 0.90])
+  clear = report.StepFigures("slow", 1, {}, 1, 0.1, 0.60, 4.0, 1.0,
+                             batch1_range_ms=[0.50, 0.70])
+  assert not report.slower_at_batch1(base, overlapping)
+  assert report.slower_at_batch1(base, clear)
+  text = report.to_markdown("/m/1", [base, overlapping, clear], GUARD)
+  assert "(every round slower than the original's slowest): slow." in text
