@@ -98,7 +98,7 @@ def train_and_export(kind, base, data):
   else:
     estimator = tf.estimator.LinearClassifier(
         n_classes=5, config=config,
-        feature_columns=[x, city, tag, tf.feature_column.crossed_column([city, tag], 20000)])
+        feature_columns=[x, city, tag, tf.feature_column.crossed_column([city, "tag"], 20000)])
     label_key = "label"
   started = time.perf_counter()
   estimator.train(input_fn(data, label_key), steps=FLAGS.train_steps)
