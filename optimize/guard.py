@@ -2,11 +2,12 @@
 
 Every signature is run on the inputs `evaluation_inputs` builds and compared, output by
 output, as an agreement rate; a signature's agreement is its lowest decision output's (class,
-scores, probabilities, class ids, regression value) or, where it has none, its lowest output's. This rule differs on purpose from the smoke test's
-(`serving/smoke_test/checks.py`), which demands equal answers within float noise: the smoke
-test compares one model with itself served, where any difference is a serving bug; the guard
-compares two different models, where quantization is allowed to move scores as long as the
-decisions (top class, regression value within tolerance) stay the same.
+scores, probabilities, class ids, regression value) or, where it has none, its lowest
+output's. This rule differs on purpose from the smoke test's (`serving/smoke_test/checks.py`),
+which demands equal answers within float noise: the smoke test compares one model with itself
+served, where any difference is a serving bug; the guard compares two different models, where
+quantization is allowed to move scores as long as the decisions (top class, regression value
+within tolerance) stay the same.
 
 Where the inputs carry labels, the guard also scores both models against them: accuracy for
 classifiers, mean absolute error for regressors. And it says how much its count of examples

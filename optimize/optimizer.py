@@ -168,7 +168,7 @@ def optimize(input_dir: str, output_dir: str,
     raise OptimizeError("guard", input_dir, "; ".join(settings.problems()))
   if fallback not in fallback_lib.FALLBACKS:
     raise OptimizeError("guard", input_dir, f"fallback must be one of "
-                                            f"{', '.join(fallback_lib.FALLBACKS)}, got {fallback!r}")
+                        f"{', '.join(fallback_lib.FALLBACKS)}, got {fallback!r}")
   if label_key and not eval_data:
     raise OptimizeError("guard", input_dir, "label_key needs eval_data, the file with labels")
   if output_dir == input_dir:
