@@ -104,6 +104,9 @@ def test_pipeline_optimizes_verifies_and_pushes_with_the_whole_chain_recorded(jo
     assert chain[step]["execution"]["state"] == "COMPLETE", step
     assert chain[step]["artifact"]["type"] == artifact_type, step
   assert chain["train"]["execution"]["properties"]["accuracy"] >= 0.9
+  assert 0.0 <= chain["train"]["execution"]["properties"]["metrics"][
+      "expected_calibration_error"] < 0.5
+  assert os.path.getsize(os.path.join(str(job_dir), "calibration.png")) > 0
   assert chain["train"]["execution"]["properties"]["hyperparameters"]["batch_size"] == 32
   assert chain["export"]["artifact"]["uri"] == export_dir
   optimize = chain["optimize"]["execution"]["properties"]

@@ -10,7 +10,9 @@ Job dir layout (the census-sample convention, so TensorBoard points at the job d
   hub_module/               the text-embedding module built from the training corpus
   hub_module.ready          written once the module is complete; other cluster tasks wait for it
   checkpoint, model.ckpt-*  the estimator's checkpoints and summaries (eval/ for eval)
-  eval_report.json          accuracy, macro-F1, per-intent precision/recall, confusions
+  eval_report.json          accuracy, macro-F1, per-intent precision/recall, confusions, and
+                            calibration (expected calibration error, reliability bins)
+  calibration.png           reliability diagram and confidence histograms of the eval set
   export/<model>/<version>/ the TF Serving servable
 Vertex AI's AIP_* variables move parts of it elsewhere (see trainer/cloud.py).
 
@@ -243,10 +245,16 @@ def train(config: TrainerConfig, train_examples, eval_examples,
     # A distributed chief never evaluates and no evaluator task will: evaluate the final
     # checkpoint once, so the tuning service finds the metric in the eval summaries.
     estimator.evaluate(eval_input_fn)
-  predictions = estimator.predict(eval_input_fn, predict_keys=["classes"])
-  predicted = [p["classes"][0].decode("utf-8") for p in predictions]
-  report = evaluation.classification_report([e.intent for e in eval_examples], predicted)
+  predicted, confidences = [], []
+  for prediction in estimator.predict(eval_input_fn, predict_keys=["classes", "probabilities"]):
+    predicted.append(prediction["classes"][0].decode("utf-8"))
+    confidences.append(float(max(prediction["probabilities"])))
+  report = evaluation.classification_report([e.intent for e in eval_examples], predicted,
+                                            confidences=confidences)
   report_path = artifact_io.join(config.job_dir, "eval_report.json")
+  chart_path = artifact_io.join(config.job_dir, "calibration.png")
+  evaluation.write_calibration_chart(chart_path, report["calibration"])
+  report["calibration"]["chart"] = chart_path
   evaluation.write_report(report_path, report)
   for line in evaluation.summary_lines(report):
     logging.info("%s", line)
@@ -302,7 +310,9 @@ def run(config: TrainerConfig, environment: Optional[cloud.JobEnvironment] = Non
                                                 global_step))
     report = train_result.eval_report
     step.results(accuracy=report["accuracy"], macro_f1=report["macro_f1"],
-                 metrics={k: report[k] for k in ("accuracy", "macro_f1", "confusion_pairs")},
+                 metrics={**{k: report[k] for k in ("accuracy", "macro_f1", "confusion_pairs")},
+                          "expected_calibration_error":
+                              report["calibration"]["expected_calibration_error"]},
                  train_examples=len(train_examples), eval_examples=len(eval_examples),
                  train_seconds=train_result.train_seconds, global_step=global_step)
 
