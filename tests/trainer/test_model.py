@@ -1,5 +1,8 @@
 """Training really updates the hub module's embeddings, sparsely, and resumes."""
 
+import json
+import os
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -36,8 +39,9 @@ def train_small(tmp_path, **model_overrides):
   return pipeline.train(config, train, evaluation)
 
 
-def test_training_updates_the_module_embeddings(tmp_path):
-  result = train_small(tmp_path)
+@pytest.mark.parametrize("optimizer", ["Adagrad", "SGD", "Ftrl"])
+def test_training_updates_only_the_embedding_rows_batches_use(tmp_path, optimizer):
+  result = train_small(tmp_path, embedding_optimizer=optimizer)
   before = initial_module_embeddings(result.module_path)
   after = trained_module_embeddings(str(tmp_path / "job"))
   changed_rows = np.any(before != after, axis=1)
@@ -51,8 +55,14 @@ def test_frozen_embeddings_stay_at_their_initial_values(tmp_path):
                                 trained_module_embeddings(str(tmp_path / "job")))
 
 
-def test_embedding_update_is_a_sparse_apply(tmp_path):
-  config = small_config(tmp_path / "job")
+@pytest.mark.parametrize("optimizer, sparse_op, dense_op", [
+    ("Adagrad", "ResourceSparseApplyAdagrad", "ResourceApplyAdagrad"),
+    ("SGD", "ResourceScatterAdd", "ResourceApplyGradientDescent"),
+    ("Ftrl", "ResourceSparseApplyFtrl", "ResourceApplyFtrl"),
+])
+def test_embedding_update_is_a_sparse_apply(tmp_path, optimizer, sparse_op, dense_op):
+  config = small_config(tmp_path / "job", model=ModelConfig(hidden_units=(16,),
+                                                            embedding_optimizer=optimizer))
   train, _ = pipeline.load_data(config)
   module_path = pipeline.ensure_text_module(config, [e.text for e in train])
   estimator = pipeline.make_estimator(config, module_path, inputs.label_vocabulary(train))
@@ -61,8 +71,10 @@ def test_embedding_update_is_a_sparse_apply(tmp_path):
     features, labels = tf.compat.v1.data.make_one_shot_iterator(dataset).get_next()
     estimator.model_fn(features, labels, tf.estimator.ModeKeys.TRAIN, estimator.config)
     op_types = {op.type for op in graph.get_operations()}
-  assert "ResourceSparseApplyAdagrad" in op_types
-  assert "ResourceApplyAdagrad" not in op_types
+  # The dense layers train with Adam: any apply op of the embedding optimizer is the
+  # embeddings', and it must be the sparse one.
+  assert sparse_op in op_types
+  assert dense_op not in op_types
 
 
 def test_invalid_model_config_names_the_setting():
@@ -91,3 +103,27 @@ def test_rerunning_a_job_resumes_from_its_latest_checkpoint(tmp_path):
       tf.train.load_checkpoint(str(job / "model.ckpt-20")).get_tensor("dnn/hiddenlayer_0/kernel"),
       first_run_weights, err_msg="the second run started over instead of resuming at step 20")
   assert sorted(tf.io.gfile.listdir(str(job / "hub_module"))) == module_files
+
+
+def test_num_epochs_gives_exactly_the_steps_it_implies(tmp_path):
+  # 616 bundled training examples, half an epoch in batches of 32: ceil(308 / 32) = 10 steps.
+  config = small_config(tmp_path / "job", train_steps=0, num_epochs=0.5, batch_size=32,
+                        save_checkpoints_steps=1000)
+  train, evaluation = pipeline.load_data(config)
+  assert len(train) == 616 and config.steps_for(len(train)) == 10
+  result = pipeline.train(config, train, evaluation)
+  assert int(result.checkpoint_path.rsplit("-", 1)[1]) == 10
+
+
+@pytest.mark.slow
+def test_hashed_ids_train_export_optimize_and_serve(tmp_path):
+  config = small_config(
+      tmp_path / "job", train_steps=200, optimize=True, smoke_test=True,
+      text_module=TextModuleConfig(embedding_dim=32, char_ngrams=(3,), id_mode="hashed",
+                                   hash_buckets=1 << 14))
+  result = pipeline.run(config)
+  assert result.train.eval_report["accuracy"] > 0.5
+  assert result.optimized_dir and os.path.exists(os.path.join(result.optimized_dir,
+                                                              "saved_model.pb"))
+  with open(result.verdict_path) as f:
+    assert json.load(f)["blessed"] is True

@@ -11,6 +11,7 @@ from tests.helpers import PROJECT_ROOT
 from trainer import command
 from trainer import settings
 from trainer import config as config_lib
+from trainer import pipeline
 
 
 def run_task(*args, timeout=300):
@@ -42,6 +43,23 @@ def test_flags_become_one_typed_config(parsed_flags):
   assert config.model.batch_norm and config.model.embedding_optimizer == "SGD"
   assert config.text_module.char_ngrams == (3, 4)
   assert config.steps_for(1000) == 5
+
+
+def test_data_flags_reach_the_config_that_reads_the_data(parsed_flags, tmp_path):
+  # A CLINC-style JSON file read as the flags say: its splits, its format, and the eval
+  # example whose label training never saw dropped.
+  data = tmp_path / "clinc.json"
+  data.write_text('{"train_small": [["book a flight", "book_flight"], ["play a song", "play"]],'
+                  ' "val_small": [["fly me to rome", "book_flight"], ["what time is it", "time"]]}')
+  config = parsed_flags(f"--train_files={data}", f"--eval_files={data}", "--data_format=clinc_json",
+                        "--train_split=train_small", "--eval_split=val_small",
+                        "--drop_unseen_eval_labels", f"--job-dir={tmp_path}/job")
+  assert (config.data_format, config.train_split, config.eval_split) == (
+      "clinc_json", "train_small", "val_small")
+  assert config.drop_unseen_eval_labels
+  train, evaluation = pipeline.load_data(config)
+  assert [e.text for e in train] == ["book a flight", "play a song"]
+  assert [e.text for e in evaluation] == ["fly me to rome"]
 
 
 def test_no_flags_train_on_the_bundled_data(parsed_flags):
