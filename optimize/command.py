@@ -58,12 +58,12 @@ def define_flags() -> None:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
-  if not 0.0 <= FLAGS.min_agreement <= 1.0:
-    raise app.UsageError(f"--min_agreement must be in [0, 1], got {FLAGS.min_agreement}")
+  problems = optimizer.GuardSettings(FLAGS.min_agreement, FLAGS.max_accuracy_drop,
+                                     FLAGS.min_examples).problems()
+  if problems:
+    raise app.UsageError("; ".join(f"--{problem}" for problem in problems))
   if FLAGS.label_key and not FLAGS.eval_data:
     raise app.UsageError("--label_key needs --eval_data, the file with the labels")
-  if FLAGS.max_accuracy_drop < 0:
-    raise app.UsageError(f"--max_accuracy_drop must be >= 0, got {FLAGS.max_accuracy_drop}")
   arguments = dict(transform_specs=FLAGS.transforms, eval_data=FLAGS.eval_data,
                    label_key=FLAGS.label_key, min_agreement=FLAGS.min_agreement,
                    max_accuracy_drop=FLAGS.max_accuracy_drop, min_examples=FLAGS.min_examples,

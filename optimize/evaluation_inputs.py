@@ -45,23 +45,17 @@ class SignatureInputs:
   def examples(self) -> int:
     return sum(len(next(iter(b.values()))) for b in self.batches)
 
-  def batch_labels(self, index: int) -> Optional[List[object]]:
-    if self.labels is None:
-      return None
-    start = sum(len(next(iter(b.values()))) for b in self.batches[:index])
-    return self.labels[start:start + len(next(iter(self.batches[index].values())))]
-
 
 @dataclasses.dataclass
 class Examples:
   """Serialized tf.Examples to judge on, with a label per row (None where it has none)."""
   serialized: List[bytes]
-  labels: List[object]
-  synthetic: int = 0
+  labels: Optional[List[object]] = None  # None: no example has a label
+  synthetic: int = 0  # of them, how many were made up
 
   @property
   def labelled(self) -> int:
-    return sum(label is not None for label in self.labels)
+    return sum(label is not None for label in self.labels or ())
 
 
 def read_eval_examples(path: str, graph_def, label_key: Optional[str] = None) -> Examples:
@@ -73,10 +67,13 @@ def read_eval_examples(path: str, graph_def, label_key: Optional[str] = None) ->
     examples = examples_lib.read_examples(path, types, limit=EVAL_EXAMPLES_LIMIT)
   except examples_lib.ExamplesError as e:
     raise GuardError(str(e)) from None
-  labels = [_label(e, label_key) for e in examples] if label_key else [None] * len(examples)
-  if label_key and not any(label is not None for label in labels):
+  serialized = [e.SerializeToString() for e in examples]
+  if not label_key:
+    return Examples(serialized)
+  labelled = Examples(serialized, [_label(e, label_key) for e in examples])
+  if not labelled.labelled:
     raise GuardError(f"{path}: no example has the label feature {label_key!r}")
-  return Examples([e.SerializeToString() for e in examples], labels)
+  return labelled
 
 
 def _label(example: tf.train.Example, key: str):
@@ -219,7 +216,7 @@ def signature_inputs(servable: SessionServable, graph_def, examples: Examples,
         result[name] = SignatureInputs(
             [{k: v[i:i + _BATCH] for k, v in batch_columns.items()}
              for i in range(0, len(serialized), _BATCH)],
-            list(examples.labels) if examples.labelled else None)
+            examples.labels)
         continue
     requests = [b for b in warmup_batches.get(name, []) if set(b) == set(keys)]
     if requests:

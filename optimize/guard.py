@@ -222,60 +222,61 @@ def _score(metric: str, predicted: np.ndarray, labels: Sequence) -> float:
   return float(np.mean(np.abs(predicted - np.array([float(v) for v in labels]))))
 
 
-def compare(reference: SessionServable, candidate: SessionServable,
+Answers = Dict[str, List[Dict[str, np.ndarray]]]  # per signature, the outputs of each batch
+
+
+def answers(servable: SessionServable, inputs: Mapping[str, SignatureInputs]) -> Answers:
+  """What `servable` answers to every batch of every signature: the original's are computed
+  once and compared with each candidate's."""
+  return {name: [servable.run(name, batch) for batch in signature_inputs_.batches]
+          for name, signature_inputs_ in inputs.items()}
+
+
+def compare(expected: Answers, candidate: SessionServable,
             inputs: Mapping[str, SignatureInputs],
             min_agreement: float = DEFAULT_MIN_AGREEMENT,
             max_accuracy_drop: float = DEFAULT_MAX_ACCURACY_DROP,
             min_examples: int = 0, synthetic_examples: int = 0) -> GuardResult:
+  """The candidate's answers judged against the original's `expected` ones."""
   signatures = []
   for name, signature_inputs_ in sorted(inputs.items()):
     per_output: Dict[str, List[OutputAgreement]] = {}
     weights = []
-    scored = {"original": [], "optimized": []}
-    metric = None
-    for index, batch in enumerate(signature_inputs_.batches):
-      expected = reference.run(name, batch)
-      actual = candidate.run(name, batch)
+    actual = [candidate.run(name, batch) for batch in signature_inputs_.batches]
+    for batch, reference, answered in zip(signature_inputs_.batches, expected[name], actual):
       weights.append(len(next(iter(batch.values()))))
-      for key in expected:
-        per_output.setdefault(key, []).append(compare_outputs(expected[key], actual[key]))
-      labels = signature_inputs_.batch_labels(index)
-      if labels is not None:
-        for side, outputs in (("original", expected), ("optimized", actual)):
-          decided = decisions(outputs)
-          if decided is None or (metric is not None and decided[0] != metric):
-            break
-          metric = decided[0]
-          scored[side].extend((p, label) for p, label in zip(decided[1], labels)
-                              if label is not None)
+      for key in reference:
+        per_output.setdefault(key, []).append(compare_outputs(reference[key], answered[key]))
     outputs = {key: _combine(parts, weights) for key, parts in per_output.items()}
-    label_score = None
-    if metric is not None and scored["original"] and len(scored["original"]) == len(
-        scored["optimized"]):
-      try:
-        label_score = LabelScore(
-            metric, len(scored["original"]),
-            _score(metric, *_columns(scored["original"], metric)),
-            _score(metric, *_columns(scored["optimized"], metric)))
-      except ValueError:
-        # Labels that are no numbers cannot score a regression output (a binary
-        # classifier's regress signature gives the positive class's probability).
-        label_score = None
     deciding = [o for key, o in outputs.items() if key in _DECISION_OUTPUTS] or list(
         outputs.values())
     signatures.append(SignatureAgreement(
         name, signature_inputs_.examples, min(o.agreement for o in deciding), outputs,
-        label_score))
+        _label_score(expected[name], actual, signature_inputs_.labels)))
   return GuardResult(signatures, min_agreement, max_accuracy_drop, min_examples,
                      synthetic_examples)
 
 
-def _columns(pairs, metric):
-  predicted = [p for p, _ in pairs]
-  labels = [label for _, label in pairs]
-  if metric == "mean_absolute_error":
-    return np.array(predicted, dtype=np.float64), labels
-  return predicted, labels
+def _label_score(expected: List[Dict[str, np.ndarray]], actual: List[Dict[str, np.ndarray]],
+                 labels: Optional[Sequence]) -> Optional[LabelScore]:
+  """Both models scored on the rows that have a label, or None when there are no labels or
+  no output is a decision."""
+  if labels is None:
+    return None
+  rows = [i for i, label in enumerate(labels) if label is not None]
+  truth = [labels[i] for i in rows]
+  decided = [decisions({key: np.concatenate([batch[key] for batch in batches])
+                        for key in batches[0]}) for batches in (expected, actual)]
+  if decided[0] is None or decided[1] is None:
+    return None
+  metric = decided[0][0]
+  try:
+    return LabelScore(metric, len(rows), _score(metric, decided[0][1][rows], truth),
+                      _score(metric, decided[1][1][rows], truth))
+  except ValueError:
+    # Labels that are no numbers cannot score a regression output (a binary classifier's
+    # regress signature gives the positive class's probability).
+    return None
 
 
 def _combine(parts: Sequence[OutputAgreement], weights: Sequence[int]) -> OutputAgreement:

@@ -5,7 +5,7 @@
 
 import dataclasses
 import tempfile
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Dict, List, NamedTuple, Optional, Sequence, Union
 
 import tensorflow as tf
 from absl import logging
@@ -92,6 +92,14 @@ def _measure_inputs(inputs: Dict[str, evaluation_inputs.SignatureInputs]):
   return name, batch1, {k: v[:64] for k, v in rows.items()}
 
 
+class _Step(NamedTuple):
+  label: str
+  nodes: int
+  op_delta: Dict[str, int]
+  version_dir: str
+  agreement: float
+
+
 @dataclasses.dataclass(frozen=True)
 class GuardSettings:
   """What the guard demands (see optimize/guard.py)."""
@@ -119,15 +127,16 @@ class GuardSettings:
 
 def guard_examples(input_dir: str, source: savedmodel_io.Servable, eval_data: Optional[str],
                    label_key: Optional[str], needed: int):
-  """The inputs per signature and the examples behind them: the evaluation file's, else the
-  warmup records' topped up with synthetic ones to the count the guard needs."""
+  """The inputs per signature, the examples behind them (the evaluation file's, else the
+  warmup records' topped up with synthetic ones to the count the guard needs) and the
+  original's answers to them, which every candidate is compared with."""
   with SessionServable(input_dir) as original:
     try:
       batches, warmup_examples = evaluation_inputs.warmup_inputs(input_dir, original.signatures)
       if eval_data:
         examples = evaluation_inputs.read_eval_examples(eval_data, source.graph_def, label_key)
       else:
-        examples = evaluation_inputs.Examples(warmup_examples, [None] * len(warmup_examples))
+        examples = evaluation_inputs.Examples(warmup_examples)
         if len(warmup_examples) < needed:
           made = evaluation_inputs.synthetic_examples(
               source.graph_def, input_dir, original.signatures, needed - len(warmup_examples),
@@ -136,13 +145,11 @@ def guard_examples(input_dir: str, source: savedmodel_io.Servable, eval_data: Op
               "The guard judges %d synthetic examples beside %d from warmup records: made-up "
               "inputs prove less than real ones. Pass --eval_data (and --label_key) for a guard "
               "that proves what the model does on real data.", len(made), len(warmup_examples))
-          examples = evaluation_inputs.Examples(warmup_examples + made,
-                                                [None] * (len(warmup_examples) + len(made)),
-                                                synthetic=len(made))
+          examples = evaluation_inputs.Examples(warmup_examples + made, synthetic=len(made))
       inputs = evaluation_inputs.signature_inputs(original, source.graph_def, examples, batches)
     except evaluation_inputs.GuardError as e:
       raise OptimizeError("guard", input_dir, str(e)) from e
-  return inputs, examples
+    return inputs, examples, guard.answers(original, inputs)
 
 
 def optimize(input_dir: str, output_dir: str,
@@ -185,8 +192,8 @@ def optimize(input_dir: str, output_dir: str,
     raise OptimizeError("input", input_dir, str(e)) from e
   check_graph(source.graph_def, source, "input")
   context = transforms.GraphContext(frozenset(source.protected_nodes()), source.variable_values)
-  inputs, examples = guard_examples(input_dir, source, eval_data, label_key,
-                                    settings.examples_needed)
+  inputs, examples, expected = guard_examples(input_dir, source, eval_data, label_key,
+                                              settings.examples_needed)
   signature, batch1, batch64 = _measure_inputs(inputs)
 
   scratch = tempfile.mkdtemp(prefix="optimize-")
@@ -197,13 +204,14 @@ def optimize(input_dir: str, output_dir: str,
     judged += 1
     candidate = savedmodel_io.write_servable(source, graph_def, f"{scratch}/judged{judged}")
     try:
-      return _compare(input_dir, candidate, inputs, settings, examples.synthetic, step)
+      return _compare(input_dir, candidate, expected, inputs, settings, examples.synthetic,
+                      step)
     finally:
       tf.io.gfile.rmtree(candidate)
 
   try:
-    # (label, nodes, op changes, version dir, agreement) of each step, measured at the end.
-    made = [("original", len(source.graph_def.node), {}, input_dir, 1.0)]
+    # Each step's servable, measured at the end in interleaved rounds.
+    made = [_Step("original", len(source.graph_def.node), {}, input_dir, 1.0)]
     histogram = savedmodel_io.op_histogram(source.graph_def)
     graph_def = source.graph_def
     quantize_index = fallback_lib.quantize_step(specs)
@@ -220,11 +228,12 @@ def optimize(input_dir: str, output_dir: str,
       logging.info("%s: %d nodes", spec.label, len(graph_def.node))
       if measure:
         candidate = savedmodel_io.write_servable(source, graph_def, f"{scratch}/step{index}")
-        result_guard = _compare(input_dir, candidate, inputs, settings, examples.synthetic,
-                                spec.label)
+        result_guard = _compare(input_dir, candidate, expected, inputs, settings,
+                                examples.synthetic, spec.label)
         new_histogram = savedmodel_io.op_histogram(graph_def)
-        made.append((spec.label, len(graph_def.node), report.op_delta(histogram, new_histogram),
-                     candidate, result_guard.agreement))
+        made.append(_Step(spec.label, len(graph_def.node),
+                          report.op_delta(histogram, new_histogram), candidate,
+                          result_guard.agreement))
         histogram = new_histogram
     if result_guard is None:
       result_guard = judge(graph_def, "guard")
@@ -242,16 +251,18 @@ def optimize(input_dir: str, output_dir: str,
         graph_def, result_guard = plan.graph_def, plan.guard
         check_graph(graph_def, source, "fallback")
         if measure:
-          made.append((f"fallback: {plan.spec_label}", len(graph_def.node),
-                       report.op_delta(histogram, savedmodel_io.op_histogram(graph_def)),
-                       savedmodel_io.write_servable(source, graph_def, f"{scratch}/fallback"),
-                       result_guard.agreement))
+          made.append(_Step(f"fallback: {plan.spec_label}", len(graph_def.node),
+                            report.op_delta(histogram, savedmodel_io.op_histogram(graph_def)),
+                            savedmodel_io.write_servable(source, graph_def,
+                                                         f"{scratch}/fallback"),
+                            result_guard.agreement))
     steps = []
     if measure:
-      figures = report.measure_steps([m[3] for m in made], signature, batch1, batch64,
-                                     latency_repeats, latency_rounds)
-      steps = [report.StepFigures(label, nodes, delta, agreement=agreement, **measured)
-               for (label, nodes, delta, _, agreement), measured in zip(made, figures)]
+      figures = report.measure_steps([step.version_dir for step in made], signature, batch1,
+                                     batch64, latency_repeats, latency_rounds)
+      steps = [report.StepFigures(step.label, step.nodes, step.op_delta,
+                                  agreement=step.agreement, **measured)
+               for step, measured in zip(made, figures)]
     written = result_guard.passed or force
     if written:
       savedmodel_io.write_servable(source, graph_def, output_dir, overwrite=overwrite)
@@ -295,11 +306,11 @@ def summary(result: OptimizeResult):
     yield f"fallback: kept out of int8: {kept}; {len(result.fallback.quantized)} weights int8"
 
 
-def _compare(reference_dir: str, candidate_dir: str, inputs, settings: GuardSettings,
-             synthetic: int, step: str):
+def _compare(reference_dir: str, candidate_dir: str, expected: guard.Answers, inputs,
+             settings: GuardSettings, synthetic: int, step: str):
   try:
-    with SessionServable(reference_dir) as reference, SessionServable(candidate_dir) as candidate:
-      return guard.compare(reference, candidate, inputs, settings.min_agreement,
+    with SessionServable(candidate_dir) as candidate:
+      return guard.compare(expected, candidate, inputs, settings.min_agreement,
                            settings.max_accuracy_drop, settings.examples_needed, synthetic)
   except Exception as e:
     raise OptimizeError(step, reference_dir, f"the rewritten model fails to run: {e}") from e

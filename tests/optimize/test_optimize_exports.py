@@ -89,7 +89,7 @@ def assert_same_answers_in_a_fresh_process(original_dir, optimized_dir, eval_dat
     graph_def = savedmodel_io.read_servable(original_dir).graph_def
     batches, warmup_examples = evaluation_inputs.warmup_inputs(original_dir, original.signatures)
     examples = (evaluation_inputs.read_eval_examples(eval_data, graph_def) if eval_data
-                else evaluation_inputs.Examples(warmup_examples, [None] * len(warmup_examples)))
+                else evaluation_inputs.Examples(warmup_examples))
     inputs = evaluation_inputs.signature_inputs(original, graph_def, examples, batches)
     feeds = {name: s.batches[0] for name, s in inputs.items()}
     expected = {name: original.run(name, batch) for name, batch in feeds.items()}
