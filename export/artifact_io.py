@@ -41,21 +41,28 @@ def staging_dir(final_path: str, overwrite: bool = False):
   tf.io.gfile.rename(staging, final_path)
 
 
-def write_atomic(path: str, content) -> None:
-  """Writes `content` (str or bytes) to `path` through a temporary sibling and a rename."""
+@contextlib.contextmanager
+def staging_file(path: str):
+  """Yields a temporary sibling path that becomes `path` if the block succeeds; on failure
+  it is removed and `path` stays as it was."""
   parent = posixpath.dirname(path)
   if parent:
     tf.io.gfile.makedirs(parent)
   staging = f"{path}.partial-{uuid.uuid4().hex[:8]}"
-  mode = "wb" if isinstance(content, bytes) else "w"
   try:
-    with tf.io.gfile.GFile(staging, mode) as f:
-      f.write(content)
+    yield staging
     tf.io.gfile.rename(staging, path, overwrite=True)
   except BaseException:
     if tf.io.gfile.exists(staging):
       tf.io.gfile.remove(staging)
     raise
+
+
+def write_atomic(path: str, content) -> None:
+  """Writes `content` (str or bytes) to `path` through a temporary sibling and a rename."""
+  with staging_file(path) as staging:
+    with tf.io.gfile.GFile(staging, "wb" if isinstance(content, bytes) else "w") as f:
+      f.write(content)
 
 
 def copy_tree(source: str, target: str) -> None:

@@ -25,11 +25,11 @@ import csv
 import dataclasses
 import io
 import json
-import posixpath
-import uuid
 from typing import Dict, Iterable, List, Mapping, Optional, Sequence
 
 import tensorflow as tf
+
+from export import artifact_io
 
 PARSE_OPS = ("ParseExample", "ParseExampleV2")
 _FLOAT, _INT64, _BYTES = "float_list", "int64_list", "bytes_list"
@@ -117,23 +117,13 @@ def feeds_parser(graph_def, tensor_name: str) -> bool:
 
 
 def write_examples(path: str, examples: Iterable[tf.train.Example]) -> int:
-  """Writes a TFRecord of the examples all-or-nothing (a temporary sibling, then a rename);
-  returns how many it wrote."""
-  parent = posixpath.dirname(path)
-  if parent:
-    tf.io.gfile.makedirs(parent)
-  staging = f"{path}.partial-{uuid.uuid4().hex[:8]}"
+  """Writes a TFRecord of the examples all-or-nothing (`artifact_io.staging_file`); returns
+  how many it wrote."""
   count = 0
-  try:
-    with tf.io.TFRecordWriter(staging) as writer:
-      for example in examples:
-        writer.write(example.SerializeToString())
-        count += 1
-    tf.io.gfile.rename(staging, path, overwrite=True)
-  except BaseException:
-    if tf.io.gfile.exists(staging):
-      tf.io.gfile.remove(staging)
-    raise
+  with artifact_io.staging_file(path) as staging, tf.io.TFRecordWriter(staging) as writer:
+    for example in examples:
+      writer.write(example.SerializeToString())
+      count += 1
   return count
 
 

@@ -35,6 +35,13 @@ _LOOP_OPS = frozenset({"Enter", "Exit", "NextIteration", "LoopCond", "While", "S
 DEADLINE_MESSAGE = "Timed out waiting for notification"
 
 
+def _has_loops(graph_def) -> bool:
+  ops = {n.op for n in graph_def.node}
+  for function in graph_def.library.function:
+    ops.update(n.op for n in function.node_def)
+  return bool(ops & _LOOP_OPS)
+
+
 def _past_deadline_fails(run: Callable, timeout_ms: int) -> Callable:
   def timed(*values):
     started = time.monotonic()
@@ -58,7 +65,6 @@ class SessionServable:
     self.version_dir = version_dir
     self._callables: Dict[tuple, Callable] = {}
     self._callables_lock = threading.Lock()
-    self._has_loops: Optional[bool] = None
     self._graph = tf.Graph()
     self._session = tf.compat.v1.Session(graph=self._graph, config=session_config)
     try:
@@ -67,17 +73,8 @@ class SessionServable:
     except Exception as e:
       self._session.close()
       raise ServableError(f"{version_dir}: cannot load the SavedModel: {e}") from e
-
-  @property
-  def has_loops(self) -> bool:
-    """Whether the graph (or a function in it) has a loop, whose run time no input bounds."""
-    if self._has_loops is None:
-      graph_def = self._meta_graph.graph_def
-      ops = {n.op for n in graph_def.node}
-      for function in graph_def.library.function:
-        ops.update(n.op for n in function.node_def)
-      self._has_loops = bool(ops & _LOOP_OPS)
-    return self._has_loops
+    # Whether the graph (or a function in it) has a loop, whose run time no input bounds.
+    self.has_loops = _has_loops(self._meta_graph.graph_def)
 
   @property
   def graph_def(self):
