@@ -16,7 +16,7 @@ from serving.model_server.core import CoreOptions
 from serving.model_server.server import ModelServer, ServerOptions
 from serving.model_server.tensors import Limits
 from tests import tiny_models
-from tests.serving.helpers import grpc_stubs, predict_request
+from tests.serving.helpers import predict_request
 
 MAX_BODY = 8 * 1024 * 1024
 MODEL = "half_plus_two"
@@ -32,13 +32,6 @@ def server(tmp_path_factory):
                    CoreOptions(max_num_load_retries=0,
                                limits=Limits(max_elements=1 << 22, max_bytes=1 << 26))) as started:
     yield started
-
-
-@pytest.fixture(scope="module")
-def stubs(server):
-  result = grpc_stubs(server.grpc_port)
-  yield result
-  result.close()
 
 
 def post(server, path, body: bytes):

@@ -51,13 +51,6 @@ def server(base_path):
 
 
 @pytest.fixture(scope="module")
-def stubs(server):
-  result = grpc_stubs(server.grpc_port)
-  yield result
-  result.close()
-
-
-@pytest.fixture(scope="module")
 def reference(trained):
   with SessionServable(trained.export_dir) as model:
     yield model
