@@ -61,7 +61,7 @@ def find_plan(before_quantize: graph_pb2.GraphDef, context: transforms.GraphCont
               later_specs: Sequence[transforms.TransformSpec], judge: Judge) -> Optional[Plan]:
   """The smallest plan that passes `judge`, or None when even all-float32 fails."""
   arguments = dict(quantize_spec.arguments)
-  min_elements = arguments.get("min_elements", 1024)
+  min_elements = arguments.get("min_elements", quantize.DEFAULT_MIN_ELEMENTS)
   weights = quantize.quantizable_weights(before_quantize, context, min_elements)
   if not weights:
     return None

@@ -25,15 +25,17 @@ QUANTIZED_SUFFIXES = ("/int8", "/float16")
 
 # Separates weight names in keep_float16 / keep_float32 (a spec's values cannot hold commas).
 NAME_SEPARATOR = "|"
+DEFAULT_MIN_ELEMENTS = 1024
 
 
 @register("quantize_weights", params=[Param("dtype", str, "int8", choices=("int8", "float16")),
-                                      Param("min_elements", int, 1024, minimum=1),
+                                      Param("min_elements", int, DEFAULT_MIN_ELEMENTS, minimum=1),
                                       Param("keep_float16", str, ""),
                                       Param("keep_float32", str, "")],
           default_position=130, default_args={"dtype": "int8"})
 def quantize_weights(graph_def: graph_pb2.GraphDef, context: GraphContext,
-                     dtype: str = "int8", min_elements: int = 1024, keep_float16: str = "",
+                     dtype: str = "int8", min_elements: int = DEFAULT_MIN_ELEMENTS,
+                     keep_float16: str = "",
                      keep_float32: str = "") -> graph_pb2.GraphDef:
   """Stores large float weights as int8 (per-channel scale) or float16.
 
@@ -62,7 +64,7 @@ def quantize_weights(graph_def: graph_pb2.GraphDef, context: GraphContext,
 
 
 def quantizable_weights(graph_def: graph_pb2.GraphDef, context: GraphContext,
-                        min_elements: int = 1024) -> List[str]:
+                        min_elements: int = DEFAULT_MIN_ELEMENTS) -> List[str]:
   """The weights quantize_weights would store compactly, by node name."""
   by_name = {n.name: n for n in graph_def.node}
   return [name for name, _ in _weights(graph_def, context, min_elements, by_name,
