@@ -1,7 +1,8 @@
 """Exports a text classifier estimator as a TF Serving servable.
 
 Layout: `<export_base>/<numeric version>/` with `saved_model.pb`, `variables/`, `assets/`
-and `assets.extra/tf_serving_warmup_requests`. Signatures:
+and `assets.extra/tf_serving_warmup_requests` (with `assets.extra/out_of_scope.json` when the
+trainer picked an out-of-scope threshold, see export/out_of_scope.py). Signatures:
 
 - `serving_default`, `classification`: classify; one DT_STRING input `inputs` of
   serialized `tf.Example` (feature `text`); outputs `classes`, `scores`.
@@ -12,12 +13,13 @@ and `assets.extra/tf_serving_warmup_requests`. Signatures:
 
 import os
 import tempfile
-from typing import Sequence
+from typing import Optional, Sequence
 
 import tensorflow as tf
 from tensorflow.core.protobuf import saved_model_pb2
 
 from export import artifact_io
+from export import out_of_scope
 from export import versions
 from export import warmup
 
@@ -83,17 +85,26 @@ def _keep_serving_signatures(version_dir: str) -> None:
 
 def export_servable(estimator: tf.estimator.Estimator, export_base: str,
                     warmup_texts: Sequence[str], text_feature: str = "text",
-                    checkpoint_path: str = None) -> str:
-  """Exports the latest (or given) checkpoint; returns the new version directory."""
+                    checkpoint_path: str = None,
+                    oos_threshold: Optional[out_of_scope.OutOfScopeThreshold] = None) -> str:
+  """Exports the latest (or given) checkpoint; returns the new version directory.
+
+  assets.extra gets the warmup records and, when given, the out-of-scope threshold.
+  """
   local_scratch = tempfile.mkdtemp(prefix="warmup-")
   warmup_path = os.path.join(local_scratch, warmup.WARMUP_FILENAME)
+  assets_extra = {warmup.WARMUP_FILENAME: warmup_path}
   try:
     warmup.write_warmup_file(warmup_path, warmup_logs(warmup_texts, text_feature))
+    if oos_threshold is not None:
+      assets_extra[out_of_scope.FILENAME] = os.path.join(local_scratch, out_of_scope.FILENAME)
+      with open(assets_extra[out_of_scope.FILENAME], "w") as f:
+        f.write(oos_threshold.to_json())
     staging_base = artifact_io.join(export_base, "_staging")
     with artifact_io.staging_dir(staging_base, overwrite=True) as staging:
       staged_version = estimator.export_saved_model(
           staging, text_serving_input_receiver_fn(text_feature),
-          assets_extra={warmup.WARMUP_FILENAME: warmup_path},
+          assets_extra=assets_extra,
           checkpoint_path=checkpoint_path)
       staged_version = staged_version.decode() if isinstance(staged_version, bytes) \
           else staged_version

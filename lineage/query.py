@@ -230,7 +230,10 @@ def _summary(step: str, execution: Optional[Dict], artifact: Optional[Dict]) -> 
   if step.startswith("data"):
     return f"{made.get('row_count', '?')} rows, {made.get('label_count', '?')} labels"
   if step == "train":
-    return " ".join(f"{k}={_value(run[k])}" for k in ("accuracy", "macro_f1") if k in run)
+    return " ".join(f"{label}={_value(run[k])}" for k, label in (
+        ("accuracy", "accuracy"), ("macro_f1", "macro_f1"),
+        ("expected_calibration_error", "ECE"), ("oos_threshold", "oos_threshold"),
+        ("oos_recall", "oos_recall"), ("in_scope_accuracy", "in_scope_accuracy")) if k in run)
   if step in ("export", "optimize") and artifact:
     before = run.get("size_bytes_before")
     sizes = (f"{_size(before)} -> {_size(made.get('size_bytes'))}" if before

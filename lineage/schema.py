@@ -68,7 +68,8 @@ ARTIFACT_TYPES: Dict[str, Dict[str, str]] = {
 EXECUTION_TYPES: Dict[str, Dict[str, str]] = {
     TRAIN: {"hyperparameters": JSON, "metrics": JSON, "accuracy": DOUBLE, "macro_f1": DOUBLE,
             "train_examples": INT, "eval_examples": INT, "train_seconds": DOUBLE,
-            "global_step": INT},
+            "global_step": INT, "expected_calibration_error": DOUBLE,
+            "oos_threshold": DOUBLE, "oos_recall": DOUBLE, "in_scope_accuracy": DOUBLE},
     EXPORT: {"model_name": STRING, "export_base": STRING, "warmup_records": INT},
     OPTIMIZE: {"transforms": JSON, "min_agreement": DOUBLE, "force": BOOL, "agreement": DOUBLE,
                "guard": JSON, "steps": JSON, "size_bytes_before": INT, "size_bytes_after": INT,
@@ -173,9 +174,14 @@ def dataset(uri: str, split: str, row_count: int, label_count: int,
   The fingerprint (hash of every matching file's content) is computed when not given.
   """
   files = fingerprint_lib.match_files(uri)
-  return new_artifact(DATASET, uri, split=split, row_count=row_count, label_count=label_count,
-                      fingerprint=content_fingerprint or fingerprint_lib.fingerprint_files(files),
-                      file_count=len(files))
+  content = content_fingerprint or fingerprint_lib.fingerprint_files(files)
+  artifact = new_artifact(DATASET, uri, split=split, row_count=row_count,
+                          label_count=label_count, fingerprint=content, file_count=len(files))
+  # One file can hold several splits (CLINC150's JSON holds train, val, test and their oos_
+  # splits): what was read from it is part of which data set it is.
+  artifact.external_id = external_id(DATASET, uri, f"{content}\n{split}\n{row_count}\n"
+                                                   f"{label_count}")
+  return artifact
 
 
 def hub_module(module_dir: str) -> metadata_store_pb2.Artifact:

@@ -30,8 +30,19 @@ class TrainerConfig:
   eval_files: str = setting(BUNDLED_EVAL, "Evaluation data, as --train_files.")
   data_format: str = setting("auto", "Data file format; auto goes by extension (.csv, .jsonl, "
                              ".json).", choices=("auto",) + inputs.FORMATS)
-  train_split: str = setting("train", "Split to train on in CLINC-style JSON files.")
-  eval_split: str = setting("val", "Split to evaluate on in CLINC-style JSON files.")
+  train_split: str = setting("train", "Split(s) to train on in CLINC-style JSON files, "
+                             "comma-separated (e.g. train,oos_train).")
+  eval_split: str = setting("val", "Split(s) to evaluate on in CLINC-style JSON files, "
+                            "comma-separated (e.g. val,oos_val).")
+  oos_label: Optional[str] = setting(
+      None, "The label of out-of-scope examples (CLINC150: oos). They are kept out of "
+      "training; on the eval set the trainer picks the score threshold below which an answer "
+      "becomes out-of-scope, reports it and ships it in the export's "
+      "assets.extra/out_of_scope.json.")
+  oos_target_precision: float = setting(
+      0.95, "With --oos_label: the threshold is the lowest score at which the answers given "
+      "(score >= threshold) are right this often on the eval set, an out-of-scope text "
+      "answered with an intent counting as wrong.")
   drop_unseen_eval_labels: bool = setting(
       False, "Drop eval examples whose label never appears in training (with a warning and a "
       "count) instead of stopping with an error.")
@@ -45,6 +56,16 @@ class TrainerConfig:
                               "is 0.")
   batch_size: int = setting(64, "Training batch size.")
   seed: int = setting(42, "Random seed of initialization and shuffling.")
+  token_dropout: float = setting(
+      0.0, "Augmentation: the chance that each word of a training text is left out of it, "
+      "drawn afresh every epoch (0 = none; a text keeps at least one word).")
+  weight_averaging_start: float = setting(
+      0.0, "Stochastic weight averaging: from this fraction of the training steps on (e.g. "
+      "0.5), the weights are averaged every --weight_averaging_steps steps, and the average "
+      "is what is checkpointed, evaluated and exported last (0 = off; chief only, and a "
+      "resumed job averages from where it resumed).")
+  weight_averaging_steps: int = setting(100, "Steps between the snapshots weight averaging "
+                                        "takes.")
   save_checkpoints_steps: int = setting(500, "Save a checkpoint (and evaluate) every this many "
                                         "steps.")
   eval_throttle_secs: int = setting(60, "Evaluate at most once per this many seconds while "
@@ -100,6 +121,18 @@ class TrainerConfig:
       problems.append("set train_steps > 0 or num_epochs > 0")
     if self.batch_size < 1:
       problems.append(f"batch_size must be >= 1, got {self.batch_size}")
+    if self.oos_label == "":
+      problems.append("oos_label must be unset or a label, not empty")
+    if not 0.0 < self.oos_target_precision <= 1.0:
+      problems.append(f"oos_target_precision must be in (0, 1], got "
+                      f"{self.oos_target_precision}")
+    if not 0.0 <= self.token_dropout < 1.0:
+      problems.append(f"token_dropout must be in [0, 1), got {self.token_dropout}")
+    if not 0.0 <= self.weight_averaging_start < 1.0:
+      problems.append(f"weight_averaging_start must be in [0, 1), got "
+                      f"{self.weight_averaging_start}")
+    if self.weight_averaging_steps < 1:
+      problems.append(f"weight_averaging_steps must be >= 1, got {self.weight_averaging_steps}")
     if self.save_checkpoints_steps < 1:
       problems.append(f"save_checkpoints_steps must be >= 1, got {self.save_checkpoints_steps}")
     if self.chief_wait_secs < 1:

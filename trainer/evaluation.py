@@ -116,6 +116,15 @@ def summary_lines(report: Dict, worst: int = 5) -> List[str]:
            f"macro-F1: {report['macro_f1']:.4f}"]
   if "calibration" in report:
     lines[0] += f"  ECE: {report['calibration']['expected_calibration_error']:.4f}"
+  oos = report.get("out_of_scope")
+  if oos:
+    recall = ("n/a (no out-of-scope eval examples)" if oos["out_of_scope_recall"] is None
+              else f"{oos['out_of_scope_recall']:.4f}")
+    lines.append(
+        f"out-of-scope ({oos['label']}): threshold {oos['threshold']:.4f} for in-scope precision "
+        f"{oos['target_precision']}{'' if oos['target_met'] else ' (NOT MET)'}; in-scope "
+        f"accuracy {oos['in_scope_accuracy']:.4f}, out-of-scope recall {recall} "
+        f"({oos['out_of_scope_examples']} out-of-scope eval examples)")
   weakest = sorted(report["per_intent"].items(), key=lambda kv: (kv[1]["f1"], kv[0]))[:worst]
   lines.append("weakest intents: " + ", ".join(
       f"{name} (P {m['precision']:.2f} R {m['recall']:.2f})" for name, m in weakest))
@@ -123,3 +132,48 @@ def summary_lines(report: Dict, worst: int = 5) -> List[str]:
     lines.append("most confused: " + ", ".join(
         f"{c['label']} -> {c['predicted']} x{c['count']}" for c in report["confusion_pairs"][:5]))
   return lines
+
+
+def out_of_scope_threshold(in_scope_correct: Sequence[bool], in_scope_scores: Sequence[float],
+                           out_of_scope_scores: Sequence[float], target_precision: float) -> Dict:
+  """CLINC150's oos-threshold protocol (Larson et al., 2019): an answer whose top score is
+  below the threshold becomes "out of scope". Picks the lowest threshold at which the answers
+  still given (score >= threshold) are right at least `target_precision` of the time, an
+  out-of-scope text answered with an intent counting as wrong; where no threshold gets there,
+  the most precise one, with `target_met` false. Reports in-scope accuracy (a rejected
+  in-scope text counts as wrong) and out-of-scope recall at that threshold."""
+  if len(in_scope_correct) != len(in_scope_scores) or not in_scope_scores:
+    raise ValueError(f"need equal, non-zero numbers of in-scope outcomes and scores, "
+                     f"got {len(in_scope_correct)} and {len(in_scope_scores)}")
+  answers = sorted([(s, bool(c)) for s, c in zip(in_scope_scores, in_scope_correct)]
+                   + [(s, False) for s in out_of_scope_scores], key=lambda a: -a[0])
+  best = None  # (precision, -threshold) of the most precise threshold
+  chosen = None
+  kept = right = 0
+  for index, (score, is_right) in enumerate(answers):
+    kept += 1
+    right += is_right
+    if index + 1 < len(answers) and answers[index + 1][0] == score:
+      continue  # a threshold keeps every answer of its score
+    precision = right / kept
+    if precision >= target_precision:
+      chosen = score
+    if best is None or (precision, -score) >= best:
+      best = (precision, -score)
+  target_met = chosen is not None
+  threshold = float(chosen if target_met else -best[1])
+  answered = [s >= threshold for s in in_scope_scores]
+  kept_scores = [(s, c) for s, c in zip(in_scope_scores, in_scope_correct) if s >= threshold]
+  given = len(kept_scores) + sum(s >= threshold for s in out_of_scope_scores)
+  return {
+      "threshold": threshold,
+      "target_precision": target_precision,
+      "target_met": target_met,
+      "in_scope_precision": sum(c for _, c in kept_scores) / given if given else None,
+      "in_scope_accuracy": sum(c for a, c in zip(answered, in_scope_correct) if a)
+                           / len(in_scope_scores),
+      "out_of_scope_recall": (sum(s < threshold for s in out_of_scope_scores)
+                              / len(out_of_scope_scores)) if out_of_scope_scores else None,
+      "in_scope_examples": len(in_scope_scores),
+      "out_of_scope_examples": len(out_of_scope_scores),
+  }

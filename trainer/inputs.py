@@ -11,7 +11,7 @@ import csv
 import dataclasses
 import io
 import json
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import tensorflow as tf
 
@@ -62,7 +62,8 @@ def detect_format(path: str) -> str:
 
 
 def read_examples(patterns, data_format: str = "auto", split: str = "train") -> List[Example]:
-  """Reads every file the patterns match; `split` picks the CLINC-style JSON split."""
+  """Reads every file the patterns match; `split` picks the CLINC-style JSON split, or
+  several, comma-separated (read in that order)."""
   if data_format != "auto" and data_format not in FORMATS:
     raise DataError(f"unknown data format {data_format!r}; use auto or one of {FORMATS}")
   examples = []
@@ -74,8 +75,16 @@ def read_examples(patterns, data_format: str = "auto", split: str = "train") -> 
     elif file_format == JSONL:
       examples.extend(_parse_jsonl(path, text))
     else:
-      examples.extend(_parse_clinc(path, text, split))
+      for name in (s.strip() for s in split.split(",")):
+        examples.extend(_parse_clinc(path, text, name))
   return examples
+
+
+def split_out_of_scope(examples: Sequence[Example], oos_label: Optional[str]
+                       ) -> Tuple[List[Example], List[Example]]:
+  """(in-scope, out-of-scope) examples; all are in scope when there is no `oos_label`."""
+  in_scope = [e for e in examples if e.intent != oos_label]
+  return in_scope, [e for e in examples if oos_label is not None and e.intent == oos_label]
 
 
 def _read_text(path: str) -> str:
@@ -195,11 +204,22 @@ def check_eval_labels(train: Sequence[Example], evaluation: Sequence[Example],
   return kept, dropped
 
 
+def drop_words(text: tf.Tensor, rate: float, seed: int) -> tf.Tensor:
+  """`text` (a scalar string) without each of its words with probability `rate`; a text
+  that would lose every word keeps them all."""
+  words = tf.strings.split(text)
+  kept = tf.boolean_mask(words, tf.random.uniform(tf.shape(words), seed=seed) >= rate)
+  kept = tf.cond(tf.size(kept) > 0, lambda: kept, lambda: words)
+  return tf.strings.reduce_join(kept, separator=" ")
+
+
 def make_input_fn(examples: Sequence[Example], batch_size: int, shuffle: bool,
-                  num_epochs=None, seed: int = 0, num_shards: int = 1, shard_index: int = 0):
+                  num_epochs=None, seed: int = 0, num_shards: int = 1, shard_index: int = 0,
+                  token_dropout: float = 0.0):
   """An estimator input_fn; `num_epochs=None` repeats forever (bounded by train steps).
 
-  With `num_shards` > 1 it reads only every `num_shards`-th example from `shard_index`.
+  With `num_shards` > 1 it reads only every `num_shards`-th example from `shard_index`;
+  with `token_dropout` each word of a text is left out with that probability (`drop_words`).
   """
   if not 0 <= shard_index < num_shards:
     raise ValueError(f"shard_index must be in [0, {num_shards}), got {shard_index}")
@@ -213,6 +233,11 @@ def make_input_fn(examples: Sequence[Example], batch_size: int, shuffle: bool,
     if shuffle:
       dataset = dataset.shuffle(len(texts), seed=seed, reshuffle_each_iteration=True)
     dataset = dataset.repeat(num_epochs)
+    if token_dropout:
+      dataset = dataset.map(
+          lambda features, label: ({TEXT_FEATURE: drop_words(features[TEXT_FEATURE],
+                                                             token_dropout, seed)}, label),
+          num_parallel_calls=tf.data.AUTOTUNE)
     return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
   return input_fn

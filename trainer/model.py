@@ -28,6 +28,15 @@ _SPARSE_OPTIMIZERS = {
     "Ftrl": tf.compat.v1.train.FtrlOptimizer,
 }
 
+CONSTANT = "constant"
+# Each maps (initial rate, training steps) to a Keras schedule of the step.
+_SCHEDULES = {
+    CONSTANT: None,
+    "cosine": lambda rate, steps: tf.keras.optimizers.schedules.CosineDecay(rate, steps),
+    "linear": lambda rate, steps: tf.keras.optimizers.schedules.PolynomialDecay(
+        rate, steps, end_learning_rate=0.0),
+}
+
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
@@ -43,6 +52,10 @@ class ModelConfig:
       "Adagrad", "Optimizer of the embedding table; all of these update only the rows a batch "
       "touches.", choices=tuple(_SPARSE_OPTIMIZERS))
   embedding_learning_rate: float = setting(0.5, "Learning rate of the embedding table.")
+  learning_rate_schedule: str = setting(
+      CONSTANT, "How both learning rates change over training: constant, cosine (decayed to "
+      "zero at the last step) or linear (likewise, in a straight line).",
+      choices=tuple(_SCHEDULES))
 
   def __post_init__(self):
     problems = settings.choice_problems(self)
@@ -95,12 +108,26 @@ class ModuleAwareOptimizer(tf.keras.optimizers.legacy.Optimizer):
             "sparse": type(self._sparse).__name__}
 
 
-def make_optimizer(config: ModelConfig):
-  dense = _OPTIMIZERS[config.optimizer](learning_rate=config.learning_rate)
+def learning_rates(config: ModelConfig, train_steps: int):
+  """(dense, embedding) learning rates on the configured schedule: floats, or Keras
+  schedules of the step. The dense optimizer evaluates its schedule at its iterations (the
+  global step); the graph-mode embedding optimizer is given the schedule's tensor at the
+  global step (see make_optimizer)."""
+  schedule = _SCHEDULES[config.learning_rate_schedule]
+  rates = (config.learning_rate, config.embedding_learning_rate)
+  if schedule is None:
+    return rates
+  return tuple(schedule(rate, max(1, train_steps)) for rate in rates)
+
+
+def make_optimizer(config: ModelConfig, train_steps: int):
+  dense_rate, embedding_rate = learning_rates(config, train_steps)
+  dense = _OPTIMIZERS[config.optimizer](learning_rate=dense_rate)
   if not config.train_embeddings:
     return dense
-  sparse = _SPARSE_OPTIMIZERS[config.embedding_optimizer](
-      learning_rate=config.embedding_learning_rate)
+  if callable(embedding_rate):
+    embedding_rate = embedding_rate(tf.compat.v1.train.get_or_create_global_step())
+  sparse = _SPARSE_OPTIMIZERS[config.embedding_optimizer](learning_rate=embedding_rate)
   return ModuleAwareOptimizer(dense, sparse)
 
 
@@ -109,14 +136,16 @@ def text_feature_column(module_path: str, trainable: bool):
 
 
 def build_estimator(config: ModelConfig, module_path: str, label_vocabulary: Sequence[str],
-                    run_config: tf.estimator.RunConfig) -> tf.estimator.DNNClassifier:
-  """Labels are the intent names, so the `classes` output carries intent strings."""
+                    run_config: tf.estimator.RunConfig,
+                    train_steps: int) -> tf.estimator.DNNClassifier:
+  """Labels are the intent names, so the `classes` output carries intent strings;
+  `train_steps` is where learning-rate schedules end."""
   return tf.estimator.DNNClassifier(
       hidden_units=list(config.hidden_units),
       feature_columns=[text_feature_column(module_path, config.train_embeddings)],
       n_classes=len(label_vocabulary),
       label_vocabulary=list(label_vocabulary),
-      optimizer=lambda: make_optimizer(config),
+      optimizer=lambda: make_optimizer(config, train_steps),
       dropout=config.dropout or None,
       batch_norm=config.batch_norm,
       config=run_config)

@@ -35,6 +35,7 @@ from absl import logging
 from export import artifact_io
 from export import examples as examples_lib
 from export import exporter
+from export import out_of_scope
 from lineage import push
 from lineage import schema
 from lineage import store
@@ -48,6 +49,7 @@ from trainer import evaluation
 from trainer import inputs
 from trainer import model
 from trainer import text_module
+from trainer import weight_averaging
 from trainer.config import TrainerConfig
 
 _WARMUP_TEXTS = 64
@@ -97,14 +99,17 @@ def export_base(config: TrainerConfig) -> str:
 
 def write_guard_examples(config: TrainerConfig, eval_examples, train_examples) -> str:
   """The optimizer's guard inputs as a TFRecord in the job dir: every eval example with its
-  label (accuracy before and after), then the training texts unlabelled. Agreement between
+  label (accuracy before and after), then the out-of-scope eval texts and the training texts
+  unlabelled. Agreement between
   two models needs no label and no held-out data, and the bundled eval set alone (154 rows)
   is too small to vouch for 99.5 % agreement (598 rows are needed at 95 %)."""
   path = artifact_io.join(config.job_dir, "guard", "examples.tfrecord")
   seen = set()
+  in_scope, out_of_scope_examples = inputs.split_out_of_scope(eval_examples, config.oos_label)
 
   def rows():
-    for labelled, examples in ((True, eval_examples), (False, train_examples)):
+    for labelled, examples in ((True, in_scope), (False, out_of_scope_examples),
+                               (False, train_examples)):
       for example in examples:
         if example.text in seen:
           continue
@@ -122,15 +127,35 @@ def write_guard_examples(config: TrainerConfig, eval_examples, train_examples) -
 
 
 def load_data(config: TrainerConfig):
+  """(training examples, eval examples): out-of-scope examples (--oos_label) are left out of
+  training and kept, after the in-scope ones, for evaluation."""
   train = inputs.read_examples(config.train_files, config.data_format, config.train_split)
-  evaluation_examples = inputs.read_examples(
-      config.eval_files, config.data_format, config.eval_split)
-  evaluation_examples, dropped = inputs.check_eval_labels(
-      train, evaluation_examples, config.drop_unseen_eval_labels)
+  train, left_out = inputs.split_out_of_scope(train, config.oos_label)
+  if left_out:
+    logging.info("Left %d out-of-scope (%s) examples out of training", len(left_out),
+                 config.oos_label)
+  if not train:
+    raise inputs.DataError(f"{config.train_files}: no in-scope training example")
+  in_scope, out_of_scope_examples = inputs.split_out_of_scope(
+      inputs.read_examples(config.eval_files, config.data_format, config.eval_split),
+      config.oos_label)
+  in_scope, dropped = inputs.check_eval_labels(train, in_scope, config.drop_unseen_eval_labels)
   if dropped:
     logging.warning("Dropped %d eval examples whose labels never appear in training: %s",
                     sum(dropped.values()), dropped)
-  return train, evaluation_examples
+  return train, in_scope + out_of_scope_examples
+
+
+def predict_top(estimator: tf.estimator.Estimator, examples, batch_size: int):
+  """(top class, its probability) of each example."""
+  if not examples:
+    return []
+  top = []
+  for prediction in estimator.predict(
+      inputs.make_input_fn(examples, batch_size, shuffle=False, num_epochs=1),
+      predict_keys=["classes", "probabilities"]):
+    top.append((prediction["classes"][0].decode("utf-8"), float(max(prediction["probabilities"]))))
+  return top
 
 
 def ensure_text_module(config: TrainerConfig, train_texts,
@@ -177,7 +202,8 @@ def _wait_for_chief(config: TrainerConfig, environment: cloud.JobEnvironment, wh
         f"local path, across machines)?") from None
 
 
-def make_estimator(config: TrainerConfig, module_path: str, labels) -> tf.estimator.Estimator:
+def make_estimator(config: TrainerConfig, module_path: str, labels,
+                   train_steps: int) -> tf.estimator.Estimator:
   """The estimator; its RunConfig also reads TF_CONFIG, which is what makes it distributed."""
   run_config = tf.estimator.RunConfig(
       model_dir=config.model_dir,
@@ -186,7 +212,7 @@ def make_estimator(config: TrainerConfig, module_path: str, labels) -> tf.estima
       keep_checkpoint_max=3,
       log_step_count_steps=100,
       experimental_max_worker_delay_secs=config.max_worker_delay_secs)
-  return model.build_estimator(config.model, module_path, labels, run_config)
+  return model.build_estimator(config.model, module_path, labels, run_config, train_steps)
 
 
 def _train_shard(run_config: tf.estimator.RunConfig) -> Dict[str, int]:
@@ -209,22 +235,29 @@ def train(config: TrainerConfig, train_examples, eval_examples,
   is killed.
   """
   environment = environment or cloud.from_environ()
+  eval_examples, out_of_scope_examples = inputs.split_out_of_scope(eval_examples,
+                                                                   config.oos_label)
   labels = inputs.label_vocabulary(train_examples)
   module_path = ensure_text_module(config, [e.text for e in train_examples], environment)
-  estimator = make_estimator(config, module_path, labels)
+  steps = config.steps_for(len(train_examples))
+  estimator = make_estimator(config, module_path, labels, steps)
   if environment.task_type == cloud.WORKER:
     # A worker that finds the variables on the ps uninitialized re-checks only every 30 s
     # (MonitoredTrainingSession's fixed recovery wait); the chief saves its first
     # checkpoint right after initializing them.
     _wait_for_chief(config, environment, "first checkpoint", config.model_dir,
                     lambda: bool(estimator.latest_checkpoint()))
-  steps = config.steps_for(len(train_examples))
   eval_input_fn = inputs.make_input_fn(eval_examples, config.batch_size, shuffle=False,
                                        num_epochs=1)
   train_hooks = []
   if config.tensorboard_dir and environment.is_chief:
     train_hooks.append(cloud.SummariesToDirHook(config.tensorboard_dir,
                                                 every_steps=estimator.config.save_summary_steps))
+  if config.weight_averaging_start and environment.is_chief:
+    train_hooks.extend(weight_averaging.chief_hooks(
+        config.model_dir, config.save_checkpoints_steps,
+        start_step=int(config.weight_averaging_start * steps),
+        every_steps=config.weight_averaging_steps, final_step=steps))
   started = time.time()
   tf.estimator.train_and_evaluate(
       estimator,
@@ -232,7 +265,8 @@ def train(config: TrainerConfig, train_examples, eval_examples,
           # Each worker reads its own shard: with one shuffle seed they would all feed
           # the same batches in the same order.
           inputs.make_input_fn(train_examples, config.batch_size, shuffle=True,
-                               seed=config.seed, **_train_shard(estimator.config)),
+                               seed=config.seed, token_dropout=config.token_dropout,
+                               **_train_shard(estimator.config)),
           max_steps=steps, hooks=train_hooks),
       tf.estimator.EvalSpec(eval_input_fn, steps=None, start_delay_secs=0,
                             throttle_secs=config.eval_throttle_secs))
@@ -245,12 +279,14 @@ def train(config: TrainerConfig, train_examples, eval_examples,
     # A distributed chief never evaluates and no evaluator task will: evaluate the final
     # checkpoint once, so the tuning service finds the metric in the eval summaries.
     estimator.evaluate(eval_input_fn)
-  predicted, confidences = [], []
-  for prediction in estimator.predict(eval_input_fn, predict_keys=["classes", "probabilities"]):
-    predicted.append(prediction["classes"][0].decode("utf-8"))
-    confidences.append(float(max(prediction["probabilities"])))
+  predicted, confidences = zip(*predict_top(estimator, eval_examples, config.batch_size))
   report = evaluation.classification_report([e.intent for e in eval_examples], predicted,
                                             confidences=confidences)
+  if config.oos_label:
+    report["out_of_scope"] = {"label": config.oos_label, **evaluation.out_of_scope_threshold(
+        [p == e.intent for p, e in zip(predicted, eval_examples)], confidences,
+        [score for _, score in predict_top(estimator, out_of_scope_examples, config.batch_size)],
+        config.oos_target_precision)}
   report_path = artifact_io.join(config.job_dir, "eval_report.json")
   chart_path = artifact_io.join(config.job_dir, "calibration.png")
   evaluation.write_calibration_chart(chart_path, report["calibration"])
@@ -269,10 +305,20 @@ def train(config: TrainerConfig, train_examples, eval_examples,
                      len(train_examples), train_seconds, estimator)
 
 
+def oos_threshold(report: Dict) -> Optional[out_of_scope.OutOfScopeThreshold]:
+  """The out-of-scope threshold of an eval report; None without --oos_label."""
+  oos = report.get("out_of_scope") if report else None
+  if not oos:
+    return None
+  return out_of_scope.OutOfScopeThreshold(oos["label"], oos["threshold"],
+                                          oos["target_precision"])
+
+
 def export(config: TrainerConfig, result: TrainResult, warmup_texts) -> str:
   return exporter.export_servable(result.estimator, export_base(config), warmup_texts,
                                   text_feature=model.TEXT_FEATURE,
-                                  checkpoint_path=result.checkpoint_path)
+                                  checkpoint_path=result.checkpoint_path,
+                                  oos_threshold=oos_threshold(result.eval_report))
 
 
 def hyperparameters(config: TrainerConfig) -> Dict:
@@ -280,7 +326,9 @@ def hyperparameters(config: TrainerConfig) -> Dict:
           "text_module": dataclasses.asdict(config.text_module),
           "hub_module": config.hub_module, "batch_size": config.batch_size,
           "train_steps": config.train_steps, "num_epochs": config.num_epochs,
-          "seed": config.seed}
+          "seed": config.seed, "token_dropout": config.token_dropout,
+          "weight_averaging_start": config.weight_averaging_start,
+          "weight_averaging_steps": config.weight_averaging_steps}
 
 
 def run(config: TrainerConfig, environment: Optional[cloud.JobEnvironment] = None,
@@ -309,12 +357,18 @@ def run(config: TrainerConfig, environment: Optional[cloud.JobEnvironment] = Non
     trained = step.output("model", schema.model(config.model_dir, train_result.checkpoint_path,
                                                 global_step))
     report = train_result.eval_report
+    calibration_error = report["calibration"]["expected_calibration_error"]
+    oos = report.get("out_of_scope")
+    oos_figures = {"oos_threshold": oos["threshold"], "oos_recall": oos["out_of_scope_recall"],
+                   "in_scope_accuracy": oos["in_scope_accuracy"]} if oos else {}
     step.results(accuracy=report["accuracy"], macro_f1=report["macro_f1"],
                  metrics={**{k: report[k] for k in ("accuracy", "macro_f1", "confusion_pairs")},
-                          "expected_calibration_error":
-                              report["calibration"]["expected_calibration_error"]},
+                          "expected_calibration_error": calibration_error,
+                          **({"out_of_scope": oos} if oos else {})},
+                 expected_calibration_error=calibration_error,
                  train_examples=len(train_examples), eval_examples=len(eval_examples),
-                 train_seconds=train_result.train_seconds, global_step=global_step)
+                 train_seconds=train_result.train_seconds, global_step=global_step,
+                 **{k: v for k, v in oos_figures.items() if v is not None})
 
   warmup_texts = [e.text for e in eval_examples[:_WARMUP_TEXTS]]
   with recorder.execution(schema.EXPORT, inputs={"model": trained},
@@ -345,7 +399,8 @@ def run(config: TrainerConfig, environment: Optional[cloud.JobEnvironment] = Non
     verdict, _ = recorded_smoke_test.smoke_test_version(
         recorder, final, config.model_name,
         output_dir=artifact_io.join(config.job_dir, "smoke_test", version),
-        backend=config.smoke_test_backend, log=lambda line: logging.info("smoke test: %s", line))
+        backend=config.smoke_test_backend, log=lambda line: logging.info("smoke test: %s", line),
+        expected_oos_threshold=report["out_of_scope"]["threshold"] if oos else None)
     verdict_path = verdict.verdict_path
     if not verdict.blessed:
       raise StageError(f"the smoke test did not bless {final.uri}: {verdict.reason} "

@@ -12,7 +12,7 @@ import collections
 import dataclasses
 import functools
 import math
-from typing import Iterable, Tuple
+from typing import Iterable, List, Sequence, Tuple
 
 import tensorflow as tf
 import tensorflow_hub as hub
@@ -23,6 +23,10 @@ from trainer.settings import setting
 
 VOCABULARY = "vocabulary"
 HASHED = "hashed"
+SHARED = "shared"
+SEPARATE = "separate"
+UNWEIGHTED = "none"
+IDF = "idf"
 _VOCAB_FILENAME = "ngram_vocabulary.txt"
 _CHAR_NGRAM_MARK = "~"
 
@@ -46,6 +50,14 @@ class TextModuleConfig:
   hash_buckets: int = setting(1 << 18, "Embedding rows in hashed mode.")
   combiner: str = setting("sqrtn", "How the n-gram embeddings of one text are combined.",
                           choices=("sum", "mean", "sqrtn"))
+  embedding_tables: str = setting(
+      SHARED, "shared: word and character n-grams in one table, combined into one vector; "
+      "separate: a table each, the two combined vectors concatenated (2 x embedding_dim).",
+      choices=(SHARED, SEPARATE))
+  ngram_weights: str = setting(
+      UNWEIGHTED, "Weight of each n-gram's embedding when combined: none, or idf (its inverse "
+      "document frequency in the training corpus; needs --id_mode vocabulary).",
+      choices=(UNWEIGHTED, IDF))
 
   def __post_init__(self):
     problems = settings.choice_problems(self)
@@ -62,18 +74,24 @@ class TextModuleConfig:
       problems.append(f"oov_buckets must be >= 1, got {self.oov_buckets}")
     if self.hash_buckets < 1:
       problems.append(f"hash_buckets must be >= 1, got {self.hash_buckets}")
+    if self.ngram_weights == IDF and self.id_mode != VOCABULARY:
+      problems.append("ngram_weights idf needs id_mode vocabulary: hash buckets carry no "
+                      "document frequencies")
+    if self.embedding_tables == SEPARATE and not (self.word_ngrams and self.char_ngrams):
+      problems.append("embedding_tables separate needs both word_ngrams and char_ngrams")
     if self.max_vocabulary_size < 1:
       problems.append(f"max_vocabulary_size must be >= 1, got {self.max_vocabulary_size}")
     if problems:
       raise ValueError("Invalid text module config: " + "; ".join(problems))
 
 
-def ngram_tokens(texts: tf.Tensor, config: TextModuleConfig) -> tf.RaggedTensor:
-  """Turns a `[batch]` string tensor into ragged `[batch, (tokens)]` n-gram strings.
+def ngram_groups(texts: tf.Tensor, config: TextModuleConfig) -> List[tf.RaggedTensor]:
+  """Turns a `[batch]` string tensor into ragged `[batch, (tokens)]` n-gram strings: the
+  word n-grams, then the character n-grams (marked, so "car" the word and "car" the trigram
+  stay apart), each group present when its widths are configured.
 
-  Word n-grams first, then character n-grams (marked, so "car" the word and "car" the
-  trigram stay apart). The same function builds the vocabulary (eagerly) and runs
-  inside the module, so what the vocabulary counts is exactly what the servable looks up.
+  The same function builds the vocabulary (eagerly) and runs inside the module, so what
+  the vocabulary counts is exactly what the servable looks up.
   """
   normalized = tf.strings.lower(texts, encoding="utf-8")
   normalized = tf.strings.regex_replace(normalized, r"[^\p{L}\p{N}\s]+", " ")
@@ -88,52 +106,121 @@ def ngram_tokens(texts: tf.Tensor, config: TextModuleConfig) -> tf.RaggedTensor:
     grams = tf.strings.ngrams(chars, list(config.char_ngrams), separator="")
     groups.append(tf.ragged.map_flat_values(
         lambda g: tf.strings.join([_CHAR_NGRAM_MARK, g]), grams.merge_dims(1, 2)))
+  return groups
+
+
+def table_tokens(texts: tf.Tensor, config: TextModuleConfig) -> List[tf.RaggedTensor]:
+  """The tokens each embedding table looks up: all n-grams in one table, or one group each."""
+  groups = ngram_groups(texts, config)
+  if config.embedding_tables == SEPARATE or len(groups) == 1:
+    return groups
+  return [tf.concat(groups, axis=1)]
+
+
+def ngram_tokens(texts: tf.Tensor, config: TextModuleConfig) -> tf.RaggedTensor:
+  """Every n-gram of each text, word n-grams first."""
+  groups = ngram_groups(texts, config)
   return groups[0] if len(groups) == 1 else tf.concat(groups, axis=1)
 
 
-def build_vocabulary(texts: Iterable[str], config: TextModuleConfig,
-                     batch_size: int = 4096):
-  """Counts n-grams over the corpus; keeps those seen `min_count` times, most frequent first."""
-  counts = collections.Counter()
+@dataclasses.dataclass(frozen=True)
+class Vocabulary:
+  """One table's n-grams, most frequent first, with the document frequency of each."""
+  tokens: List[str]
+  document_frequencies: List[int]
+  documents: int
+
+  def idf(self, oov_buckets: int) -> List[float]:
+    """Smoothed inverse document frequency of every row (vocabulary, then OOV buckets).
+    OOV buckets hold n-grams seen at most min_count - 1 times or never: weighted as seen in
+    one document."""
+    def idf(df):
+      return math.log((1 + self.documents) / (1 + df)) + 1.0
+    return [idf(df) for df in self.document_frequencies] + [idf(1)] * oov_buckets
+
+
+def build_vocabularies(texts: Iterable[str], config: TextModuleConfig,
+                       batch_size: int = 4096) -> List[Vocabulary]:
+  """Counts each table's n-grams over the corpus; keeps those seen `min_count` times."""
+  tables = None
+  documents = 0
   batch = []
 
   def count(batch):
-    tokens = ngram_tokens(tf.constant(batch), config)
-    counts.update(t.decode("utf-8") for t in tokens.flat_values.numpy())
+    nonlocal tables
+    grouped = table_tokens(tf.constant(batch), config)
+    if tables is None:
+      tables = [(collections.Counter(), collections.Counter()) for _ in grouped]
+    for (counts, frequencies), tokens in zip(tables, grouped):
+      for row in tokens.to_list():
+        decoded = [t.decode("utf-8") for t in row]
+        counts.update(decoded)
+        frequencies.update(set(decoded))
 
   for text in texts:
+    documents += 1
     batch.append(text)
     if len(batch) == batch_size:
       count(batch)
       batch = []
   if batch:
     count(batch)
-  kept = [(t, c) for t, c in counts.items() if c >= config.min_count]
-  kept.sort(key=lambda tc: (-tc[1], tc[0]))
-  return [t for t, _ in kept[:config.max_vocabulary_size]]
+  vocabularies = []
+  for counts, frequencies in tables or []:
+    kept = sorted(((t, c) for t, c in counts.items() if c >= config.min_count),
+                  key=lambda tc: (-tc[1], tc[0]))[:config.max_vocabulary_size]
+    vocabularies.append(Vocabulary([t for t, _ in kept], [frequencies[t] for t, _ in kept],
+                                   documents))
+  return vocabularies
 
 
-def _module_fn(config: TextModuleConfig, vocabulary_file: str, vocabulary_size: int):
+def vocabulary_filenames(config: TextModuleConfig) -> List[str]:
+  """The module's vocabulary assets, one per table (hub copies assets by base name)."""
+  if config.embedding_tables == SEPARATE:
+    return ["word_" + _VOCAB_FILENAME, "char_" + _VOCAB_FILENAME]
+  return [_VOCAB_FILENAME]
+
+
+def _embedding_names(config: TextModuleConfig) -> List[str]:
+  return ["word_embeddings", "char_embeddings"] if config.embedding_tables == SEPARATE \
+      else ["embeddings"]
+
+
+def _module_fn(config: TextModuleConfig, vocabulary_files: Sequence[str],
+               vocabularies: Sequence[Vocabulary]):
   texts = tf.compat.v1.placeholder(tf.string, shape=[None], name="text")
-  if config.id_mode == VOCABULARY:
-    table = tf.compat.v1.lookup.StaticVocabularyTable(
-        tf.compat.v1.lookup.TextFileInitializer(
-            vocabulary_file, tf.string, tf.compat.v1.lookup.TextFileIndex.WHOLE_LINE,
-            tf.int64, tf.compat.v1.lookup.TextFileIndex.LINE_NUMBER),
-        num_oov_buckets=config.oov_buckets)
-    to_ids = table.lookup
-    rows = vocabulary_size + config.oov_buckets
-  else:
-    to_ids = functools.partial(tf.strings.to_hash_bucket_fast, num_buckets=config.hash_buckets)
-    rows = config.hash_buckets
-  embeddings = tf.compat.v1.get_variable(
-      "embeddings", shape=[rows, config.embedding_dim],
-      initializer=tf.compat.v1.random_normal_initializer(
-          stddev=1.0 / math.sqrt(config.embedding_dim)))
-  tokens = ngram_tokens(texts, config)
-  embedding = tf.nn.safe_embedding_lookup_sparse(
-      embeddings, tf.ragged.map_flat_values(to_ids, tokens).to_sparse(),
-      combiner=config.combiner)
+  combined = []
+  for index, (tokens, name) in enumerate(zip(table_tokens(texts, config),
+                                             _embedding_names(config))):
+    weights = None
+    if config.id_mode == VOCABULARY:
+      vocabulary = vocabularies[index]
+      table = tf.compat.v1.lookup.StaticVocabularyTable(
+          tf.compat.v1.lookup.TextFileInitializer(
+              vocabulary_files[index], tf.string, tf.compat.v1.lookup.TextFileIndex.WHOLE_LINE,
+              tf.int64, tf.compat.v1.lookup.TextFileIndex.LINE_NUMBER),
+          num_oov_buckets=config.oov_buckets)
+      to_ids = table.lookup
+      rows = len(vocabulary.tokens) + config.oov_buckets
+      if config.ngram_weights == IDF:
+        weights = tf.constant(vocabulary.idf(config.oov_buckets), tf.float32,
+                              name=f"{name}_idf")
+    else:
+      to_ids = functools.partial(tf.strings.to_hash_bucket_fast,
+                                 num_buckets=config.hash_buckets)
+      rows = config.hash_buckets
+    embeddings = tf.compat.v1.get_variable(
+        name, shape=[rows, config.embedding_dim],
+        initializer=tf.compat.v1.random_normal_initializer(
+            stddev=1.0 / math.sqrt(config.embedding_dim)))
+    ids = tf.ragged.map_flat_values(to_ids, tokens).to_sparse()
+    sparse_weights = None
+    if weights is not None:
+      sparse_weights = tf.SparseTensor(ids.indices, tf.gather(weights, ids.values),
+                                       ids.dense_shape)
+    combined.append(tf.nn.safe_embedding_lookup_sparse(
+        embeddings, ids, sparse_weights, combiner=config.combiner))
+  embedding = combined[0] if len(combined) == 1 else tf.concat(combined, axis=1)
   hub.add_signature(inputs=texts, outputs=embedding)
 
 
@@ -144,19 +231,21 @@ def build_text_module(texts: Iterable[str], config: TextModuleConfig, output_dir
   The module is assembled in a sibling temporary directory and renamed into place,
   so an interrupted build never leaves a half-written module behind.
   """
-  vocabulary = build_vocabulary(texts, config) if config.id_mode == VOCABULARY else []
-  if config.id_mode == VOCABULARY and not vocabulary:
+  vocabularies = build_vocabularies(texts, config) if config.id_mode == VOCABULARY else []
+  if config.id_mode == VOCABULARY and not all(v.tokens for v in vocabularies):
     raise ValueError("The training texts produced no tokens; cannot build a vocabulary.")
   with artifact_io.staging_dir(output_dir) as staging:
-    # Hub copies asset files by base name, so the vocabulary gets its final name here.
+    # Hub copies asset files by base name, so each vocabulary gets its final name here.
     vocabulary_dir = staging + ".vocabulary"
     tf.io.gfile.makedirs(vocabulary_dir)
-    vocabulary_file = vocabulary_dir + "/" + _VOCAB_FILENAME
-    with tf.io.gfile.GFile(vocabulary_file, "w") as f:
-      f.write("".join(token + "\n" for token in vocabulary))
+    vocabulary_files = []
+    for filename, vocabulary in zip(vocabulary_filenames(config), vocabularies):
+      vocabulary_files.append(vocabulary_dir + "/" + filename)
+      with tf.io.gfile.GFile(vocabulary_files[-1], "w") as f:
+        f.write("".join(token + "\n" for token in vocabulary.tokens))
     try:
       spec = hub.create_module_spec(
-          functools.partial(_module_fn, config, vocabulary_file, len(vocabulary)))
+          functools.partial(_module_fn, config, vocabulary_files, vocabularies))
       with tf.Graph().as_default():
         tf.compat.v1.set_random_seed(seed)
         module = hub.Module(spec)

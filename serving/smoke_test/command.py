@@ -46,6 +46,9 @@ def define_flags() -> None:
                       "--enable_batching and this BatchingParameters file (for example "
                       "serving/docker/batching_parameters.txt, or what serving.tune_batching "
                       "wrote).")
+  flags.DEFINE_float("expected_oos_threshold", None, "Fail unless the version's "
+                     "assets.extra/out_of_scope.json holds this threshold (a malformed file "
+                     "fails the test anyway).")
   lineage_store.define_flags()
   flags.mark_flags_as_required(["model_base_path", "model_name"])
 
@@ -63,7 +66,8 @@ def main(argv: List[str]) -> int:
                    rest_target=values.rest_target, examples_file=values.examples_file,
                    batch_size=values.batch_size, latency_requests=values.latency_requests,
                    deadline_secs=values.deadline_secs, num_tries=values.num_tries,
-                   batching_parameters_file=values.batching_parameters_file)
+                   batching_parameters_file=values.batching_parameters_file,
+                   expected_oos_threshold=values.expected_oos_threshold)
   if values.metadata_db or values.mysql_host:
     verdict = _smoke_test_recorded(values, arguments)
   else:
@@ -74,6 +78,9 @@ def main(argv: List[str]) -> int:
         f"{verdict.model_name} version {verdict.version}")
   passed = sum(c.ok for c in verdict.checks)
   print(f"checks: {passed} of {len(verdict.checks)} passed")
+  if verdict.out_of_scope:
+    print(f"out-of-scope threshold: {verdict.out_of_scope['threshold']:.4f} (label "
+          f"{verdict.out_of_scope['label']!r})")
   for name, figures in sorted(verdict.latency_ms.items()):
     if isinstance(figures, dict):
       print(f"latency {name}: p50 {figures['p50']} ms, p99 {figures['p99']} ms")

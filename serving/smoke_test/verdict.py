@@ -28,6 +28,7 @@ import tenacity
 import tensorflow as tf
 
 from export import artifact_io
+from export import out_of_scope
 from export import versions as versions_lib
 from export.servable import ServableError, SessionServable
 from export.warmup import DEFAULT_SIGNATURE
@@ -58,6 +59,7 @@ class Verdict:
   checks: List[Check] = dataclasses.field(default_factory=list)
   latency_ms: Dict = dataclasses.field(default_factory=dict)
   server_log_tail: str = ""
+  out_of_scope: Optional[Dict] = None  # the version's threshold file, when it has one
   elapsed_secs: float = 0.0
   output_dir: str = ""
 
@@ -116,11 +118,13 @@ def run_smoke_test(model_base_path: str, model_name: str, output_dir: Optional[s
                    deadline_secs: float = 300.0, num_tries: int = 5,
                    batching_parameters_file: Optional[str] = None, rtol: float = 1e-4,
                    atol: float = 1e-5, expected_version: Optional[int] = None,
-                   log=print) -> Verdict:
+                   expected_oos_threshold: Optional[float] = None, log=print) -> Verdict:
   """Serves (or reaches) the model, checks every signature, writes and returns the verdict.
 
   With `expected_version`, a server that serves any other version does not bless it. With
-  `batching_parameters_file`, the started server batches requests as that file says.
+  `batching_parameters_file`, the started server batches requests as that file says. A
+  version with an out-of-scope threshold file must hold a valid one (and the expected
+  threshold, when `expected_oos_threshold` is given).
   """
   if batch_size < 1 or latency_requests < 1 or num_tries < 1:
     raise ValueError("batch_size, latency_requests and num_tries must be >= 1")
@@ -155,6 +159,7 @@ def run_smoke_test(model_base_path: str, model_name: str, output_dir: Optional[s
     if version_dir is None:
       raise SmokeTestError(f"the server serves version {verdict.version} of {model_name}, but "
                            f"{model_base_path} has no such version to compare with")
+    verdict.out_of_scope = _checked_oos_threshold(version_dir, expected_oos_threshold)
     try:
       reference = SessionServable(version_dir)
     except ServableError as e:
@@ -196,6 +201,18 @@ def run_smoke_test(model_base_path: str, model_name: str, output_dir: Optional[s
   verdict.elapsed_secs = round(time.monotonic() - started, 3)
   write_verdict(verdict)
   return verdict
+
+
+def _checked_oos_threshold(version_dir: str, expected: Optional[float]) -> Optional[Dict]:
+  try:
+    threshold = out_of_scope.read(version_dir)
+  except out_of_scope.BadThresholdFile as e:
+    raise SmokeTestError(str(e)) from None
+  if expected is not None and (threshold is None or threshold.threshold != expected):
+    found = f"threshold {threshold.threshold}" if threshold else "no such file"
+    raise SmokeTestError(f"{artifact_io.join(version_dir, out_of_scope.PATH)}: expected the "
+                         f"out-of-scope threshold {expected}, found {found}")
+  return dataclasses.asdict(threshold) if threshold else None
 
 
 def write_verdict(verdict: Verdict) -> None:

@@ -44,3 +44,30 @@ def test_the_report_carries_calibration_and_the_chart_is_a_png(tmp_path):
   path = tmp_path / "calibration.png"
   evaluation.write_calibration_chart(str(path), report["calibration"])
   assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_oos_threshold_is_the_lowest_score_that_keeps_the_target_precision():
+  # In-scope answers: right at 0.9, 0.8 and 0.4, wrong at 0.6; out-of-scope texts at 0.7, 0.3.
+  figures = evaluation.out_of_scope_threshold(
+      [True, True, False, True], [0.9, 0.8, 0.6, 0.4], [0.7, 0.3], target_precision=0.66)
+  # Keeping >= 0.8: 2/2 right; >= 0.7: 2/3 (0.667); >= 0.6: 2/4; >= 0.4: 3/5; >= 0.3: 3/6.
+  assert figures["threshold"] == 0.7 and figures["target_met"]
+  assert figures["in_scope_precision"] == pytest.approx(2 / 3)
+  assert figures["in_scope_accuracy"] == pytest.approx(2 / 4)
+  assert figures["out_of_scope_recall"] == pytest.approx(1 / 2)
+
+
+def test_oos_threshold_falls_back_to_the_most_precise_when_the_target_is_out_of_reach():
+  figures = evaluation.out_of_scope_threshold(
+      [False, True, True], [0.9, 0.8, 0.7], [], target_precision=0.99)
+  assert not figures["target_met"]
+  assert figures["threshold"] == 0.7  # 2/3, better than 0/1 at 0.9 and 1/2 at 0.8
+  assert figures["out_of_scope_recall"] is None
+
+
+def test_oos_summary_line_names_threshold_and_recall():
+  report = evaluation.classification_report(["a", "b"], ["a", "a"], confidences=[0.9, 0.5])
+  report["out_of_scope"] = {"label": "oos", **evaluation.out_of_scope_threshold(
+      [True, False], [0.9, 0.5], [0.2], 0.9)}
+  line = evaluation.summary_lines(report)[1]
+  assert "out-of-scope (oos): threshold 0.9000" in line and "recall 1.0000" in line

@@ -143,3 +143,23 @@ def test_bundled_data_reads_cleanly_with_enough_intents_and_examples():
   assert len({e.text.lower() for e in train + evaluation}) == len(train) + len(evaluation)
   kept, dropped = inputs.check_eval_labels(train, evaluation, drop_unseen=False)
   assert len(kept) == len(evaluation) and not dropped
+
+
+def dropped(text, rate, seed=1):
+  return inputs.drop_words(tf.constant(text), rate, seed).numpy().decode()
+
+
+def test_token_dropout_leaves_words_out_but_never_all_of_them():
+  text = " ".join(f"w{i}" for i in range(400))
+  kept = dropped(text, 0.25).split()
+  assert set(kept) < set(text.split()) and kept == sorted(kept, key=lambda w: int(w[1:]))
+  assert 250 < len(kept) < 350  # about 300 of 400
+  assert dropped("lonely", 0.99) == "lonely"
+  assert dropped(text, 0.0) == text
+
+
+def test_token_dropout_draws_afresh_each_epoch():
+  examples = [inputs.Example(" ".join(f"w{i}" for i in range(50)), "a", "t:1")]
+  dataset = inputs.make_input_fn(examples, 1, shuffle=False, num_epochs=2, token_dropout=0.5)()
+  first, second = [features["text"].numpy()[0] for features, _ in dataset]
+  assert first != second

@@ -9,6 +9,7 @@ import tensorflow as tf
 
 from tests.helpers import small_config
 from trainer import inputs
+from trainer import model
 from trainer import pipeline
 from trainer.model import ModelConfig
 from trainer.text_module import TextModuleConfig
@@ -65,7 +66,8 @@ def test_embedding_update_is_a_sparse_apply(tmp_path, optimizer, sparse_op, dens
                                                             embedding_optimizer=optimizer))
   train, _ = pipeline.load_data(config)
   module_path = pipeline.ensure_text_module(config, [e.text for e in train])
-  estimator = pipeline.make_estimator(config, module_path, inputs.label_vocabulary(train))
+  estimator = pipeline.make_estimator(config, module_path, inputs.label_vocabulary(train),
+                                     config.steps_for(len(train)))
   with tf.Graph().as_default() as graph:
     dataset = inputs.make_input_fn(train[:8], 8, shuffle=False)()
     features, labels = tf.compat.v1.data.make_one_shot_iterator(dataset).get_next()
@@ -127,3 +129,29 @@ def test_hashed_ids_train_export_optimize_and_serve(tmp_path):
                                                               "saved_model.pb"))
   with open(result.verdict_path) as f:
     assert json.load(f)["blessed"] is True
+
+
+@pytest.mark.parametrize("schedule, middle", [("cosine", 0.5), ("linear", 0.5),
+                                              ("constant", 1.0)])
+def test_learning_rate_schedules_end_at_zero(schedule, middle):
+  config = ModelConfig(learning_rate=0.002, embedding_learning_rate=0.4,
+                       learning_rate_schedule=schedule)
+  for configured, rate in zip((0.002, 0.4), model.learning_rates(config, 100)):
+    at = (lambda step: float(rate(step))) if callable(rate) else (lambda step: rate)
+    assert at(0) == pytest.approx(configured)
+    assert at(50) == pytest.approx(middle * configured)
+    assert at(100) == pytest.approx(0.0 if schedule != "constant" else configured)
+
+
+def test_weight_averaging_saves_the_average_as_the_estimators_last_checkpoint(tmp_path,
+                                                                             caplog):
+  config = small_config(tmp_path / "job", train_steps=30, save_checkpoints_steps=10,
+                        weight_averaging_start=0.5, weight_averaging_steps=5)
+  train, evaluation = pipeline.load_data(config)
+  caplog.set_level("INFO", logger="tensorflow")
+  result = pipeline.train(config, train, evaluation)
+  assert result.checkpoint_path.endswith("model.ckpt-30")
+  state = tf.train.get_checkpoint_state(str(tmp_path / "job"))
+  assert [int(p.rsplit("-", 1)[1]) for p in state.all_model_checkpoint_paths] == [10, 20, 30]
+  # Snapshots after steps 15, 20, 25 and 30.
+  assert "mean of 4 snapshots from step 15" in caplog.text

@@ -31,7 +31,9 @@ def test_non_ascii_letters_are_lower_cased_and_kept():
 
 def test_vocabulary_keeps_frequent_ngrams_most_frequent_first():
   config = TextModuleConfig(word_ngrams=(1,), char_ngrams=(), min_count=2)
-  assert text_module.build_vocabulary(["a b c", "a b", "a"], config) == ["a", "b"]
+  (vocabulary,) = text_module.build_vocabularies(["a b c", "a b a", "a"], config)
+  assert vocabulary.tokens == ["a", "b"]
+  assert vocabulary.document_frequencies == [3, 2], "a text counts once per n-gram"
 
 
 @pytest.mark.parametrize("overrides, message", [
@@ -86,3 +88,52 @@ def test_module_build_refuses_to_overwrite_an_existing_module(tmp_path):
   with pytest.raises(FileExistsError):
     text_module.build_text_module(["other"], config, path)
   assert embed(path, ["hello"]).shape == (1, 4)
+
+
+def module_variables(module_path):
+  with tf.Graph().as_default():
+    module = hub.Module(module_path)
+    with tf.compat.v1.Session() as session:
+      session.run(tf.compat.v1.global_variables_initializer())
+      return {v.name.split("/")[-1].split(":")[0]: session.run(v) for v in module.variables}
+
+
+def test_separate_tables_concatenate_a_word_and_a_character_embedding(tmp_path):
+  config = TextModuleConfig(embedding_dim=4, word_ngrams=(1,), char_ngrams=(3,), min_count=1,
+                            oov_buckets=3, combiner="sum", embedding_tables="separate")
+  path = text_module.build_text_module(["hi yo", "hi"], config, str(tmp_path / "module"))
+  assert sorted(tf.io.gfile.listdir(f"{path}/assets")) == [
+      "char_ngram_vocabulary.txt", "word_ngram_vocabulary.txt"]
+  with open(f"{path}/assets/word_ngram_vocabulary.txt") as f:
+    assert f.read().split() == ["hi", "yo"]
+  tables = module_variables(path)
+  (vector,) = embed(path, ["hi"])
+  assert vector.shape == (8,)
+  # "hi" is word row 0; its character trigrams "<hi" and "hi>" are char rows 0 and 1.
+  np.testing.assert_allclose(vector[:4], tables["word_embeddings"][0], rtol=1e-6)
+  np.testing.assert_allclose(vector[4:], tables["char_embeddings"][:2].sum(axis=0), rtol=1e-6)
+
+
+def test_idf_weights_frequent_ngrams_less(tmp_path):
+  config = TextModuleConfig(embedding_dim=4, word_ngrams=(1,), char_ngrams=(), min_count=1,
+                            oov_buckets=2, combiner="sum", ngram_weights="idf")
+  corpus = ["common rare", "common", "common other"]
+  (vocabulary,) = text_module.build_vocabularies(corpus, config)
+  assert vocabulary.tokens[0] == "common"
+  idf = vocabulary.idf(config.oov_buckets)
+  assert idf[0] == pytest.approx(1.0)  # in every text
+  assert idf[vocabulary.tokens.index("rare")] == pytest.approx(np.log(4 / 2) + 1)
+  path = text_module.build_text_module(corpus, config, str(tmp_path / "module"))
+  table = module_variables(path)["embeddings"]
+  (vector,) = embed(path, ["common rare"])
+  rare = vocabulary.tokens.index("rare")
+  np.testing.assert_allclose(vector, idf[0] * table[0] + idf[rare] * table[rare], rtol=1e-5)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"ngram_weights": "idf", "id_mode": "hashed"}, "idf needs id_mode vocabulary"),
+    ({"embedding_tables": "separate", "char_ngrams": ()}, "needs both"),
+])
+def test_new_module_options_refuse_what_they_cannot_build(overrides, message):
+  with pytest.raises(ValueError, match=message):
+    TextModuleConfig(**overrides)

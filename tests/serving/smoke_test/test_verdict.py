@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+from export import out_of_scope
 from export import warmup
 from serving.model_server import config_files
 from serving.model_server.server import ModelServer, ServerOptions
@@ -127,3 +128,27 @@ def test_a_server_answering_unlike_the_export_is_not_blessed(trained, running_se
   failed = {(c.signature, c.protocol) for c in verdict.checks if not c.ok}
   assert failed == {(s, p) for s in SIGNATURES for p in ("rest", "grpc")}
   assert verdict.latency_ms == {}
+
+
+@pytest.mark.parametrize("content, expected, message", [
+    (b'{"label": "oos", "threshold": 1.5, "target_precision": 0.95}', None,
+     "'threshold' must be a number in [0, 1], got 1.5"),
+    (b"{not json", None, "not JSON"),
+    (b'{"label": "oos", "threshold": 0.5, "target_precision": 0.95}', 0.25,
+     "expected the out-of-scope threshold 0.25, found threshold 0.5"),
+])
+def test_an_out_of_scope_threshold_file_must_be_valid_and_as_expected(
+    trained, tmp_path, content, expected, message):
+  base = _broken_copy(trained, tmp_path, out_of_scope.PATH, content)
+  verdict = smoke_test.run_smoke_test(base, "intent", str(tmp_path / "verdict"),
+                                      expected_oos_threshold=expected, log=lambda _: None)
+  assert not verdict.blessed
+  assert out_of_scope.PATH in verdict.reason and message in verdict.reason
+
+
+def test_an_expected_threshold_that_the_version_lacks_is_not_blessed(trained, tmp_path):
+  base = str(tmp_path / "models" / "intent")
+  copy_version(trained.export_dir, base, 1)
+  verdict = smoke_test.run_smoke_test(base, "intent", str(tmp_path / "verdict"),
+                                      expected_oos_threshold=0.5, log=lambda _: None)
+  assert not verdict.blessed and "found no such file" in verdict.reason
