@@ -34,7 +34,7 @@ def job(tmp_path_factory):
       capture_output=True, text=True, timeout=900, cwd=PROJECT_ROOT)
   assert completed.returncode == 0, completed.stderr[-4000:]
   lines = dict(l.split(" ", 1) for l in completed.stdout.splitlines()
-               if l.split(" ", 1)[0] in ("servable", "optimized", "verdict", "pushed"))
+               if l.split(" ", 1)[0] in ("accuracy", "servable", "optimized", "verdict", "pushed"))
   return job_dir, lines["servable"], lines
 
 
@@ -43,13 +43,15 @@ def answers(export_dir, texts):
 
 
 def test_trainer_writes_checkpoints_summaries_report_and_a_versioned_export(job):
-  job_dir, export_dir, _ = job
+  job_dir, export_dir, lines = job
   assert export_dir.startswith(f"{job_dir}/export/intent/")
   assert export_dir.rsplit("/", 1)[1].isdigit()
   assert list(job_dir.glob("model.ckpt-600.*"))
   assert list(job_dir.glob("events.out.tfevents.*")) and list(job_dir.glob("eval/events.*"))
   report = json.loads((job_dir / "eval_report.json").read_text())
-  assert {"accuracy", "macro_f1", "per_intent", "confusion_pairs"} <= set(report)
+  assert {"accuracy", "macro_f1", "per_intent", "confusion_pairs", "calibration"} <= set(report)
+  ece = report["calibration"]["expected_calibration_error"]
+  assert f"ECE {ece:.4f}" in lines["accuracy"]
 
 
 def test_export_reloaded_in_a_fresh_process_is_accurate_on_the_bundled_eval_split(job):

@@ -69,8 +69,15 @@ def main(argv):
   if report is None:
     print(f"{environment.name} done")
     return
-  print(f"accuracy {report['accuracy']:.4f}  macro-F1 {report['macro_f1']:.4f}  "
+  print(f"accuracy {report['accuracy']:.4f}  macro-F1 {report['macro_f1']:.4f}  ECE "
+        f"{report['calibration']['expected_calibration_error']:.4f}  "
         f"report {result.train.eval_report_path}")
+  oos = report.get("out_of_scope")
+  if oos:
+    recall = oos["out_of_scope_recall"]
+    print(f"out-of-scope threshold {oos['threshold']:.4f}  in-scope accuracy "
+          f"{oos['in_scope_accuracy']:.4f}  out-of-scope recall "
+          f"{'n/a' if recall is None else format(recall, '.4f')}")
   print(f"servable {result.export_dir}")
   if result.optimized_dir:
     print(f"optimized {result.optimized_dir}")

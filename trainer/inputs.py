@@ -204,13 +204,15 @@ def check_eval_labels(train: Sequence[Example], evaluation: Sequence[Example],
   return kept, dropped
 
 
-def drop_words(text: tf.Tensor, rate: float, seed: int) -> tf.Tensor:
-  """`text` (a scalar string) without each of its words with probability `rate`; a text
-  that would lose every word keeps them all."""
-  words = tf.strings.split(text)
-  kept = tf.boolean_mask(words, tf.random.uniform(tf.shape(words), seed=seed) >= rate)
-  kept = tf.cond(tf.size(kept) > 0, lambda: kept, lambda: words)
-  return tf.strings.reduce_join(kept, separator=" ")
+def drop_words(texts: tf.Tensor, rate: float, seed: int) -> tf.Tensor:
+  """`texts` (a `[batch]` string tensor) without each of their words with probability `rate`;
+  a text that would lose every word keeps them all. One op per batch, not per text: per-text
+  ops cost a third of the training speed."""
+  words = tf.strings.split(texts)
+  kept = tf.ragged.boolean_mask(words, words.with_flat_values(
+      tf.random.uniform(tf.shape(words.flat_values), seed=seed) >= rate))
+  return tf.where(kept.row_lengths() > 0, tf.strings.reduce_join(kept, axis=1, separator=" "),
+                  texts)
 
 
 def make_input_fn(examples: Sequence[Example], batch_size: int, shuffle: bool,
@@ -232,12 +234,12 @@ def make_input_fn(examples: Sequence[Example], batch_size: int, shuffle: bool,
       dataset = dataset.shard(num_shards, shard_index)
     if shuffle:
       dataset = dataset.shuffle(len(texts), seed=seed, reshuffle_each_iteration=True)
-    dataset = dataset.repeat(num_epochs)
+    dataset = dataset.repeat(num_epochs).batch(batch_size)
     if token_dropout:
       dataset = dataset.map(
           lambda features, label: ({TEXT_FEATURE: drop_words(features[TEXT_FEATURE],
                                                              token_dropout, seed)}, label),
           num_parallel_calls=tf.data.AUTOTUNE)
-    return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    return dataset.prefetch(tf.data.AUTOTUNE)
 
   return input_fn

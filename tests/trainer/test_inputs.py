@@ -146,7 +146,8 @@ def test_bundled_data_reads_cleanly_with_enough_intents_and_examples():
 
 
 def dropped(text, rate, seed=1):
-  return inputs.drop_words(tf.constant(text), rate, seed).numpy().decode()
+  (kept,) = inputs.drop_words(tf.constant([text]), rate, seed).numpy()
+  return kept.decode()
 
 
 def test_token_dropout_leaves_words_out_but_never_all_of_them():
@@ -156,6 +157,8 @@ def test_token_dropout_leaves_words_out_but_never_all_of_them():
   assert 250 < len(kept) < 350  # about 300 of 400
   assert dropped("lonely", 0.99) == "lonely"
   assert dropped(text, 0.0) == text
+  batch = inputs.drop_words(tf.constant(["a b c d e f", "solo", ""]), 0.5, seed=3).numpy()
+  assert batch[1:].tolist() == [b"solo", b""] and set(batch[0].split()) <= set(b"a b c d e f".split())
 
 
 def test_token_dropout_draws_afresh_each_epoch():
