@@ -51,8 +51,9 @@ class TextModuleConfig:
   combiner: str = setting("sqrtn", "How the n-gram embeddings of one text are combined.",
                           choices=("sum", "mean", "sqrtn"))
   embedding_tables: str = setting(
-      SHARED, "shared: word and character n-grams in one table, combined into one vector; "
-      "separate: a table each, the two combined vectors concatenated (2 x embedding_dim).",
+      SEPARATE, "shared: word and character n-grams in one table, combined into one vector; "
+      "separate: a table each, the combined vectors concatenated (2 x embedding_dim with both "
+      "kinds).",
       choices=(SHARED, SEPARATE))
   ngram_weights: str = setting(
       UNWEIGHTED, "Weight of each n-gram's embedding when combined: none, or idf (its inverse "
@@ -77,8 +78,6 @@ class TextModuleConfig:
     if self.ngram_weights == IDF and self.id_mode != VOCABULARY:
       problems.append("ngram_weights idf needs id_mode vocabulary: hash buckets carry no "
                       "document frequencies")
-    if self.embedding_tables == SEPARATE and not (self.word_ngrams and self.char_ngrams):
-      problems.append("embedding_tables separate needs both word_ngrams and char_ngrams")
     if self.max_vocabulary_size < 1:
       problems.append(f"max_vocabulary_size must be >= 1, got {self.max_vocabulary_size}")
     if problems:
@@ -174,16 +173,22 @@ def build_vocabularies(texts: Iterable[str], config: TextModuleConfig,
   return vocabularies
 
 
+def _table_kinds(config: TextModuleConfig) -> List[str]:
+  """One name per embedding table, in `table_tokens` order."""
+  if config.embedding_tables == SHARED:
+    return [""]
+  return [kind for kind, widths in (("word", config.word_ngrams), ("char", config.char_ngrams))
+          if widths]
+
+
 def vocabulary_filenames(config: TextModuleConfig) -> List[str]:
   """The module's vocabulary assets, one per table (hub copies assets by base name)."""
-  if config.embedding_tables == SEPARATE:
-    return ["word_" + _VOCAB_FILENAME, "char_" + _VOCAB_FILENAME]
-  return [_VOCAB_FILENAME]
+  return [f"{kind}_{_VOCAB_FILENAME}" if kind else _VOCAB_FILENAME
+          for kind in _table_kinds(config)]
 
 
 def _embedding_names(config: TextModuleConfig) -> List[str]:
-  return ["word_embeddings", "char_embeddings"] if config.embedding_tables == SEPARATE \
-      else ["embeddings"]
+  return [f"{kind}_embeddings" if kind else "embeddings" for kind in _table_kinds(config)]
 
 
 def _module_fn(config: TextModuleConfig, vocabulary_files: Sequence[str],

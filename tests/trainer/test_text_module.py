@@ -57,24 +57,28 @@ def embed(module_path, texts):
       return session.run(output)
 
 
+@pytest.mark.parametrize("tables, width", [(text_module.SHARED, 8), (text_module.SEPARATE, 16)])
 @pytest.mark.parametrize("id_mode", [text_module.VOCABULARY, text_module.HASHED])
-def test_built_module_embeds_a_string_batch_and_ignores_case_and_punctuation(tmp_path, id_mode):
+def test_built_module_embeds_a_string_batch_and_ignores_case_and_punctuation(
+    tmp_path, id_mode, tables, width):
   config = TextModuleConfig(embedding_dim=8, char_ngrams=(3,), id_mode=id_mode,
-                            min_count=1, oov_buckets=10, hash_buckets=1000)
+                            min_count=1, oov_buckets=10, hash_buckets=1000,
+                            embedding_tables=tables)
   path = text_module.build_text_module(
       ["book a flight to rome", "play some jazz"], config, str(tmp_path / "module"))
   spec = hub.load_module_spec(path)
   assert spec.get_input_info_dict()["default"].dtype == tf.string
-  assert spec.get_output_info_dict()["default"].get_shape().as_list() == [None, 8]
+  assert spec.get_output_info_dict()["default"].get_shape().as_list() == [None, width]
   vectors = embed(path, ["Book a flight to Rome!", "book a flight to rome", "play some jazz", ""])
-  assert vectors.shape == (4, 8)
+  assert vectors.shape == (4, width)
   np.testing.assert_allclose(vectors[0], vectors[1], rtol=1e-6)
   assert not np.allclose(vectors[1], vectors[2])
-  np.testing.assert_array_equal(vectors[3], np.zeros(8))
+  np.testing.assert_array_equal(vectors[3], np.zeros(width))
 
 
 def test_vocabulary_module_carries_its_vocabulary_as_an_asset(tmp_path):
-  config = TextModuleConfig(embedding_dim=4, word_ngrams=(1, 2), char_ngrams=(), min_count=1)
+  config = TextModuleConfig(embedding_dim=4, word_ngrams=(1, 2), char_ngrams=(), min_count=1,
+                            embedding_tables=text_module.SHARED)
   path = text_module.build_text_module(["hello there"], config, str(tmp_path / "module"))
   with open(f"{path}/assets/ngram_vocabulary.txt") as f:
     assert f.read().split("\n")[:-1] == ["hello", "hello there", "there"]
@@ -83,7 +87,8 @@ def test_vocabulary_module_carries_its_vocabulary_as_an_asset(tmp_path):
 
 
 def test_module_build_refuses_to_overwrite_an_existing_module(tmp_path):
-  config = TextModuleConfig(embedding_dim=4, min_count=1, oov_buckets=10)
+  config = TextModuleConfig(embedding_dim=4, min_count=1, oov_buckets=10,
+                            embedding_tables=text_module.SHARED)
   path = text_module.build_text_module(["hello"], config, str(tmp_path / "module"))
   with pytest.raises(FileExistsError):
     text_module.build_text_module(["other"], config, path)
@@ -116,7 +121,8 @@ def test_separate_tables_concatenate_a_word_and_a_character_embedding(tmp_path):
 
 def test_idf_weights_frequent_ngrams_less(tmp_path):
   config = TextModuleConfig(embedding_dim=4, word_ngrams=(1,), char_ngrams=(), min_count=1,
-                            oov_buckets=2, combiner="sum", ngram_weights="idf")
+                            oov_buckets=2, combiner="sum", ngram_weights="idf",
+                            embedding_tables=text_module.SHARED)
   corpus = ["common rare", "common", "common other"]
   (vocabulary,) = text_module.build_vocabularies(corpus, config)
   assert vocabulary.tokens[0] == "common"
@@ -130,10 +136,15 @@ def test_idf_weights_frequent_ngrams_less(tmp_path):
   np.testing.assert_allclose(vector, idf[0] * table[0] + idf[rare] * table[rare], rtol=1e-5)
 
 
-@pytest.mark.parametrize("overrides, message", [
-    ({"ngram_weights": "idf", "id_mode": "hashed"}, "idf needs id_mode vocabulary"),
-    ({"embedding_tables": "separate", "char_ngrams": ()}, "needs both"),
-])
-def test_new_module_options_refuse_what_they_cannot_build(overrides, message):
-  with pytest.raises(ValueError, match=message):
-    TextModuleConfig(**overrides)
+def test_idf_weights_need_a_vocabulary():
+  with pytest.raises(ValueError, match="idf needs id_mode vocabulary"):
+    TextModuleConfig(ngram_weights="idf", id_mode="hashed")
+
+
+def test_separate_tables_of_one_kind_are_one_table(tmp_path):
+  config = TextModuleConfig(embedding_dim=4, word_ngrams=(1,), char_ngrams=(), min_count=1,
+                            oov_buckets=3, embedding_tables="separate")
+  path = text_module.build_text_module(["hi yo"], config, str(tmp_path / "module"))
+  assert tf.io.gfile.listdir(f"{path}/assets") == ["word_ngram_vocabulary.txt"]
+  assert list(module_variables(path)) == ["word_embeddings"]
+  assert embed(path, ["hi"]).shape == (1, 4)
