@@ -54,20 +54,22 @@ class TrainerConfig:
   train_steps: int = setting(0, "Training steps; 0 derives them from --num_epochs.")
   num_epochs: float = setting(40.0, "Passes over the training data, used when --train_steps "
                               "is 0.")
-  batch_size: int = setting(64, "Training batch size.")
+  batch_size: int = setting(96, "Training batch size.")
   seed: int = setting(42, "Random seed of initialization and shuffling.")
   token_dropout: float = setting(
-      0.0, "Augmentation: the chance that each word of a training text is left out of it, "
+      0.1, "Augmentation: the chance that each word of a training text is left out of it, "
       "drawn afresh every epoch (0 = none; a text keeps at least one word).")
   weight_averaging_start: float = setting(
-      0.0, "Stochastic weight averaging: from this fraction of the training steps on (e.g. "
+      0.75, "Stochastic weight averaging: from this fraction of the training steps on (e.g. "
       "0.5), the weights are averaged every --weight_averaging_steps steps, and the average "
       "is what is checkpointed, evaluated and exported last (0 = off; chief only, and a "
       "resumed job averages from where it resumed).")
   weight_averaging_steps: int = setting(100, "Steps between the snapshots weight averaging "
                                         "takes.")
-  save_checkpoints_steps: int = setting(500, "Save a checkpoint (and evaluate) every this many "
-                                        "steps.")
+  # Each save writes the whole embedding table and its optimizer slots (about 0.8 s for
+  # Banking77's 80 MB): every 500 steps that was a sixth of the training time.
+  save_checkpoints_steps: int = setting(2000, "Save a checkpoint (and evaluate, at most every "
+                                        "--eval_throttle_secs) every this many steps.")
   eval_throttle_secs: int = setting(60, "Evaluate at most once per this many seconds while "
                                     "training.")
   hub_module: Optional[str] = setting(

@@ -29,10 +29,11 @@ _SPARSE_OPTIMIZERS = {
 }
 
 CONSTANT = "constant"
+COSINE = "cosine"
 # Each maps (initial rate, training steps) to a Keras schedule of the step.
 _SCHEDULES = {
     CONSTANT: None,
-    "cosine": lambda rate, steps: tf.keras.optimizers.schedules.CosineDecay(rate, steps),
+    COSINE: lambda rate, steps: tf.keras.optimizers.schedules.CosineDecay(rate, steps),
     "linear": lambda rate, steps: tf.keras.optimizers.schedules.PolynomialDecay(
         rate, steps, end_learning_rate=0.0),
 }
@@ -53,7 +54,7 @@ class ModelConfig:
       "touches.", choices=tuple(_SPARSE_OPTIMIZERS))
   embedding_learning_rate: float = setting(0.5, "Learning rate of the embedding table.")
   learning_rate_schedule: str = setting(
-      CONSTANT, "How both learning rates change over training: constant, cosine (decayed to "
+      COSINE, "How both learning rates change over training: constant, cosine (decayed to "
       "zero at the last step) or linear (likewise, in a straight line).",
       choices=tuple(_SCHEDULES))
 

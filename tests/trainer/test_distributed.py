@@ -93,22 +93,22 @@ def test_cluster_training_updates_the_module_embeddings_on_the_parameter_server(
   job_dir, completed = cluster_run
   assert completed.returncode == 0, completed.stdout[-6000:]
   module_variables = str(job_dir / "hub_module" / "variables" / "variables")
-  (initial_name,) = [n for n, _ in tf.train.list_variables(module_variables)
-                     if n.endswith("embeddings")]
-  before = tf.train.load_checkpoint(module_variables).get_tensor(initial_name)
+  tables = sorted(n for n, _ in tf.train.list_variables(module_variables)
+                  if n.endswith("embeddings"))
+  assert tables
   reader = tf.train.load_checkpoint(str(job_dir))
-  (name,) = [n for n in reader.get_variable_to_shape_map() if n.endswith("module/embeddings")]
-  changed_rows = np.any(before != reader.get_tensor(name), axis=1)
-  assert changed_rows.sum() > 100
-
   graph = text_format.Parse((job_dir / "graph.pbtxt").read_text(), tf.compat.v1.GraphDef())
   devices = {(n.op, n.name): n.device for n in graph.node}
-  # The table and its sparse Adagrad update live on the ps; each worker keeps its own
-  # vocabulary lookup table, initialized from the module's asset.
-  assert devices[("VarHandleOp", "module/embeddings")].startswith("/job:ps")
-  assert devices[("ResourceSparseApplyAdagrad",
-                  "training/Adagrad/update_module/embeddings/ResourceSparseApplyAdagrad")
-                 ].startswith("/job:ps")
+  for table in tables:
+    before = tf.train.load_checkpoint(module_variables).get_tensor(table)
+    changed_rows = np.any(before != reader.get_tensor(f"module/{table}"), axis=1)
+    assert changed_rows.sum() > 100, table
+    # The table and its sparse Adagrad update live on the ps; each worker keeps its own
+    # vocabulary lookup table, initialized from the module's asset.
+    assert devices[("VarHandleOp", f"module/{table}")].startswith("/job:ps")
+    assert devices[("ResourceSparseApplyAdagrad",
+                    f"training/Adagrad/update_module/{table}/ResourceSparseApplyAdagrad")
+                   ].startswith("/job:ps")
   assert devices[("HashTableV2", "module/hash_table")].startswith("/job:chief")
 
 

@@ -16,19 +16,23 @@ from trainer.text_module import TextModuleConfig
 
 
 def initial_module_embeddings(module_path):
+  """Every embedding table's rows, the tables in name order one after the other."""
   import tensorflow_hub as hub
   with tf.Graph().as_default():
     module = hub.Module(module_path)
     with tf.compat.v1.Session() as session:
       session.run(tf.compat.v1.global_variables_initializer())
-      (embeddings,) = [v for v in module.variables if v.name.endswith("embeddings:0")]
-      return session.run(embeddings)
+      tables = sorted((v for v in module.variables if v.name.endswith("embeddings:0")),
+                      key=lambda v: v.name)
+      assert tables
+      return np.concatenate(session.run(tables))
 
 
 def trained_module_embeddings(job_dir):
   reader = tf.train.load_checkpoint(job_dir)
-  (name,) = [n for n in reader.get_variable_to_shape_map() if n.endswith("module/embeddings")]
-  return reader.get_tensor(name)
+  names = sorted(n for n in reader.get_variable_to_shape_map()
+                 if n.startswith("module/") and n.endswith("embeddings"))
+  return np.concatenate([reader.get_tensor(n) for n in names])
 
 
 def train_small(tmp_path, **model_overrides):

@@ -2,6 +2,7 @@
 trained on, the threshold picked on the eval splits holds its precision there, and it travels
 with the export, the optimized servable, the smoke test and the lineage."""
 
+import glob
 import json
 import random
 
@@ -52,8 +53,11 @@ def test_out_of_scope_texts_are_not_trained_on(oos_job):
   report = result.train.eval_report
   assert "oos" not in report["per_intent"]
   assert report["examples"] == len(inputs.read_examples(config_lib.BUNDLED_EVAL))
-  with open(f"{result.train.module_path}/assets/ngram_vocabulary.txt") as f:
-    vocabulary = set(f.read().split("\n"))
+  vocabulary = set()
+  for asset in glob.glob(f"{result.train.module_path}/assets/*vocabulary.txt"):
+    with open(asset) as f:
+      vocabulary.update(f.read().split("\n"))
+  assert "card" in vocabulary
   assert not vocabulary & set(_OOS_WORDS), "out-of-scope words reached the vocabulary"
 
 
