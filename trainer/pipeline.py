@@ -100,9 +100,9 @@ def export_base(config: TrainerConfig) -> str:
 def write_guard_examples(config: TrainerConfig, eval_examples, train_examples) -> str:
   """The optimizer's guard inputs as a TFRecord in the job dir: every eval example with its
   label (accuracy before and after), then the out-of-scope eval texts and the training texts
-  unlabelled. Agreement between
-  two models needs no label and no held-out data, and the bundled eval set alone (154 rows)
-  is too small to vouch for 99.5 % agreement (598 rows are needed at 95 %)."""
+  unlabelled. Agreement between two models needs no label and no held-out data, and the
+  bundled eval set alone (154 rows) is too small to vouch for 99.5 % agreement (598 rows are
+  needed at 95 %)."""
   path = artifact_io.join(config.job_dir, "guard", "examples.tfrecord")
   seen = set()
   in_scope, out_of_scope_examples = inputs.split_out_of_scope(eval_examples, config.oos_label)
