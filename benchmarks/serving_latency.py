@@ -9,15 +9,17 @@ Trains the default model on ../shared/datasets/banking77 and optimizes it (or ta
 version dirs). Per model it runs `python -m serving.tune_batching` at concurrency 32, then
 starts three embedded servers (batching off, serving/docker/batching_parameters.txt, the
 tuner's file) side by side and measures them in interleaved rounds, so the VM's drift hits
-each alike: REST batch-1 p50/p99 (wrk, one connection), gRPC batch-1 p50/p99 (a sync stub),
-REST throughput at 1, 8 and 32 connections (wrk) and gRPC throughput at 32 (grpc.aio), with
+each alike: REST batch-1 p50/p99 (wrk, one connection), gRPC batch-1 p50/p99 (a Python sync
+stub, as a user's code calls it, and h2load, a C client like wrk, so the two protocols are
+compared without Python's client cost), REST throughput at 1, 8 and 32 connections (wrk) and
+gRPC throughput at 32 (grpc.aio and h2load), with
 failures counted, and every server's answers to 64 distinct examples sent at once compared
 with the in-process ones. The load is Classify of one evaluation example a request.
 
 Whether the client is the bottleneck is measured, not assumed: the same clients against a
 server that answers instantly (a trivial uvicorn app and a trivial grpc server returning
 answers of the same size) give their ceilings, and the clients' own CPU time per request is
-reported. Prints JSON; needs `wrk` on PATH (Debian package wrk).
+reported. Prints JSON; needs `wrk` and `h2load` on PATH (Debian packages wrk, nghttp2-client).
 """
 
 import asyncio
@@ -174,6 +176,47 @@ def wrk(target, requests, connections, seconds, scratch):
   cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
   figures["client_cpu_us_per_request"] = cpu / max(figures["requests"], 1) * 1e6
   return figures
+
+
+def h2load_grpc(target, requests, connections, seconds, scratch):
+  """gRPC load from h2load (nghttp2's C HTTP/2 client): `connections` connections, one
+  stream in flight on each, the same Classify request again and again. h2load reads no
+  trailers, so a gRPC error (HTTP 200 with a grpc-status trailer and no message) is counted
+  by the response bytes: every answered request must carry the full answer."""
+  request = requests.grpc_requests[0]
+  with grpc.insecure_channel(target) as channel:
+    answer = prediction_service_pb2_grpc.PredictionServiceStub(channel).Classify(request,
+                                                                                timeout=30)
+  framed_answer = len(answer.SerializeToString()) + 5  # gRPC's 5-byte message prefix
+  body = os.path.join(scratch, "grpc_request.bin")
+  message = request.SerializeToString()
+  with open(body, "wb") as f:
+    f.write(b"\0" + len(message).to_bytes(4, "big") + message)
+  log = os.path.join(scratch, f"h2load-{connections}.tsv")
+  before = resource.getrusage(resource.RUSAGE_CHILDREN)
+  completed = subprocess.run(
+      ["h2load", "-t1", f"-c{connections}", "-m1", f"-D{max(int(round(seconds)), 1)}",
+       f"--log-file={log}", "-H", "content-type: application/grpc", "-H", "te: trailers",
+       "-d", body, f"http://{target}/tensorflow.serving.PredictionService/Classify"],
+      capture_output=True, text=True, check=True)
+  after = resource.getrusage(resource.RUSAGE_CHILDREN)
+  with open(log) as f:
+    rows = [line.split("\t") for line in f if line.strip()]
+  os.remove(log)
+  ok = [int(duration) for _, status, duration in rows if status == "200"]
+  data_bytes = _h2load_data_bytes(completed.stdout)
+  millis = np.array(ok) / 1e3
+  cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+  return {"requests_per_s": len(ok) / seconds, "p50_ms": float(np.percentile(millis, 50)),
+          "p99_ms": float(np.percentile(millis, 99)), "requests": len(ok),
+          "failures": (len(rows) - len(ok)) + max(0, len(ok) - data_bytes // framed_answer),
+          "client_cpu_us_per_request": cpu / max(len(ok), 1) * 1e6}
+
+
+def _h2load_data_bytes(output):
+  """The response body bytes of h2load's 'traffic:' line: '... 132.74KB (135926) data'."""
+  (line,) = [l for l in output.splitlines() if l.startswith("traffic:")]
+  return int(line.rsplit("(", 1)[1].split(")")[0])
 
 
 def grpc_latency(target, requests, count):
@@ -341,7 +384,10 @@ def client_ceilings(requests, scratch, seconds):
             "rest_wrk_c1": rounded(wrk(rest_target, requests, 1, seconds, scratch)),
             "grpc_aio_c32": rounded(grpc_load(grpc_target, requests, 32, seconds)),
             "grpc_sync_c1": rounded(grpc_latency(grpc_target, requests,
-                                                 FLAGS.latency_requests))}
+                                                 FLAGS.latency_requests)),
+            "grpc_h2load_c1": rounded(h2load_grpc(grpc_target, requests, 1, seconds, scratch)),
+            "grpc_h2load_c32": rounded(h2load_grpc(grpc_target, requests, 32, seconds,
+                                                   scratch))}
   finally:
     for process in processes:
       process.kill()
@@ -373,7 +419,13 @@ def measure_model(version_dir, scratch):
         grpc_c1 = grpc_latency(server.grpc_target, requests, FLAGS.latency_requests)
         figures["grpc_batch1_p50_ms"] = grpc_c1["p50_ms"]
         figures["grpc_batch1_p99_ms"] = grpc_c1["p99_ms"]
-        failures = rest_c1["failures"]
+        h2load_c1 = h2load_grpc(server.grpc_target, requests, 1, FLAGS.seconds, scratch)
+        figures["grpc_h2load_batch1_p50_ms"] = h2load_c1["p50_ms"]
+        figures["grpc_h2load_batch1_p99_ms"] = h2load_c1["p99_ms"]
+        h2load_c32 = h2load_grpc(server.grpc_target, requests, 32, FLAGS.seconds, scratch)
+        figures["grpc_h2load_c32_requests_per_s"] = h2load_c32["requests_per_s"]
+        figures["grpc_h2load_c32_p99_ms"] = h2load_c32["p99_ms"]
+        failures = rest_c1["failures"] + h2load_c1["failures"] + h2load_c32["failures"]
         for connections in (8, 32):
           load = wrk(server.rest_target, requests, connections, FLAGS.seconds, scratch)
           figures[f"rest_c{connections}_requests_per_s"] = load["requests_per_s"]
@@ -405,7 +457,10 @@ def measure_model(version_dir, scratch):
       "rest_batch1_p50_over_caller_thread_run": round(
           configs["off"]["rest_batch1_p50_ms"] / floor["caller_thread_p50_ms"], 3),
       "grpc_batch1_p50_over_in_process": round(configs["off"]["grpc_batch1_p50_ms"] / floor_ms,
-                                               3)}
+                                               3),
+      "grpc_h2load_batch1_p50_over_rest_wrk_batch1_p50": round(
+          configs["off"]["grpc_h2load_batch1_p50_ms"] / configs["off"]["rest_batch1_p50_ms"],
+          3)}
   for name in ("project", "tuned"):
     for protocol in ("rest", "grpc"):
       key = f"{protocol}_c32_requests_per_s"
@@ -420,8 +475,9 @@ def measure_model(version_dir, scratch):
 
 def main(argv):
   del argv
-  if shutil.which("wrk") is None:
-    raise SystemExit("this benchmark needs wrk on PATH (apt-get install wrk)")
+  for tool, package in (("wrk", "wrk"), ("h2load", "nghttp2-client")):
+    if shutil.which(tool) is None:
+      raise SystemExit(f"this benchmark needs {tool} on PATH (apt-get install {package})")
   if not FLAGS.original_dir:
     if not FLAGS["job-dir"].value:
       FLAGS["job-dir"].value = tempfile.mkdtemp(prefix="banking77-serving-")
@@ -450,6 +506,8 @@ def main(argv):
                                 <= REST_P50_TARGET,
              "batching_c32_throughput": report[name]["ratios"][
                  "tuned_over_off_rest_c32_throughput"]["median"] >= THROUGHPUT_TARGET,
+             "grpc_no_slower_than_rest_batch1": report[name]["ratios"][
+                 "grpc_h2load_batch1_p50_over_rest_wrk_batch1_p50"] <= 1.0,
              "zero_failures": all(c["failures"] == 0 for c in report[name]["configs"].values()),
              "answers_equal": all(c["answers"]["same_labels"]
                                   for c in report[name]["configs"].values())}
