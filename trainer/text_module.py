@@ -116,12 +116,6 @@ def table_tokens(texts: tf.Tensor, config: TextModuleConfig) -> List[tf.RaggedTe
   return [tf.concat(groups, axis=1)]
 
 
-def ngram_tokens(texts: tf.Tensor, config: TextModuleConfig) -> tf.RaggedTensor:
-  """Every n-gram of each text, word n-grams first."""
-  groups = ngram_groups(texts, config)
-  return groups[0] if len(groups) == 1 else tf.concat(groups, axis=1)
-
-
 @dataclasses.dataclass(frozen=True)
 class Vocabulary:
   """One table's n-grams, most frequent first, with the document frequency of each."""
@@ -141,16 +135,13 @@ class Vocabulary:
 def build_vocabularies(texts: Iterable[str], config: TextModuleConfig,
                        batch_size: int = 4096) -> List[Vocabulary]:
   """Counts each table's n-grams over the corpus; keeps those seen `min_count` times."""
-  tables = None
+  # Per table: occurrences and documents of each n-gram.
+  tables = [(collections.Counter(), collections.Counter()) for _ in _table_kinds(config)]
   documents = 0
   batch = []
 
   def count(batch):
-    nonlocal tables
-    grouped = table_tokens(tf.constant(batch), config)
-    if tables is None:
-      tables = [(collections.Counter(), collections.Counter()) for _ in grouped]
-    for (counts, frequencies), tokens in zip(tables, grouped):
+    for (counts, frequencies), tokens in zip(tables, table_tokens(tf.constant(batch), config)):
       for row in tokens.to_list():
         decoded = [t.decode("utf-8") for t in row]
         counts.update(decoded)
@@ -165,7 +156,7 @@ def build_vocabularies(texts: Iterable[str], config: TextModuleConfig,
   if batch:
     count(batch)
   vocabularies = []
-  for counts, frequencies in tables or []:
+  for counts, frequencies in tables:
     kept = sorted(((t, c) for t, c in counts.items() if c >= config.min_count),
                   key=lambda tc: (-tc[1], tc[0]))[:config.max_vocabulary_size]
     vocabularies.append(Vocabulary([t for t, _ in kept], [frequencies[t] for t, _ in kept],

@@ -10,7 +10,8 @@ from trainer.text_module import TextModuleConfig
 
 
 def tokens(texts, **config):
-  ragged = text_module.ngram_tokens(tf.constant(texts), TextModuleConfig(**config))
+  (ragged,) = text_module.table_tokens(
+      tf.constant(texts), TextModuleConfig(embedding_tables=text_module.SHARED, **config))
   return [[t.decode() for t in row] for row in ragged.to_list()]
 
 
@@ -148,3 +149,11 @@ def test_separate_tables_of_one_kind_are_one_table(tmp_path):
   assert tf.io.gfile.listdir(f"{path}/assets") == ["word_ngram_vocabulary.txt"]
   assert list(module_variables(path)) == ["word_embeddings"]
   assert embed(path, ["hi"]).shape == (1, 4)
+
+
+@pytest.mark.parametrize("tables", [text_module.SHARED, text_module.SEPARATE])
+def test_a_corpus_without_tokens_builds_no_module(tmp_path, tables):
+  config = TextModuleConfig(embedding_dim=4, char_ngrams=(3,), embedding_tables=tables)
+  with pytest.raises(ValueError, match="produced no tokens"):
+    text_module.build_text_module([], config, str(tmp_path / "module"))
+  assert not (tmp_path / "module").exists()
