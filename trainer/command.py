@@ -11,6 +11,7 @@ from absl import logging
 
 from lineage import store as lineage_store
 from trainer import cloud
+from trainer import evaluation
 from trainer import inputs
 from trainer import pipeline
 from trainer import settings
@@ -72,12 +73,8 @@ def main(argv):
   print(f"accuracy {report['accuracy']:.4f}  macro-F1 {report['macro_f1']:.4f}  ECE "
         f"{report['calibration']['expected_calibration_error']:.4f}  "
         f"report {result.train.eval_report_path}")
-  oos = report.get("out_of_scope")
-  if oos:
-    recall = oos["out_of_scope_recall"]
-    print(f"out-of-scope threshold {oos['threshold']:.4f}  in-scope accuracy "
-          f"{oos['in_scope_accuracy']:.4f}  out-of-scope recall "
-          f"{'n/a' if recall is None else format(recall, '.4f')}")
+  if report.get("out_of_scope"):
+    print(evaluation.out_of_scope_line(report["out_of_scope"]))
   print(f"servable {result.export_dir}")
   if result.optimized_dir:
     print(f"optimized {result.optimized_dir}")

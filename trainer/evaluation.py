@@ -116,15 +116,8 @@ def summary_lines(report: Dict, worst: int = 5) -> List[str]:
            f"macro-F1: {report['macro_f1']:.4f}"]
   if "calibration" in report:
     lines[0] += f"  ECE: {report['calibration']['expected_calibration_error']:.4f}"
-  oos = report.get("out_of_scope")
-  if oos:
-    recall = ("n/a (no out-of-scope eval examples)" if oos["out_of_scope_recall"] is None
-              else f"{oos['out_of_scope_recall']:.4f}")
-    lines.append(
-        f"out-of-scope ({oos['label']}): threshold {oos['threshold']:.4f} for in-scope precision "
-        f"{oos['target_precision']}{'' if oos['target_met'] else ' (NOT MET)'}; in-scope "
-        f"accuracy {oos['in_scope_accuracy']:.4f}, out-of-scope recall {recall} "
-        f"({oos['out_of_scope_examples']} out-of-scope eval examples)")
+  if report.get("out_of_scope"):
+    lines.append(out_of_scope_line(report["out_of_scope"]))
   weakest = sorted(report["per_intent"].items(), key=lambda kv: (kv[1]["f1"], kv[0]))[:worst]
   lines.append("weakest intents: " + ", ".join(
       f"{name} (P {m['precision']:.2f} R {m['recall']:.2f})" for name, m in weakest))
@@ -132,6 +125,16 @@ def summary_lines(report: Dict, worst: int = 5) -> List[str]:
     lines.append("most confused: " + ", ".join(
         f"{c['label']} -> {c['predicted']} x{c['count']}" for c in report["confusion_pairs"][:5]))
   return lines
+
+
+def out_of_scope_line(oos: Dict) -> str:
+  """The out-of-scope figures of a report (`out_of_scope_threshold`'s, with the label)."""
+  recall = ("n/a (no out-of-scope eval examples)" if oos["out_of_scope_recall"] is None
+            else f"{oos['out_of_scope_recall']:.4f}")
+  return (f"out-of-scope ({oos['label']}): threshold {oos['threshold']:.4f} for in-scope "
+          f"precision {oos['target_precision']}{'' if oos['target_met'] else ' (NOT MET)'}; "
+          f"in-scope accuracy {oos['in_scope_accuracy']:.4f}, out-of-scope recall {recall} "
+          f"({oos['out_of_scope_examples']} out-of-scope eval examples)")
 
 
 def out_of_scope_threshold(in_scope_correct: Sequence[bool], in_scope_scores: Sequence[float],
@@ -162,16 +165,15 @@ def out_of_scope_threshold(in_scope_correct: Sequence[bool], in_scope_scores: Se
       best = (precision, -score)
   target_met = chosen is not None
   threshold = float(chosen if target_met else -best[1])
-  answered = [s >= threshold for s in in_scope_scores]
-  kept_scores = [(s, c) for s, c in zip(in_scope_scores, in_scope_correct) if s >= threshold]
-  given = len(kept_scores) + sum(s >= threshold for s in out_of_scope_scores)
+  right_answers = sum(bool(c) for s, c in zip(in_scope_scores, in_scope_correct)
+                      if s >= threshold)
+  given = sum(s >= threshold for s, _ in answers)
   return {
       "threshold": threshold,
       "target_precision": target_precision,
       "target_met": target_met,
-      "in_scope_precision": sum(c for _, c in kept_scores) / given if given else None,
-      "in_scope_accuracy": sum(c for a, c in zip(answered, in_scope_correct) if a)
-                           / len(in_scope_scores),
+      "in_scope_precision": right_answers / given,  # the threshold keeps its own answer
+      "in_scope_accuracy": right_answers / len(in_scope_scores),
       "out_of_scope_recall": (sum(s < threshold for s in out_of_scope_scores)
                               / len(out_of_scope_scores)) if out_of_scope_scores else None,
       "in_scope_examples": len(in_scope_scores),
