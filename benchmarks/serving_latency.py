@@ -158,22 +158,28 @@ def requests_for(version_dir, scratch):
 # -- clients ---------------------------------------------------------------------------------
 
 
+def run_client(command, **kwargs):
+  """Runs a load client to completion: its output, and the CPU seconds it used (it runs as
+  our child)."""
+  before = resource.getrusage(resource.RUSAGE_CHILDREN)
+  completed = subprocess.run(command, capture_output=True, text=True, check=True, **kwargs)
+  after = resource.getrusage(resource.RUSAGE_CHILDREN)
+  return completed, (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+
+
 def wrk(target, requests, connections, seconds, scratch):
-  """wrk's figures, and its CPU seconds (it runs as our child)."""
+  """wrk's figures, with the CPU time it used per request."""
   script = os.path.join(scratch, "load.lua")
   if not os.path.exists(script):
     with open(script, "w") as f:
       f.write(WRK_SCRIPT)
-  before = resource.getrusage(resource.RUSAGE_CHILDREN)
-  completed = subprocess.run(
+  completed, cpu = run_client(
       ["wrk", "-t1", f"-c{connections}", f"-d{max(int(round(seconds)), 1)}s", "--timeout", "10s", "-s", script,
-       f"http://{target}"], capture_output=True, text=True, check=True,
+       f"http://{target}"],
       env=dict(os.environ, BODIES=requests.bodies_file, REQUEST_PATH=requests.rest_path))
-  after = resource.getrusage(resource.RUSAGE_CHILDREN)
   figures = json.loads(completed.stdout.strip().splitlines()[-1])
   figures["requests_per_s"] = figures["requests"] / figures["seconds"]
   figures["failures"] = figures.pop("errors") + figures.pop("status_errors")
-  cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
   figures["client_cpu_us_per_request"] = cpu / max(figures["requests"], 1) * 1e6
   return figures
 
@@ -193,20 +199,16 @@ def h2load_grpc(target, requests, connections, seconds, scratch):
   with open(body, "wb") as f:
     f.write(b"\0" + len(message).to_bytes(4, "big") + message)
   log = os.path.join(scratch, f"h2load-{connections}.tsv")
-  before = resource.getrusage(resource.RUSAGE_CHILDREN)
-  completed = subprocess.run(
+  completed, cpu = run_client(
       ["h2load", "-t1", f"-c{connections}", "-m1", f"-D{max(int(round(seconds)), 1)}",
        f"--log-file={log}", "-H", "content-type: application/grpc", "-H", "te: trailers",
-       "-d", body, f"http://{target}/tensorflow.serving.PredictionService/Classify"],
-      capture_output=True, text=True, check=True)
-  after = resource.getrusage(resource.RUSAGE_CHILDREN)
+       "-d", body, f"http://{target}/tensorflow.serving.PredictionService/Classify"])
   with open(log) as f:
     rows = [line.split("\t") for line in f if line.strip()]
   os.remove(log)
   ok = [int(duration) for _, status, duration in rows if status == "200"]
   data_bytes = _h2load_data_bytes(completed.stdout)
   millis = np.array(ok) / 1e3
-  cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
   return {"requests_per_s": len(ok) / seconds, "p50_ms": float(np.percentile(millis, 50)),
           "p99_ms": float(np.percentile(millis, 99)), "requests": len(ok),
           "failures": (len(rows) - len(ok)) + max(0, len(ok) - data_bytes // framed_answer),
