@@ -86,6 +86,7 @@ def train_once(config, train_examples, eval_examples, scratch):
   return {
       "accuracy": round(report["accuracy"], 4),
       "macro_f1": round(report["macro_f1"], 4),
+      "balanced_accuracy": round(report["balanced_accuracy"], 4),
       "expected_calibration_error": round(
           report["calibration"]["expected_calibration_error"], 4),
       "steps": steps,
@@ -132,8 +133,8 @@ def main(argv):
     runs = [run[split] for run in figures["runs"] if split in run]
     if runs:
       figures[split] = {key: spread(runs, key) for key in (
-          "accuracy", "macro_f1", "expected_calibration_error", "train_and_evaluate_seconds",
-          "train_examples_per_second")}
+          "accuracy", "macro_f1", "balanced_accuracy", "expected_calibration_error",
+          "train_and_evaluate_seconds", "train_examples_per_second")}
   if FLAGS.baseline:
     try:
       figures["baseline_tfidf_svm"] = {"validation": tfidf_svm_accuracy(train_part, validation)}

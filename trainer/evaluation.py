@@ -66,6 +66,8 @@ def classification_report(labels: Sequence[str], predictions: Sequence[str],
       "examples": len(labels),
       "accuracy": sum(pairs[(i, i)] for i in intents) / len(labels),
       "macro_f1": sum(per_intent[i]["f1"] for i in labelled) / len(labelled),
+      # Mean per-intent recall: the accuracy expected where every intent is equally common.
+      "balanced_accuracy": sum(per_intent[i]["recall"] for i in labelled) / len(labelled),
       "per_intent": per_intent,
       "confusion_pairs": [{"label": l, "predicted": p, "count": c} for c, l, p in confusions],
   }

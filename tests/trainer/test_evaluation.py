@@ -1,4 +1,4 @@
-"""The eval report's calibration figures on toy cases whose answers are known."""
+"""The eval report's accuracy and calibration figures on toy cases whose answers are known."""
 
 import pytest
 
@@ -33,6 +33,16 @@ def test_confidence_one_falls_in_the_last_bin_and_bad_values_are_refused():
     evaluation.calibration([1.2], [True])
   with pytest.raises(ValueError, match="equal, non-zero"):
     evaluation.calibration([0.5], [])
+
+
+def test_balanced_accuracy_weighs_every_intent_alike():
+  # "a" is common and always right, "b" rare and always wrong: accuracy 0.9, balanced 0.5.
+  report = evaluation.classification_report(["a"] * 9 + ["b"], ["a"] * 10)
+  assert report["accuracy"] == pytest.approx(0.9)
+  assert report["balanced_accuracy"] == pytest.approx(0.5)
+  # An intent only ever predicted, never labelled, has no recall to count.
+  assert evaluation.classification_report(["a", "a"], ["a", "c"])["balanced_accuracy"] == \
+      pytest.approx(0.5)
 
 
 def test_the_report_carries_calibration_and_the_chart_is_a_png(tmp_path):
