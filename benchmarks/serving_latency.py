@@ -16,10 +16,11 @@ gRPC throughput at 32 (grpc.aio and h2load), with
 failures counted, and every server's answers to 64 distinct examples sent at once compared
 with the in-process ones. The load is Classify of one evaluation example a request.
 
-Whether the client is the bottleneck is measured, not assumed: the same clients against a
-server that answers instantly (a trivial uvicorn app and a trivial grpc server returning
-answers of the same size) give their ceilings, and the clients' own CPU time per request is
-reported. Prints JSON; needs `wrk` and `h2load` on PATH (Debian packages wrk, nghttp2-client).
+Whether the client is the bottleneck is measured, not assumed: the same clients against
+servers that answer instantly (a trivial uvicorn app, and trivial grpcio servers, thread-pool
+and asyncio, returning answers of the same size) give their ceilings, with the CPU time each
+server stack spends on a request, its floor; the clients' own CPU time per request is
+reported too. Prints JSON; needs `wrk` and `h2load` on PATH (Debian packages wrk, nghttp2-client).
 """
 
 import asyncio
@@ -39,6 +40,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import grpc  # noqa: E402
 import numpy as np  # noqa: E402
+import psutil  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
@@ -125,6 +127,25 @@ server.start()
 server.wait_for_termination()
 """
 
+# grpcio's asyncio server, the other server grpcio offers, measured beside the thread-pool one
+# the model server uses.
+TRIVIAL_GRPC_AIO = r"""
+import asyncio, sys
+import grpc
+answer = open(sys.argv[2], "rb").read()
+async def classify(request, context):
+    return answer
+async def main():
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+        "tensorflow.serving.PredictionService",
+        {"Classify": grpc.unary_unary_rpc_method_handler(classify)}),))
+    server.add_insecure_port(f"127.0.0.1:{sys.argv[1]}")
+    await server.start()
+    await server.wait_for_termination()
+asyncio.run(main())
+"""
+
 
 @dataclasses.dataclass
 class Requests:
@@ -174,7 +195,8 @@ def wrk(target, requests, connections, seconds, scratch):
     with open(script, "w") as f:
       f.write(WRK_SCRIPT)
   completed, cpu = run_client(
-      ["wrk", "-t1", f"-c{connections}", f"-d{max(int(round(seconds)), 1)}s", "--timeout", "10s", "-s", script,
+      ["wrk", "-t1", f"-c{connections}", f"-d{max(int(round(seconds)), 1)}s", "--timeout", "10s",
+       "-s", script,
        f"http://{target}"],
       env=dict(os.environ, BODIES=requests.bodies_file, REQUEST_PATH=requests.rest_path))
   figures = json.loads(completed.stdout.strip().splitlines()[-1])
@@ -276,10 +298,16 @@ def grpc_load(target, requests, connections, seconds):
 # -- what the servers answer ------------------------------------------------------------------
 
 
+# A server at one connection sits idle between requests (the client's turn): about this long.
+IDLE_GAP_SECONDS = 0.0002
+
+
 def in_process(version_dir, requests, count=2000):
   """Batch-1 session time of the same requests: through the inter-op pool, as TensorFlow's
   session.run and callables run by default (the in-process baseline), and on the calling
-  thread, as the server runs one row (export/servable.py), for reference."""
+  thread, as the server runs one row (export/servable.py), for reference; that one also
+  after an idle gap before each call, as a server at one connection runs it, which shows
+  what the CPU's return from idle costs a run (caches, wake-up), apart from the server."""
   with SessionServable(version_dir) as servable:
     run = servable.callable(SIGNATURE, ["inputs"], ["classes", "scores"])
     inline = servable.callable(SIGNATURE, ["inputs"], ["classes", "scores"], caller_thread=True)
@@ -295,10 +323,20 @@ def in_process(version_dir, requests, count=2000):
         seconds.append(time.perf_counter() - started)
       return float(np.percentile(np.array(seconds) * 1e3, 50))
 
+    def p50_after_idle(call):
+      seconds = []
+      for i in range(count):
+        time.sleep(IDLE_GAP_SECONDS)
+        started = time.perf_counter()
+        call(batches[i % len(batches)])
+        seconds.append(time.perf_counter() - started)
+      return float(np.percentile(np.array(seconds) * 1e3, 50))
+
     answers = {i: run(batches[i % len(batches)]) for i in range(len(batches))}
     inline(batches[0])
     return {"session_callable_p50_ms": p50(run),
-            "caller_thread_p50_ms": p50(inline)}, answers
+            "caller_thread_p50_ms": p50(inline),
+            "caller_thread_after_idle_p50_ms": p50_after_idle(inline)}, answers
 
 
 def answers_agree(server, requests, expected, copies=4):
@@ -359,39 +397,63 @@ def start_servers(version_dir, scratch, batching_files):
 
 
 def trivial_servers(scratch, rest_answer, grpc_answer):
+  """Servers that answer at once: {name: (target, process)}."""
   files = []
   for name, content in (("rest_answer.json", rest_answer), ("grpc_answer.bin", grpc_answer)):
     files.append(os.path.join(scratch, name))
     with open(files[-1], "wb") as f:
       f.write(content)
-  rest_port, grpc_port = runners.free_port(), runners.free_port()
-  processes = [subprocess.Popen([sys.executable, "-c", TRIVIAL_HTTP, str(rest_port), files[0]]),
-               subprocess.Popen([sys.executable, "-c", TRIVIAL_GRPC, str(grpc_port), files[1]])]
+  servers = {}
+  for name, code, answer in (("uvicorn", TRIVIAL_HTTP, files[0]),
+                             ("grpcio", TRIVIAL_GRPC, files[1]),
+                             ("grpc_aio", TRIVIAL_GRPC_AIO, files[1])):
+    port = runners.free_port()
+    servers[name] = (f"127.0.0.1:{port}",
+                     subprocess.Popen([sys.executable, "-c", code, str(port), answer]))
   time.sleep(3)
-  return f"127.0.0.1:{rest_port}", f"127.0.0.1:{grpc_port}", processes
+  return servers
+
+
+def with_server_cpu(process, measure):
+  """`measure()`'s figures, with the CPU time the server process used per request."""
+  server = psutil.Process(process.pid)
+  before = sum(server.cpu_times()[:2])
+  figures = measure()
+  used = sum(server.cpu_times()[:2]) - before
+  figures["server_cpu_us_per_request"] = used / max(figures["requests"], 1) * 1e6
+  return rounded(figures)
 
 
 def client_ceilings(requests, scratch, seconds):
   """The clients against servers that answer at once with answers of the real size (77
-  classes)."""
+  classes), with the CPU each server spends on a request: the floor of each protocol's
+  server stack."""
   rest_answer = json.dumps({"results": [[["card_arrival", 0.5]] * 77]}).encode()
   response = classification_pb2.ClassificationResponse()
   classes = response.result.classifications.add().classes
   for _ in range(77):
     classes.add(label="card_arrival", score=0.5)
-  rest_target, grpc_target, processes = trivial_servers(scratch, rest_answer,
-                                                        response.SerializeToString())
+  servers = trivial_servers(scratch, rest_answer, response.SerializeToString())
+  (rest_target, rest_process), (grpc_target, grpc_process) = servers["uvicorn"], servers["grpcio"]
+  aio_target, aio_process = servers["grpc_aio"]
   try:
-    return {"rest_wrk_c32": rounded(wrk(rest_target, requests, 32, seconds, scratch)),
-            "rest_wrk_c1": rounded(wrk(rest_target, requests, 1, seconds, scratch)),
-            "grpc_aio_c32": rounded(grpc_load(grpc_target, requests, 32, seconds)),
-            "grpc_sync_c1": rounded(grpc_latency(grpc_target, requests,
-                                                 FLAGS.latency_requests)),
-            "grpc_h2load_c1": rounded(h2load_grpc(grpc_target, requests, 1, seconds, scratch)),
-            "grpc_h2load_c32": rounded(h2load_grpc(grpc_target, requests, 32, seconds,
-                                                   scratch))}
+    return {
+        "rest_wrk_c32": with_server_cpu(rest_process, lambda: wrk(rest_target, requests, 32,
+                                                                   seconds, scratch)),
+        "rest_wrk_c1": with_server_cpu(rest_process, lambda: wrk(rest_target, requests, 1,
+                                                                  seconds, scratch)),
+        "grpc_aio_c32": rounded(grpc_load(grpc_target, requests, 32, seconds)),
+        "grpc_sync_c1": rounded(grpc_latency(grpc_target, requests, FLAGS.latency_requests)),
+        "grpc_h2load_c1": with_server_cpu(grpc_process, lambda: h2load_grpc(
+            grpc_target, requests, 1, seconds, scratch)),
+        "grpc_h2load_c32": with_server_cpu(grpc_process, lambda: h2load_grpc(
+            grpc_target, requests, 32, seconds, scratch)),
+        "grpc_aio_server_h2load_c1": with_server_cpu(aio_process, lambda: h2load_grpc(
+            aio_target, requests, 1, seconds, scratch)),
+        "grpc_aio_server_h2load_c32": with_server_cpu(aio_process, lambda: h2load_grpc(
+            aio_target, requests, 32, seconds, scratch))}
   finally:
-    for process in processes:
+    for _, process in servers.values():
       process.kill()
 
 
@@ -458,6 +520,8 @@ def measure_model(version_dir, scratch):
                                                3),
       "rest_batch1_p50_over_caller_thread_run": round(
           configs["off"]["rest_batch1_p50_ms"] / floor["caller_thread_p50_ms"], 3),
+      "rest_batch1_p50_over_caller_thread_run_after_idle": round(
+          configs["off"]["rest_batch1_p50_ms"] / floor["caller_thread_after_idle_p50_ms"], 3),
       "grpc_batch1_p50_over_in_process": round(configs["off"]["grpc_batch1_p50_ms"] / floor_ms,
                                                3),
       "grpc_h2load_batch1_p50_over_rest_wrk_batch1_p50": round(
