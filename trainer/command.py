@@ -70,7 +70,8 @@ def main(argv):
   if report is None:
     print(f"{environment.name} done")
     return
-  print(f"accuracy {report['accuracy']:.4f}  macro-F1 {report['macro_f1']:.4f}  ECE "
+  print(f"accuracy {report['accuracy']:.4f}  balanced {report['balanced_accuracy']:.4f}  "
+        f"macro-F1 {report['macro_f1']:.4f}  ECE "
         f"{report['calibration']['expected_calibration_error']:.4f}  "
         f"report {result.train.eval_report_path}")
   if report.get("out_of_scope"):

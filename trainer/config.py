@@ -59,6 +59,11 @@ class TrainerConfig:
   token_dropout: float = setting(
       0.1, "Augmentation: the chance that each word of a training text is left out of it, "
       "drawn afresh every epoch (0 = none; a text keeps at least one word).")
+  class_balance: float = setting(
+      0.0, "Each training example weighs its intent's share of the training set to the power "
+      "-class_balance in the loss, the weights scaled to a mean of 1 (0 = every example "
+      "alike, 1 = every intent alike), so intents with few examples are not outvoted by "
+      "common ones.")
   weight_averaging_start: float = setting(
       0.75, "Stochastic weight averaging: from this fraction of the training steps on (e.g. "
       "0.5), the weights are averaged every --weight_averaging_steps steps, and the average "
@@ -130,6 +135,8 @@ class TrainerConfig:
                       f"{self.oos_target_precision}")
     if not 0.0 <= self.token_dropout < 1.0:
       problems.append(f"token_dropout must be in [0, 1), got {self.token_dropout}")
+    if not 0.0 <= self.class_balance <= 1.0:
+      problems.append(f"class_balance must be in [0, 1], got {self.class_balance}")
     if not 0.0 <= self.weight_averaging_start < 1.0:
       problems.append(f"weight_averaging_start must be in [0, 1), got "
                       f"{self.weight_averaging_start}")

@@ -115,6 +115,7 @@ def write_report(path: str, report: Dict) -> None:
 
 def summary_lines(report: Dict, worst: int = 5) -> List[str]:
   lines = [f"eval examples: {report['examples']}  accuracy: {report['accuracy']:.4f}  "
+           f"balanced accuracy: {report['balanced_accuracy']:.4f}  "
            f"macro-F1: {report['macro_f1']:.4f}"]
   if "calibration" in report:
     lines[0] += f"  ECE: {report['calibration']['expected_calibration_error']:.4f}"

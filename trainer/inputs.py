@@ -7,6 +7,7 @@ Every problem is reported with the file and line or record at fault; nothing is
 skipped silently.
 """
 
+import collections
 import csv
 import dataclasses
 import io
@@ -15,7 +16,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import tensorflow as tf
 
-from trainer.model import TEXT_FEATURE
+from trainer.model import EXAMPLE_WEIGHT, TEXT_FEATURE
 
 CSV = "csv"
 JSONL = "jsonl"
@@ -215,30 +216,45 @@ def drop_words(texts: tf.Tensor, rate: float, seed: int) -> tf.Tensor:
                   texts)
 
 
+def class_balance_weights(examples: Sequence[Example], power: float) -> List[float]:
+  """Each example's loss weight: its intent's count to the power -`power`, scaled so the
+  weights average 1, so the loss keeps its scale and the learning rates their meaning."""
+  counts = collections.Counter(e.intent for e in examples)
+  raw = [counts[e.intent] ** -power for e in examples]
+  mean = sum(raw) / len(raw) if raw else 1.0
+  return [w / mean for w in raw]
+
+
 def make_input_fn(examples: Sequence[Example], batch_size: int, shuffle: bool,
                   num_epochs=None, seed: int = 0, num_shards: int = 1, shard_index: int = 0,
-                  token_dropout: float = 0.0):
+                  token_dropout: float = 0.0, weights: Optional[Sequence[float]] = None):
   """An estimator input_fn; `num_epochs=None` repeats forever (bounded by train steps).
 
   With `num_shards` > 1 it reads only every `num_shards`-th example from `shard_index`;
-  with `token_dropout` each word of a text is left out with that probability (`drop_words`).
+  with `token_dropout` each word of a text is left out with that probability (`drop_words`);
+  `weights` (one per example) are fed as the EXAMPLE_WEIGHT feature.
   """
   if not 0 <= shard_index < num_shards:
     raise ValueError(f"shard_index must be in [0, {num_shards}), got {shard_index}")
-  texts = [e.text for e in examples]
+  if weights is not None and len(weights) != len(examples):
+    raise ValueError(f"{len(weights)} weights for {len(examples)} examples")
+  features = {TEXT_FEATURE: [e.text for e in examples]}
+  if weights is not None:
+    features[EXAMPLE_WEIGHT] = [float(w) for w in weights]
   labels = [e.intent for e in examples]
 
   def input_fn():
-    dataset = tf.data.Dataset.from_tensor_slices(({TEXT_FEATURE: texts}, labels))
+    dataset = tf.data.Dataset.from_tensor_slices((features, labels))
     if num_shards > 1:
       dataset = dataset.shard(num_shards, shard_index)
     if shuffle:
-      dataset = dataset.shuffle(len(texts), seed=seed, reshuffle_each_iteration=True)
+      dataset = dataset.shuffle(len(labels), seed=seed, reshuffle_each_iteration=True)
     dataset = dataset.repeat(num_epochs).batch(batch_size)
     if token_dropout:
       dataset = dataset.map(
-          lambda features, label: ({TEXT_FEATURE: drop_words(features[TEXT_FEATURE],
-                                                             token_dropout, seed)}, label),
+          lambda batch, label: ({**batch, TEXT_FEATURE: drop_words(batch[TEXT_FEATURE],
+                                                                   token_dropout, seed)},
+                                label),
           num_parallel_calls=tf.data.AUTOTUNE)
     return dataset.prefetch(tf.data.AUTOTUNE)
 

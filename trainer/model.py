@@ -10,6 +10,8 @@ from trainer import settings
 from trainer.settings import setting
 
 TEXT_FEATURE = "text"
+# The training examples' loss weights (see inputs.class_balance_weights); never served.
+EXAMPLE_WEIGHT = "example_weight"
 
 _OPTIMIZERS = {
     "Adam": tf.keras.optimizers.legacy.Adam,
@@ -137,10 +139,11 @@ def text_feature_column(module_path: str, trainable: bool):
 
 
 def build_estimator(config: ModelConfig, module_path: str, label_vocabulary: Sequence[str],
-                    run_config: tf.estimator.RunConfig,
-                    train_steps: int) -> tf.estimator.DNNClassifier:
+                    run_config: tf.estimator.RunConfig, train_steps: int,
+                    weighted: bool = False) -> tf.estimator.DNNClassifier:
   """Labels are the intent names, so the `classes` output carries intent strings;
-  `train_steps` is where learning-rate schedules end."""
+  `train_steps` is where learning-rate schedules end. A `weighted` estimator reads each
+  example's loss weight from the EXAMPLE_WEIGHT feature in training and evaluation."""
   return tf.estimator.DNNClassifier(
       hidden_units=list(config.hidden_units),
       feature_columns=[text_feature_column(module_path, config.train_embeddings)],
@@ -149,4 +152,5 @@ def build_estimator(config: ModelConfig, module_path: str, label_vocabulary: Seq
       optimizer=lambda: make_optimizer(config, train_steps),
       dropout=config.dropout or None,
       batch_norm=config.batch_norm,
+      weight_column=EXAMPLE_WEIGHT if weighted else None,
       config=run_config)

@@ -212,7 +212,8 @@ def make_estimator(config: TrainerConfig, module_path: str, labels,
       keep_checkpoint_max=3,
       log_step_count_steps=100,
       experimental_max_worker_delay_secs=config.max_worker_delay_secs)
-  return model.build_estimator(config.model, module_path, labels, run_config, train_steps)
+  return model.build_estimator(config.model, module_path, labels, run_config, train_steps,
+                               weighted=bool(config.class_balance))
 
 
 def _train_shard(run_config: tf.estimator.RunConfig) -> Dict[str, int]:
@@ -247,8 +248,10 @@ def train(config: TrainerConfig, train_examples, eval_examples,
     # checkpoint right after initializing them.
     _wait_for_chief(config, environment, "first checkpoint", config.model_dir,
                     lambda: bool(estimator.latest_checkpoint()))
-  eval_input_fn = inputs.make_input_fn(eval_examples, config.batch_size, shuffle=False,
-                                       num_epochs=1)
+  # Evaluation weighs every example alike: its loss and accuracy are the plain ones.
+  eval_input_fn = inputs.make_input_fn(
+      eval_examples, config.batch_size, shuffle=False, num_epochs=1,
+      weights=[1.0] * len(eval_examples) if config.class_balance else None)
   train_hooks = []
   if config.tensorboard_dir and environment.is_chief:
     train_hooks.append(cloud.SummariesToDirHook(config.tensorboard_dir,
@@ -266,6 +269,9 @@ def train(config: TrainerConfig, train_examples, eval_examples,
           # the same batches in the same order.
           inputs.make_input_fn(train_examples, config.batch_size, shuffle=True,
                                seed=config.seed, token_dropout=config.token_dropout,
+                               weights=(inputs.class_balance_weights(train_examples,
+                                                                     config.class_balance)
+                                        if config.class_balance else None),
                                **_train_shard(estimator.config)),
           max_steps=steps, hooks=train_hooks),
       tf.estimator.EvalSpec(eval_input_fn, steps=None, start_delay_secs=0,
@@ -327,6 +333,7 @@ def hyperparameters(config: TrainerConfig) -> Dict:
           "hub_module": config.hub_module, "batch_size": config.batch_size,
           "train_steps": config.train_steps, "num_epochs": config.num_epochs,
           "seed": config.seed, "token_dropout": config.token_dropout,
+          "class_balance": config.class_balance,
           "weight_averaging_start": config.weight_averaging_start,
           "weight_averaging_steps": config.weight_averaging_steps}
 

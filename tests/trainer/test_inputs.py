@@ -166,3 +166,27 @@ def test_token_dropout_draws_afresh_each_epoch():
   dataset = inputs.make_input_fn(examples, 1, shuffle=False, num_epochs=2, token_dropout=0.5)()
   first, second = [features["text"].numpy()[0] for features, _ in dataset]
   assert first != second
+
+
+def test_class_balance_weights_follow_the_intent_counts_and_average_one():
+  examples = [inputs.Example("t", "common", "t:1")] * 9 + [inputs.Example("t", "rare", "t:2")]
+  full = inputs.class_balance_weights(examples, 1.0)
+  # Every intent weighs the same in all: 9 x w_common == 1 x w_rare.
+  assert full[0] * 9 == pytest.approx(full[-1]) and sum(full) == pytest.approx(len(full))
+  half = inputs.class_balance_weights(examples, 0.5)
+  assert half[-1] / half[0] == pytest.approx(3.0) and sum(half) == pytest.approx(len(half))
+  assert inputs.class_balance_weights(examples, 0.0) == [1.0] * 10
+
+
+def test_weights_travel_with_their_examples_through_shuffling_and_token_dropout():
+  examples = [inputs.Example(f"w{i} x y", f"i{i}", f"t:{i}") for i in range(20)]
+  weights = [float(i) for i in range(20)]
+  dataset = inputs.make_input_fn(examples, 5, shuffle=True, num_epochs=1, seed=1,
+                                 token_dropout=0.3, weights=weights)()
+  seen = {}
+  for features, labels in dataset:
+    for label, weight in zip(labels.numpy(), features["example_weight"].numpy()):
+      seen[label.decode()] = weight
+  assert seen == {f"i{i}": float(i) for i in range(20)}
+  with pytest.raises(ValueError, match="3 weights for 20 examples"):
+    inputs.make_input_fn(examples, 5, shuffle=False, weights=[1.0, 1.0, 1.0])

@@ -88,6 +88,8 @@ def test_invalid_model_config_names_the_setting():
     ModelConfig(embedding_optimizer="Adam")
   with pytest.raises(ValueError, match="dropout"):
     ModelConfig(dropout=1.5)
+  with pytest.raises(ValueError, match=r"class_balance must be in \[0, 1\], got 1.5"):
+    small_config("job", class_balance=1.5)
 
 
 def test_rerunning_a_job_resumes_from_its_latest_checkpoint(tmp_path):
@@ -159,3 +161,27 @@ def test_weight_averaging_saves_the_average_as_the_estimators_last_checkpoint(tm
   assert [int(p.rsplit("-", 1)[1]) for p in state.all_model_checkpoint_paths] == [10, 20, 30]
   # Snapshots after steps 15, 20, 25 and 30.
   assert "mean of 4 snapshots from step 15" in caplog.text
+
+
+@pytest.mark.parametrize("class_balance, rare_share", [(0.0, 0.1), (1.0, 0.5)])
+def test_class_balance_gives_a_rare_intent_its_weight_in_the_trained_model(
+    tmp_path, class_balance, rare_share):
+  # One text labelled 18 times "common" and twice "rare": the trained model's probability of
+  # "rare" for it is the rare intent's share of the weighted loss, 2/20 unweighted and 1/2
+  # with every intent weighing alike.
+  rows = ["text,intent"] + ["hello there,common"] * 18 + ["hello there,rare"] * 2 + \
+      ["goodbye now,other"] * 20
+  data = tmp_path / "train.csv"
+  data.write_text("\n".join(rows) + "\n")
+  config = small_config(tmp_path / "job", train_files=str(data), eval_files=str(data),
+                        class_balance=class_balance, token_dropout=0.0,
+                        weight_averaging_start=0.0, train_steps=300,
+                        model=ModelConfig(hidden_units=(8,), dropout=0.0))
+  train, evaluation = pipeline.load_data(config)[:2]
+  result = pipeline.train(config, train, evaluation)
+  labels = inputs.label_vocabulary(train)
+  (prediction,) = list(result.estimator.predict(inputs.make_input_fn(
+      [inputs.Example("hello there", "rare", "t:1")], 1, shuffle=False, num_epochs=1)))
+  probabilities = dict(zip(labels, prediction["probabilities"]))
+  assert probabilities["rare"] / (probabilities["rare"] + probabilities["common"]) == \
+      pytest.approx(rare_share, abs=0.05)
