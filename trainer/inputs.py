@@ -205,13 +205,14 @@ def check_eval_labels(train: Sequence[Example], evaluation: Sequence[Example],
   return kept, dropped
 
 
-def drop_words(texts: tf.Tensor, rate: float, seed: int) -> tf.Tensor:
+def drop_words(texts: tf.Tensor, rate: float, seed) -> tf.Tensor:
   """`texts` (a `[batch]` string tensor) without each of their words with probability `rate`;
   a text that would lose every word keeps them all. One op per batch, not per text: per-text
-  ops cost a third of the training speed."""
+  ops cost a third of the training speed. The draw is stateless, a function of `seed` (two
+  integers) alone."""
   words = tf.strings.split(texts)
   kept = tf.ragged.boolean_mask(words, words.with_flat_values(
-      tf.random.uniform(tf.shape(words.flat_values), seed=seed) >= rate))
+      tf.random.stateless_uniform(tf.shape(words.flat_values), seed=seed) >= rate))
   return tf.where(kept.row_lengths() > 0, tf.strings.reduce_join(kept, axis=1, separator=" "),
                   texts)
 
@@ -251,10 +252,13 @@ def make_input_fn(examples: Sequence[Example], batch_size: int, shuffle: bool,
       dataset = dataset.shuffle(len(labels), seed=seed, reshuffle_each_iteration=True)
     dataset = dataset.repeat(num_epochs).batch(batch_size)
     if token_dropout:
-      dataset = dataset.map(
-          lambda batch, label: ({**batch, TEXT_FEATURE: drop_words(batch[TEXT_FEATURE],
-                                                                   token_dropout, seed)},
-                                label),
+      # Keyed by (seed, batch number): a stateful draw shared by the parallel calls would
+      # depend on their order, so two runs of one seed would train on different texts.
+      dataset = dataset.enumerate().map(
+          lambda number, batch: (
+              {**batch[0], TEXT_FEATURE: drop_words(
+                  batch[0][TEXT_FEATURE], token_dropout,
+                  tf.stack([tf.constant(seed, tf.int64), number]))}, batch[1]),
           num_parallel_calls=tf.data.AUTOTUNE)
     return dataset.prefetch(tf.data.AUTOTUNE)
 

@@ -183,7 +183,7 @@ def _embedding_names(config: TextModuleConfig) -> List[str]:
 
 
 def _module_fn(config: TextModuleConfig, vocabulary_files: Sequence[str],
-               vocabularies: Sequence[Vocabulary]):
+               vocabularies: Sequence[Vocabulary], seed: int):
   texts = tf.compat.v1.placeholder(tf.string, shape=[None], name="text")
   combined = []
   for index, (tokens, name) in enumerate(zip(table_tokens(texts, config),
@@ -207,8 +207,10 @@ def _module_fn(config: TextModuleConfig, vocabulary_files: Sequence[str],
       rows = config.hash_buckets
     embeddings = tf.compat.v1.get_variable(
         name, shape=[rows, config.embedding_dim],
+        # Seeded here: the module's graph is built apart from (and imported into) the graph
+        # that initializes it, so that graph's seed never reaches this op.
         initializer=tf.compat.v1.random_normal_initializer(
-            stddev=1.0 / math.sqrt(config.embedding_dim)))
+            stddev=1.0 / math.sqrt(config.embedding_dim), seed=seed + index))
     ids = tf.ragged.map_flat_values(to_ids, tokens).to_sparse()
     sparse_weights = None
     if weights is not None:
@@ -241,9 +243,8 @@ def build_text_module(texts: Iterable[str], config: TextModuleConfig, output_dir
         f.write("".join(token + "\n" for token in vocabulary.tokens))
     try:
       spec = hub.create_module_spec(
-          functools.partial(_module_fn, config, vocabulary_files, vocabularies))
+          functools.partial(_module_fn, config, vocabulary_files, vocabularies, seed))
       with tf.Graph().as_default():
-        tf.compat.v1.set_random_seed(seed)
         module = hub.Module(spec)
         with tf.compat.v1.Session() as session:
           session.run([tf.compat.v1.global_variables_initializer(),

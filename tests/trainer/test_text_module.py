@@ -120,6 +120,21 @@ def test_separate_tables_concatenate_a_word_and_a_character_embedding(tmp_path):
   np.testing.assert_allclose(vector[4:], tables["char_embeddings"][:2].sum(axis=0), rtol=1e-6)
 
 
+def test_a_seed_gives_the_same_initial_embeddings_in_every_build(tmp_path):
+  config = TextModuleConfig(embedding_dim=4, word_ngrams=(1,), char_ngrams=(3,), min_count=1,
+                            oov_buckets=3, embedding_tables="separate")
+
+  def built(name, seed):
+    return module_variables(text_module.build_text_module(["hi yo", "hi"], config,
+                                                          str(tmp_path / name), seed=seed))
+
+  first, again, other = built("a", 3), built("b", 3), built("c", 4)
+  for table in ("word_embeddings", "char_embeddings"):
+    np.testing.assert_array_equal(first[table], again[table])
+    assert not np.array_equal(first[table], other[table])
+  assert not np.array_equal(first["word_embeddings"][:3], first["char_embeddings"][:3])
+
+
 def test_idf_weights_frequent_ngrams_less(tmp_path):
   config = TextModuleConfig(embedding_dim=4, word_ngrams=(1,), char_ngrams=(), min_count=1,
                             oov_buckets=2, combiner="sum", ngram_weights="idf",
