@@ -60,7 +60,7 @@ class TrainerConfig:
       0.1, "Augmentation: the chance that each word of a training text is left out of it, "
       "drawn afresh every epoch (0 = none; a text keeps at least one word).")
   class_balance: float = setting(
-      0.0, "Each training example weighs its intent's share of the training set to the power "
+      0.5, "Each training example weighs its intent's share of the training set to the power "
       "-class_balance in the loss, the weights scaled to a mean of 1 (0 = every example "
       "alike, 1 = every intent alike), so intents with few examples are not outvoted by "
       "common ones.")
