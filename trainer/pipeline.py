@@ -248,10 +248,13 @@ def train(config: TrainerConfig, train_examples, eval_examples,
     # checkpoint right after initializing them.
     _wait_for_chief(config, environment, "first checkpoint", config.model_dir,
                     lambda: bool(estimator.latest_checkpoint()))
-  # Evaluation weighs every example alike: its loss and accuracy are the plain ones.
-  eval_input_fn = inputs.make_input_fn(
-      eval_examples, config.batch_size, shuffle=False, num_epochs=1,
-      weights=[1.0] * len(eval_examples) if config.class_balance else None)
+  train_weights = eval_weights = None
+  if config.class_balance:
+    train_weights = inputs.class_balance_weights(train_examples, config.class_balance)
+    # Evaluation weighs every example alike: its loss and accuracy are the plain ones.
+    eval_weights = [1.0] * len(eval_examples)
+  eval_input_fn = inputs.make_input_fn(eval_examples, config.batch_size, shuffle=False,
+                                       num_epochs=1, weights=eval_weights)
   train_hooks = []
   if config.tensorboard_dir and environment.is_chief:
     train_hooks.append(cloud.SummariesToDirHook(config.tensorboard_dir,
@@ -269,9 +272,7 @@ def train(config: TrainerConfig, train_examples, eval_examples,
           # the same batches in the same order.
           inputs.make_input_fn(train_examples, config.batch_size, shuffle=True,
                                seed=config.seed, token_dropout=config.token_dropout,
-                               weights=(inputs.class_balance_weights(train_examples,
-                                                                     config.class_balance)
-                                        if config.class_balance else None),
+                               weights=train_weights,
                                **_train_shard(estimator.config)),
           max_steps=steps, hooks=train_hooks),
       tf.estimator.EvalSpec(eval_input_fn, steps=None, start_delay_secs=0,
