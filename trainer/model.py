@@ -43,7 +43,7 @@ _SCHEDULES = {
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-  hidden_units: Tuple[int, ...] = setting((256,), "Sizes of the hidden layers, e.g. 256,128.")
+  hidden_units: Tuple[int, ...] = setting((512,), "Sizes of the hidden layers, e.g. 256,128.")
   dropout: float = setting(0.5, "Dropout rate of the hidden layers (0 = none).")
   batch_norm: bool = setting(False, "Batch normalization after hidden layers.")
   optimizer: str = setting("Adam", "Optimizer of the dense layers.", choices=tuple(_OPTIMIZERS))
