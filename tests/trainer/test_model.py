@@ -177,7 +177,7 @@ def test_class_balance_gives_a_rare_intent_its_weight_in_the_trained_model(
                         class_balance=class_balance, token_dropout=0.0,
                         weight_averaging_start=0.0, train_steps=300,
                         model=ModelConfig(hidden_units=(8,), dropout=0.0))
-  train, evaluation = pipeline.load_data(config)[:2]
+  train, evaluation = pipeline.load_data(config)
   result = pipeline.train(config, train, evaluation)
   labels = inputs.label_vocabulary(train)
   (prediction,) = list(result.estimator.predict(inputs.make_input_fn(
