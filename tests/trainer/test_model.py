@@ -88,6 +88,9 @@ def test_invalid_model_config_names_the_setting():
     ModelConfig(embedding_optimizer="Adam")
   with pytest.raises(ValueError, match="dropout"):
     ModelConfig(dropout=1.5)
+
+
+def test_a_class_balance_outside_zero_to_one_is_refused_naming_the_setting():
   with pytest.raises(ValueError, match=r"class_balance must be in \[0, 1\], got 1.5"):
     small_config("job", class_balance=1.5)
 
