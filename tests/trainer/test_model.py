@@ -73,7 +73,9 @@ def test_embedding_update_is_a_sparse_apply(tmp_path, optimizer, sparse_op, dens
   estimator = pipeline.make_estimator(config, module_path, inputs.label_vocabulary(train),
                                      config.steps_for(len(train)))
   with tf.Graph().as_default() as graph:
-    dataset = inputs.make_input_fn(train[:8], 8, shuffle=False)()
+    dataset = inputs.make_input_fn(
+        train[:8], 8, shuffle=False,
+        weights=inputs.class_balance_weights(train[:8], config.class_balance))()
     features, labels = tf.compat.v1.data.make_one_shot_iterator(dataset).get_next()
     estimator.model_fn(features, labels, tf.estimator.ModeKeys.TRAIN, estimator.config)
     op_types = {op.type for op in graph.get_operations()}
