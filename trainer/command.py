@@ -14,6 +14,7 @@ from trainer import cloud
 from trainer import evaluation
 from trainer import inputs
 from trainer import pipeline
+from trainer import resume
 from trainer import settings
 from trainer import config as config_lib
 
@@ -58,6 +59,9 @@ def main(argv):
     result = pipeline.run(config, environment, store)
   except inputs.DataError as e:
     logging.error("Bad input data: %s", e)
+    raise SystemExit(2)
+  except resume.IncompatibleJobDirError as e:
+    logging.error("%s", e)
     raise SystemExit(2)
   except TimeoutError as e:
     logging.error("%s", e)

@@ -48,6 +48,7 @@ from trainer import cloud
 from trainer import evaluation
 from trainer import inputs
 from trainer import model
+from trainer import resume
 from trainer import text_module
 from trainer import weight_averaging
 from trainer.config import TrainerConfig
@@ -239,6 +240,8 @@ def train(config: TrainerConfig, train_examples, eval_examples,
   eval_examples, out_of_scope_examples = inputs.split_out_of_scope(eval_examples,
                                                                    config.oos_label)
   labels = inputs.label_vocabulary(train_examples)
+  if environment.is_chief:
+    resume.check_and_record(config, labels)
   module_path = ensure_text_module(config, [e.text for e in train_examples], environment)
   steps = config.steps_for(len(train_examples))
   estimator = make_estimator(config, module_path, labels, steps)

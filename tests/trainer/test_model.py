@@ -11,6 +11,7 @@ from tests.helpers import small_config
 from trainer import inputs
 from trainer import model
 from trainer import pipeline
+from trainer import resume
 from trainer.model import ModelConfig
 from trainer.text_module import TextModuleConfig
 
@@ -116,6 +117,37 @@ def test_rerunning_a_job_resumes_from_its_latest_checkpoint(tmp_path):
       tf.train.load_checkpoint(str(job / "model.ckpt-20")).get_tensor("dnn/hiddenlayer_0/kernel"),
       first_run_weights, err_msg="the second run started over instead of resuming at step 20")
   assert sorted(tf.io.gfile.listdir(str(job / "hub_module"))) == module_files
+
+
+def test_rerunning_a_job_with_other_hidden_units_is_refused_and_keeps_the_job_dir(tmp_path):
+  job = tmp_path / "job"
+  first = small_config(job, train_steps=10, save_checkpoints_steps=10)
+  train, evaluation = pipeline.load_data(first)
+  pipeline.train(first, train, evaluation)
+  files = sorted(tf.io.gfile.listdir(str(job)))
+  # The learning rate only steers training: a rerun may change it and resume.
+  steered = small_config(job, train_steps=20, save_checkpoints_steps=10,
+                         model=ModelConfig(hidden_units=(32,), learning_rate=0.01))
+  assert pipeline.train(steered, train, evaluation).checkpoint_path.endswith("model.ckpt-20")
+  files = sorted(tf.io.gfile.listdir(str(job)))
+  wider = small_config(job, train_steps=30, save_checkpoints_steps=10,
+                       model=ModelConfig(hidden_units=(64,)))
+  with pytest.raises(resume.IncompatibleJobDirError,
+                     match=r"hidden_units: \[32\] there, \[64\] now.*another --job-dir"):
+    pipeline.train(wider, train, evaluation)
+  assert sorted(tf.io.gfile.listdir(str(job))) == files
+  assert tf.train.latest_checkpoint(str(job)).endswith("model.ckpt-20")
+
+
+def test_rerunning_a_job_on_other_labels_is_refused_naming_them(tmp_path):
+  job = tmp_path / "job"
+  config = small_config(job, train_steps=10, save_checkpoints_steps=10)
+  train, evaluation = pipeline.load_data(config)
+  labels = inputs.label_vocabulary(train)
+  resume.check_and_record(config, labels)
+  with pytest.raises(resume.IncompatibleJobDirError, match=r"labels: .* there"):
+    resume.check_and_record(config, labels[1:])
+  resume.check_and_record(config, labels)
 
 
 def test_num_epochs_gives_exactly_the_steps_it_implies(tmp_path):
