@@ -40,8 +40,9 @@ def define_flags() -> None:
                     "batch_timeout_micros values to try.")
   flags.DEFINE_float("seconds_per_point", defaults.seconds_per_point, "Load time per point, "
                      "after one second of warm-up.")
-  flags.DEFINE_integer("num_batch_threads", defaults.num_batch_threads, "num_batch_threads to "
-                       "write (0: the number of cores, TF Serving's advice for CPUs).")
+  flags.DEFINE_list("num_batch_threads", [str(v) for v in defaults.num_batch_threads],
+                    "num_batch_threads values to try (default: 1 and the number of cores, "
+                    "TF Serving's advice for CPUs).")
   flags.DEFINE_string("signature_name", defaults.signature_name, "Signature the requests ask.")
   flags.DEFINE_string("examples_file", None, "tf.Examples to build requests from (TFRecord, "
                       "JSON Lines of REST examples, or CSV); default: the version's warmup "
@@ -68,7 +69,8 @@ def settings_from_flags(values) -> tuner.TuningSettings:
       concurrency=values.concurrency, p99_budget_ms=values.p99_budget_ms,
       max_batch_sizes=_numbers("max_batch_sizes", values.max_batch_sizes),
       batch_timeouts_micros=_numbers("batch_timeouts_micros", values.batch_timeouts_micros),
-      seconds_per_point=values.seconds_per_point, num_batch_threads=values.num_batch_threads,
+      seconds_per_point=values.seconds_per_point,
+      num_batch_threads=_numbers("num_batch_threads", values.num_batch_threads),
       signature_name=values.signature_name, examples_file=values.examples_file,
       backend=values.backend)
   try:

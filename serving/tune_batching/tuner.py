@@ -1,16 +1,19 @@
 """The batching experiment TF Serving's guide asks its users to run, run for them.
 
-For each point of a small grid of `max_batch_size` x `batch_timeout_micros` (and once with
-batching off, the baseline), a server is started on the model with those parameters
+For each point of a small grid of `max_batch_size` x `batch_timeout_micros` x
+`num_batch_threads` (and once with batching off, the baseline), a server is started on the model with those parameters
 (`runners`: the real TF Serving when it can run, else the embedded one) and loaded with
 batch-1 requests from `concurrency` connections for a fixed time (`load.py`). The point with
 the most requests a second whose p99 latency is within the budget and which failed no
 request wins; its parameters are written as a BatchingParameters text file any TF Serving
 takes with `--enable_batching --batching_parameters_file`.
 
-The other parameters follow TF Serving's advice for CPUs: `num_batch_threads` the number of
-cores, and `max_enqueued_batches` enough to hold every connection's request (a queue that
-refuses requests at the tuned concurrency would fail the point).
+`num_batch_threads` is tried at TF Serving's advice for CPUs, the number of cores, and at 1:
+the server's own request handling needs a core too, and on a 2-core host one batch thread
+can answer more requests a second than two (while it runs, the queue fills, so batches are
+fuller); the experiment decides. `max_enqueued_batches` holds every
+connection's request (a queue that refuses requests at the tuned concurrency would fail the
+point).
 """
 
 import dataclasses
@@ -49,13 +52,14 @@ class Point:
   """One configuration; `max_batch_size` None is batching off."""
   max_batch_size: Optional[int]
   batch_timeout_micros: int = 0
+  num_batch_threads: int = 1
 
   @property
   def name(self) -> str:
     if self.max_batch_size is None:
       return "batching off"
     return f"max_batch_size {self.max_batch_size}, batch_timeout_micros " \
-           f"{self.batch_timeout_micros}"
+           f"{self.batch_timeout_micros}, num_batch_threads {self.num_batch_threads}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,6 +78,7 @@ class Measured:
   def as_dict(self) -> Dict:
     return {"max_batch_size": self.point.max_batch_size,
             "batch_timeout_micros": self.point.batch_timeout_micros,
+            "num_batch_threads": self.point.num_batch_threads,
             "requests_per_s": round(self.requests_per_s, 1), "p50_ms": round(self.p50_ms, 3),
             "p99_ms": round(self.p99_ms, 3), "requests": self.requests,
             "failures": self.failures, "first_failure": self.first_failure}
@@ -86,7 +91,7 @@ class TuningSettings:
   max_batch_sizes: Sequence[int] = DEFAULT_MAX_BATCH_SIZES
   batch_timeouts_micros: Sequence[int] = DEFAULT_BATCH_TIMEOUTS_MICROS
   seconds_per_point: float = 5.0
-  num_batch_threads: int = 0  # 0: the number of cores
+  num_batch_threads: Sequence[int] = ()  # (): 1 and the number of cores
   signature_name: str = "serving_default"
   examples_file: Optional[str] = None
   backend: str = "auto"
@@ -101,10 +106,16 @@ class TuningSettings:
       raise ValueError("max_batch_sizes must be positive numbers")
     if not self.batch_timeouts_micros or min(self.batch_timeouts_micros) < 0:
       raise ValueError("batch_timeouts_micros must be non-negative numbers")
+    if self.num_batch_threads and min(self.num_batch_threads) < 1:
+      raise ValueError("num_batch_threads must be positive numbers")
 
   @property
-  def threads(self) -> int:
-    return self.num_batch_threads or os.cpu_count() or 1
+  def thread_counts(self) -> List[int]:
+    return sorted(set(self.num_batch_threads or (1, os.cpu_count() or 1)))
+
+  def grid(self) -> List[Point]:
+    return [Point(size, timeout, threads) for size in self.max_batch_sizes
+            for timeout in self.batch_timeouts_micros for threads in self.thread_counts]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,7 +138,7 @@ class TuningResult:
             "concurrency": self.settings.concurrency,
             "p99_budget_ms": self.settings.p99_budget_ms,
             "seconds_per_point": self.settings.seconds_per_point,
-            "num_batch_threads": self.settings.threads,
+            "num_batch_threads": self.settings.thread_counts,
             "baseline": self.baseline.as_dict(),
             "measured": [m.as_dict() for m in self.measured],
             "best": self.best.as_dict() if self.best else None,
@@ -139,9 +150,9 @@ def parameters(point: Point, settings: TuningSettings):
   params = config_files.BatchingParameters()
   params.max_batch_size.value = point.max_batch_size
   params.batch_timeout_micros.value = point.batch_timeout_micros
-  params.num_batch_threads.value = settings.threads
+  params.num_batch_threads.value = point.num_batch_threads
   params.max_enqueued_batches.value = (math.ceil(settings.concurrency / point.max_batch_size)
-                                       + settings.threads)
+                                       + point.num_batch_threads)
   return params
 
 
@@ -202,8 +213,7 @@ def tune(model_base_path: str, model_name: str, settings: TuningSettings = Tunin
   backend = runners.choose_backend(settings.backend)
   bodies = request_bodies(version_dir, model_name, settings.signature_name,
                           settings.examples_file)
-  grid = [Point(size, timeout) for size in settings.max_batch_sizes
-          for timeout in settings.batch_timeouts_micros]
+  grid = settings.grid()
   measured: List[Measured] = []
   with tempfile.TemporaryDirectory(prefix="tune-batching-") as scratch:
     for number, point in enumerate([Point(None)] + grid):

@@ -39,9 +39,9 @@ def test_the_best_point_is_the_fastest_within_budget_and_without_failures():
   assert tuner.best_point(tied, p99_budget_ms=20.0).point.max_batch_size == 16
 
 
-def test_parameters_hold_every_connection_and_use_every_core():
-  settings = tuner.TuningSettings(concurrency=32, num_batch_threads=2)
-  params = tuner.parameters(tuner.Point(8, 500), settings)
+def test_parameters_hold_every_connection_and_the_points_batch_threads():
+  settings = tuner.TuningSettings(concurrency=32)
+  params = tuner.parameters(tuner.Point(8, 500, num_batch_threads=2), settings)
   options = batching.QueueOptions.from_params(params)
   assert (options.max_batch_size, options.batch_timeout_micros) == (8, 500)
   # Four full batches hold the 32 connections' requests, and two more are being run.
@@ -49,10 +49,23 @@ def test_parameters_hold_every_connection_and_use_every_core():
   assert params.num_batch_threads.value == 2
 
 
+def test_the_grid_tries_one_batch_thread_and_one_per_core(monkeypatch):
+  monkeypatch.setattr(tuner.os, "cpu_count", lambda: 4)
+  grid = tuner.TuningSettings(max_batch_sizes=(8, 16), batch_timeouts_micros=(0,)).grid()
+  assert [(p.max_batch_size, p.num_batch_threads) for p in grid] == [(8, 1), (8, 4), (16, 1),
+                                                                     (16, 4)]
+  monkeypatch.setattr(tuner.os, "cpu_count", lambda: 1)
+  assert [p.num_batch_threads for p in tuner.TuningSettings(max_batch_sizes=(8,)).grid()] \
+      == [1, 1]
+  assert {p.num_batch_threads for p in tuner.TuningSettings(num_batch_threads=(3,)).grid()} \
+      == {3}
+
+
 @pytest.mark.parametrize("settings, message", [
     (dict(concurrency=0), "concurrency"), (dict(p99_budget_ms=0), "budget"),
     (dict(max_batch_sizes=()), "max_batch_sizes"), (dict(batch_timeouts_micros=(-1,)),
-                                                    "batch_timeouts_micros")])
+                                                    "batch_timeouts_micros"),
+    (dict(num_batch_threads=(0,)), "num_batch_threads")])
 def test_impossible_settings_are_refused(settings, message):
   with pytest.raises(ValueError, match=message):
     tuner.TuningSettings(**settings).check()
@@ -104,8 +117,8 @@ def base_path(tmp_path):
 
 
 SMALL_GRID = tuner.TuningSettings(concurrency=4, max_batch_sizes=(2, 4),
-                                  batch_timeouts_micros=(0,), seconds_per_point=0.5,
-                                  backend="embedded")
+                                  batch_timeouts_micros=(0,), num_batch_threads=(1, 2),
+                                  seconds_per_point=0.5, backend="embedded")
 
 
 @pytest.mark.slow
@@ -117,7 +130,8 @@ def test_the_tuner_writes_a_file_the_server_accepts_and_records_it(base_path, tm
                                           str(tmp_path / "out"), SMALL_GRID,
                                           log=lambda line: None)
   assert result.baseline.point.max_batch_size is None
-  assert [m.point.max_batch_size for m in result.measured] == [2, 4]
+  assert [(m.point.max_batch_size, m.point.num_batch_threads) for m in result.measured] == \
+      [(2, 1), (2, 2), (4, 1), (4, 2)]
   assert all(m.requests > 0 and m.failures == 0 for m in result.measured + [result.baseline])
   (execution,) = store.mlmd.get_executions_by_type(schema.TUNE_BATCHING)
   (event,) = [e for e in store.mlmd.get_events_by_execution_ids([execution.id])
@@ -135,6 +149,8 @@ def test_the_tuner_writes_a_file_the_server_accepts_and_records_it(base_path, tm
   config, _, core_options = model_server_command.options_from_flags(values)
   assert core_options.batching_parameters.max_batch_size.value == \
       result.best.point.max_batch_size
+  assert core_options.batching_parameters.num_batch_threads.value == \
+      result.best.point.num_batch_threads
   core = ServerCore(config, core_options)
   try:
     core.load()  # the parameters pass the server's load-time checks
@@ -143,7 +159,8 @@ def test_the_tuner_writes_a_file_the_server_accepts_and_records_it(base_path, tm
   with open(tmp_path / "out" / tuner.REPORT_FILE) as f:
     report = json.load(f)
   assert report["best"]["max_batch_size"] == result.best.point.max_batch_size
-  assert len(report["measured"]) == 2 and report["baseline"]["max_batch_size"] is None
+  assert report["best"]["num_batch_threads"] == result.best.point.num_batch_threads
+  assert len(report["measured"]) == 4 and report["baseline"]["max_batch_size"] is None
 
 
 @pytest.mark.slow
@@ -153,6 +170,7 @@ def test_with_no_point_in_budget_the_command_writes_no_file_and_exits_1(base_pat
   completed = subprocess.run(
       [sys.executable, "-m", "serving.tune_batching", f"--model_base_path={base_path}",
        "--model_name=m", "--concurrency=2", "--max_batch_sizes=2", "--batch_timeouts_micros=0",
+       "--num_batch_threads=1",
        "--seconds_per_point=0.3", "--p99_budget_ms=0.001", "--backend=embedded",
        f"--output_dir={out}", f"--metadata_db={db}"],
       cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300)
