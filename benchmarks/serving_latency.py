@@ -414,14 +414,26 @@ def trivial_servers(scratch, rest_answer, grpc_answer):
   return servers
 
 
-def with_server_cpu(process, measure):
-  """`measure()`'s figures, with the CPU time the server process used per request."""
-  server = psutil.Process(process.pid)
-  before = sum(server.cpu_times()[:2])
+def with_server_cpu(pid, measure):
+  """`measure()`'s figures, with the CPU time the server process `pid` used per request, and
+  its busiest thread's: that thread's share of one core says whether one thread (the event
+  loop, which holds every connection) caps the throughput."""
+  server = psutil.Process(pid)
+  before, threads_before = sum(server.cpu_times()[:2]), thread_cpu(server)
+  started = time.perf_counter()
   figures = measure()
-  used = sum(server.cpu_times()[:2]) - before
-  figures["server_cpu_us_per_request"] = used / max(figures["requests"], 1) * 1e6
+  elapsed = time.perf_counter() - started
+  used, threads_after = sum(server.cpu_times()[:2]) - before, thread_cpu(server)
+  busiest = max(threads_after[t] - threads_before.get(t, 0.0) for t in threads_after)
+  requests = max(figures["requests"], 1)
+  figures["server_cpu_us_per_request"] = used / requests * 1e6
+  figures["server_busiest_thread_cpu_us_per_request"] = busiest / requests * 1e6
+  figures["server_busiest_thread_core_share"] = busiest / elapsed
   return rounded(figures)
+
+
+def thread_cpu(process):
+  return {t.id: t.user_time + t.system_time for t in process.threads()}
 
 
 def client_ceilings(requests, scratch, seconds):
@@ -438,19 +450,19 @@ def client_ceilings(requests, scratch, seconds):
   aio_target, aio_process = servers["grpc_aio"]
   try:
     return {
-        "rest_wrk_c32": with_server_cpu(rest_process, lambda: wrk(rest_target, requests, 32,
-                                                                   seconds, scratch)),
-        "rest_wrk_c1": with_server_cpu(rest_process, lambda: wrk(rest_target, requests, 1,
-                                                                  seconds, scratch)),
+        "rest_wrk_c32": with_server_cpu(rest_process.pid, lambda: wrk(
+            rest_target, requests, 32, seconds, scratch)),
+        "rest_wrk_c1": with_server_cpu(rest_process.pid, lambda: wrk(
+            rest_target, requests, 1, seconds, scratch)),
         "grpc_aio_c32": rounded(grpc_load(grpc_target, requests, 32, seconds)),
         "grpc_sync_c1": rounded(grpc_latency(grpc_target, requests, FLAGS.latency_requests)),
-        "grpc_h2load_c1": with_server_cpu(grpc_process, lambda: h2load_grpc(
+        "grpc_h2load_c1": with_server_cpu(grpc_process.pid, lambda: h2load_grpc(
             grpc_target, requests, 1, seconds, scratch)),
-        "grpc_h2load_c32": with_server_cpu(grpc_process, lambda: h2load_grpc(
+        "grpc_h2load_c32": with_server_cpu(grpc_process.pid, lambda: h2load_grpc(
             grpc_target, requests, 32, seconds, scratch)),
-        "grpc_aio_server_h2load_c1": with_server_cpu(aio_process, lambda: h2load_grpc(
+        "grpc_aio_server_h2load_c1": with_server_cpu(aio_process.pid, lambda: h2load_grpc(
             aio_target, requests, 1, seconds, scratch)),
-        "grpc_aio_server_h2load_c32": with_server_cpu(aio_process, lambda: h2load_grpc(
+        "grpc_aio_server_h2load_c32": with_server_cpu(aio_process.pid, lambda: h2load_grpc(
             aio_target, requests, 32, seconds, scratch))}
   finally:
     for _, process in servers.values():
@@ -491,11 +503,14 @@ def measure_model(version_dir, scratch):
         figures["grpc_h2load_c32_p99_ms"] = h2load_c32["p99_ms"]
         failures = rest_c1["failures"] + h2load_c1["failures"] + h2load_c32["failures"]
         for connections in (8, 32):
-          load = wrk(server.rest_target, requests, connections, FLAGS.seconds, scratch)
+          load = with_server_cpu(server.pid, lambda: wrk(
+              server.rest_target, requests, connections, FLAGS.seconds, scratch))
           figures[f"rest_c{connections}_requests_per_s"] = load["requests_per_s"]
           figures[f"rest_c{connections}_p99_ms"] = load["p99_ms"]
-          figures[f"rest_c{connections}_client_cpu_us_per_request"] = \
-              load["client_cpu_us_per_request"]
+          for figure in ("client_cpu_us_per_request", "server_cpu_us_per_request",
+                         "server_busiest_thread_cpu_us_per_request",
+                         "server_busiest_thread_core_share"):
+            figures[f"rest_c{connections}_{figure}"] = load[figure]
           failures += load["failures"]
         grpc_c32 = grpc_load(server.grpc_target, requests, 32, FLAGS.seconds)
         figures["grpc_c32_requests_per_s"] = grpc_c32["requests_per_s"]
