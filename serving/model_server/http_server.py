@@ -11,9 +11,15 @@ cores; benchmarks/serving_latency.py gives the resulting figures):
   loop, its JSON in microseconds, and waits for its batch without holding a thread, so the
   batch can fill from every connection, not only from as many as there are threads.
 - Without batching, a request that is the only one in flight is answered in the loop: handing
-  it to a thread and back costs about as much as the run of a small model. Under concurrency
-  each request is answered whole on a pool of `--rest_api_num_threads` threads, whose session
-  runs overlap, where the loop would run them one after another.
+  it to a thread and back costs about as much as the run of a small model. Under load from
+  many connections that is almost always so, since the others wait in their sockets until it
+  is answered: unbatched requests then run one after another on the loop's thread (the
+  benchmark's `server_busiest_thread_core_share`, about 0.99 at 32 connections). Letting
+  them count themselves first (one turn of the loop) sent them to the pool of
+  `--rest_api_num_threads` threads instead, which answered fewer requests a second for more
+  CPU each on two cores: the hand-overs and the contention for Python's lock cost more than
+  overlapping the runs gains. The pool takes the requests that arrive while a large one is
+  answered there.
 - A large body is always answered on the pool, so it never stops the loop from taking and
   answering the others. After it the process gives the memory it used back to the system
   (`memory.release`).
