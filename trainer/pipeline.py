@@ -241,7 +241,7 @@ def train(config: TrainerConfig, train_examples, eval_examples,
                                                                    config.oos_label)
   labels = inputs.label_vocabulary(train_examples)
   if environment.is_chief:
-    resume.check_and_record(config, labels)
+    resume.check_and_record(config, labels, module_dir(config))
   module_path = ensure_text_module(config, [e.text for e in train_examples], environment)
   steps = config.steps_for(len(train_examples))
   estimator = make_estimator(config, module_path, labels, steps)

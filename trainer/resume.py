@@ -26,14 +26,14 @@ class IncompatibleJobDirError(ValueError):
 
 
 def shaping_settings(config: TrainerConfig, labels: Sequence[str]) -> Dict:
+  """As JSON reads them back (tuples as lists), so a record compares equal to its run."""
   model = config.model
-  return {"hidden_units": list(model.hidden_units), "batch_norm": model.batch_norm,
-          "optimizer": model.optimizer, "train_embeddings": model.train_embeddings,
-          "embedding_optimizer": model.embedding_optimizer,
-          "hub_module": config.hub_module,
-          "text_module": None if config.hub_module else json.loads(
-              json.dumps(dataclasses.asdict(config.text_module))),
-          "labels": list(labels)}
+  return json.loads(json.dumps({
+      "hidden_units": model.hidden_units, "batch_norm": model.batch_norm,
+      "optimizer": model.optimizer, "train_embeddings": model.train_embeddings,
+      "embedding_optimizer": model.embedding_optimizer, "hub_module": config.hub_module,
+      "text_module": None if config.hub_module else dataclasses.asdict(config.text_module),
+      "labels": list(labels)}))
 
 
 def _describe(value) -> str:
@@ -42,8 +42,9 @@ def _describe(value) -> str:
   return json.dumps(value)
 
 
-def check_and_record(config: TrainerConfig, labels: Sequence[str]) -> None:
-  """Refuses a job dir made with other shaping settings; records them in a new one."""
+def check_and_record(config: TrainerConfig, labels: Sequence[str], module_dir: str) -> None:
+  """Refuses a job dir made with other shaping settings; records them in a new one.
+  `module_dir` is where the job keeps the text module it builds."""
   path = artifact_io.join(config.model_dir, RECORD_NAME)
   wanted = shaping_settings(config, labels)
   if tf.io.gfile.exists(path):
@@ -59,7 +60,7 @@ def check_and_record(config: TrainerConfig, labels: Sequence[str]) -> None:
     return
   if tf.io.gfile.exists(config.model_dir) and (
       tf.train.latest_checkpoint(config.model_dir)
-      or tf.io.gfile.exists(artifact_io.join(config.model_dir, "hub_module"))):
+      or tf.io.gfile.exists(module_dir)):
     logging.warning("%s holds a checkpoint or text module but no %s (made by an older "
                     "trainer): its settings cannot be checked against this run's, and this "
                     "run's are recorded from now on", config.model_dir, RECORD_NAME)

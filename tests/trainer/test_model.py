@@ -144,10 +144,11 @@ def test_rerunning_a_job_on_other_labels_is_refused_naming_them(tmp_path):
   config = small_config(job, train_steps=10, save_checkpoints_steps=10)
   train, evaluation = pipeline.load_data(config)
   labels = inputs.label_vocabulary(train)
-  resume.check_and_record(config, labels)
+  module = pipeline.module_dir(config)
+  resume.check_and_record(config, labels, module)
   with pytest.raises(resume.IncompatibleJobDirError, match=r"labels: .* there"):
-    resume.check_and_record(config, labels[1:])
-  resume.check_and_record(config, labels)
+    resume.check_and_record(config, labels[1:], module)
+  resume.check_and_record(config, labels, module)
 
 
 def test_num_epochs_gives_exactly_the_steps_it_implies(tmp_path):
