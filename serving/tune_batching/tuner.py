@@ -1,19 +1,18 @@
 """The batching experiment TF Serving's guide asks its users to run, run for them.
 
 For each point of a small grid of `max_batch_size` x `batch_timeout_micros` x
-`num_batch_threads` (and once with batching off, the baseline), a server is started on the model with those parameters
-(`runners`: the real TF Serving when it can run, else the embedded one) and loaded with
-batch-1 requests from `concurrency` connections for a fixed time (`load.py`). The point with
-the most requests a second whose p99 latency is within the budget and which failed no
-request wins; its parameters are written as a BatchingParameters text file any TF Serving
-takes with `--enable_batching --batching_parameters_file`.
+`num_batch_threads` (and once with batching off, the baseline), a server is started on the
+model with those parameters (`runners`: the real TF Serving when it can run, else the
+embedded one) and loaded with batch-1 requests from `concurrency` connections for a fixed
+time (`load.py`). The point with the most requests a second whose p99 latency is within the
+budget and which failed no request wins; its parameters are written as a BatchingParameters
+text file any TF Serving takes with `--enable_batching --batching_parameters_file`.
 
 `num_batch_threads` is tried at TF Serving's advice for CPUs, the number of cores, and at 1:
 the server's own request handling needs a core too, and on a 2-core host one batch thread
 can answer more requests a second than two (while it runs, the queue fills, so batches are
-fuller); the experiment decides. `max_enqueued_batches` holds every
-connection's request (a queue that refuses requests at the tuned concurrency would fail the
-point).
+fuller); the experiment decides. `max_enqueued_batches` holds every connection's request (a
+queue that refuses requests at the tuned concurrency would fail the point).
 """
 
 import dataclasses
@@ -49,10 +48,10 @@ class TuningError(RuntimeError):
 
 @dataclasses.dataclass(frozen=True)
 class Point:
-  """One configuration; `max_batch_size` None is batching off."""
+  """One configuration; `max_batch_size` None is batching off, which has no batch threads."""
   max_batch_size: Optional[int]
   batch_timeout_micros: int = 0
-  num_batch_threads: int = 1
+  num_batch_threads: Optional[int] = None
 
   @property
   def name(self) -> str:
