@@ -21,6 +21,13 @@ servers that answer instantly (a trivial uvicorn app, and trivial grpcio servers
 and asyncio, returning answers of the same size) give their ceilings, with the CPU time each
 server stack spends on a request, its floor; the clients' own CPU time per request is
 reported too. Prints JSON; needs `wrk` and `h2load` on PATH (Debian packages wrk, nghttp2-client).
+
+The servers run on tcmalloc when the system has it, as `python -m serving.model_server` does
+(serving/model_server/memory.py; SERVING_MALLOC=system keeps the system's malloc), and the
+report says which they ran on. The in-process baseline, and the targets' ratios, are of this
+process, on the system's malloc as a user's Python is; the same baseline measured in a child
+process on tcmalloc (`in_process_tcmalloc`) and the ratios to it (`*_over_in_process_tcmalloc`)
+show how much of the servers' figures the allocator's own gain on the model explains.
 """
 
 import asyncio
@@ -55,6 +62,7 @@ from serving import clients  # noqa: E402
 from serving import probes  # noqa: E402
 from serving import runners  # noqa: E402
 from serving.model_server import config_files  # noqa: E402
+from serving.model_server import memory  # noqa: E402
 from serving.tune_batching import tuner  # noqa: E402
 from trainer import command  # noqa: E402
 from trainer import pipeline  # noqa: E402
@@ -75,6 +83,8 @@ flags.DEFINE_float("seconds", 5.0, "Seconds per throughput figure.")
 flags.DEFINE_integer("rounds", 3, "Interleaved measurement rounds.")
 flags.DEFINE_integer("latency_requests", 2000, "Requests per gRPC batch-1 latency figure.")
 flags.DEFINE_float("p99_budget_ms", 50.0, "The tuner's p99 budget at concurrency 32.")
+flags.DEFINE_string("in_process_only", None, "Only print the in-process baseline of this "
+                    "version dir (the child that measures it on tcmalloc).")
 FLAGS = flags.FLAGS
 
 WRK_SCRIPT = r"""
@@ -414,6 +424,23 @@ def trivial_servers(scratch, rest_answer, grpc_answer):
   return servers
 
 
+def in_process_on_tcmalloc(version_dir):
+  """`in_process` in a child process on tcmalloc; None when the system has no tcmalloc."""
+  environ = memory.tcmalloc_environment(os.environ)
+  if environ is None:
+    return None
+  completed = subprocess.run([sys.executable, os.path.abspath(__file__),
+                              f"--in_process_only={version_dir}"], env=environ, check=True,
+                             capture_output=True, text=True)
+  return json.loads(completed.stdout.strip().splitlines()[-1])
+
+
+def allocator_of(pid):
+  """"tcmalloc" when process `pid` has it mapped, else "system"."""
+  with open(f"/proc/{pid}/maps") as f:
+    return "tcmalloc" if "tcmalloc" in f.read() else "system"
+
+
 def with_server_cpu(pid, measure):
   """`measure()`'s figures, with the CPU time the server process `pid` used per request, and
   its busiest thread's: that thread's share of one core says whether one thread (the event
@@ -480,9 +507,11 @@ def median_of(rounds, key):
 def measure_model(version_dir, scratch):
   requests = requests_for(version_dir, scratch)
   floor, expected = in_process(version_dir, requests)
+  floor_tcmalloc = in_process_on_tcmalloc(version_dir)
   tuned, tuning_report = tuned_file(version_dir, scratch, FLAGS.seconds)
   files = {"off": None, "project": PROJECT_BATCHING, "tuned": tuned}
   servers = start_servers(version_dir, scratch, files)
+  allocators = sorted({allocator_of(server.pid) for server in servers.values()})
   samples = {name: [] for name in files}
   try:
     for _ in range(FLAGS.rounds):
@@ -542,6 +571,11 @@ def measure_model(version_dir, scratch):
       "grpc_h2load_batch1_p50_over_rest_wrk_batch1_p50": round(
           configs["off"]["grpc_h2load_batch1_p50_ms"] / configs["off"]["rest_batch1_p50_ms"],
           3)}
+  if floor_tcmalloc is not None:
+    for protocol in ("rest", "grpc"):
+      ratios[f"{protocol}_batch1_p50_over_in_process_tcmalloc"] = round(
+          configs["off"][f"{protocol}_batch1_p50_ms"]
+          / floor_tcmalloc["session_callable_p50_ms"], 3)
   for name in ("project", "tuned"):
     for protocol in ("rest", "grpc"):
       key = f"{protocol}_c32_requests_per_s"
@@ -549,13 +583,19 @@ def measure_model(version_dir, scratch):
       ratios[f"{name}_over_off_{protocol}_c32_throughput"] = {
           "median": round(statistics.median(per_round), 3),
           "min": round(min(per_round), 3), "max": round(max(per_round), 3)}
-  return {"version_dir": version_dir, "in_process": rounded(floor),
+  return {"version_dir": version_dir, "server_allocator": ",".join(allocators),
+          "in_process": rounded(floor), "in_process_tcmalloc": floor_tcmalloc,
           "tuner": {"best": tuning_report["best"], "speedup": tuning_report["speedup"]},
           "configs": configs, "ratios": ratios}
 
 
 def main(argv):
   del argv
+  if FLAGS.in_process_only:
+    requests = requests_for(FLAGS.in_process_only, tempfile.mkdtemp(prefix="in-process-"))
+    print(json.dumps({"allocator": memory.allocator(),
+                      **in_process(FLAGS.in_process_only, requests)[0]}))
+    return
   for tool, package in (("wrk", "wrk"), ("h2load", "nghttp2-client")):
     if shutil.which(tool) is None:
       raise SystemExit(f"this benchmark needs {tool} on PATH (apt-get install {package})")

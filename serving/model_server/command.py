@@ -37,6 +37,7 @@ from tensorflow_serving.config import model_server_config_pb2
 
 from serving.model_server import config_files
 from serving.model_server import flags as server_flags
+from serving.model_server import memory
 from serving.model_server import monitoring
 from serving.model_server import tensors
 from serving.model_server.core import CoreOptions
@@ -158,6 +159,7 @@ def main(argv: List[str]) -> int:
   stopped = threading.Event()
   for signum in (signal.SIGINT, signal.SIGTERM):
     signal.signal(signum, lambda *_: stopped.set())
+  logging.info("Memory allocator: %s", memory.allocator())
   try:
     config, options, core_options = options_from_flags(values)
     server = ModelServer(config, options, core_options).start()

@@ -148,9 +148,10 @@ class HttpServer:
     self._socket.listen(2048)
     self.port = self._socket.getsockname()[1]
     self._app = AsgiApp(api, max_body_bytes, threads)
+    # No proxy-headers middleware: the API never reads the client's address.
     config = uvicorn.Config(self._app, loop="uvloop", http="httptools", ws="none",
                             lifespan="off", access_log=False, log_level="warning",
-                            server_header=False, date_header=False)
+                            server_header=False, date_header=False, proxy_headers=False)
     self._server = uvicorn.Server(config)
     self._thread: Optional[threading.Thread] = None
 

@@ -1,14 +1,21 @@
-"""Giving memory back to the system after large requests, and keeping Python's garbage
-collector off the loaded models.
+"""The server's memory: its allocator, giving memory back to the system after large requests,
+and keeping Python's garbage collector off the loaded models.
 
-The server's entry point makes TensorFlow's oneDNN kernels allocate from the system allocator
-(TF_ONEDNN_USE_SYSTEM_ALLOCATOR, see __main__.py), whose pool otherwise keeps what the largest
-request needed. Then glibc's malloc raises its mmap threshold after a large block is freed, so the next large
-blocks come from the heap, and a heap rarely shrinks: one large request (a 64 MB string, a
-million short ones) left the server holding gigabytes. `configure` fixes the threshold, so
-blocks of 128 KiB and more (tensors, large bodies) are mapped on their own and unmapped when
-freed, as TF Serving's tcmalloc builds give them back; `release` trims what the heap can
-return. Elsewhere than glibc both do nothing.
+TF Serving's binary is built with tcmalloc. `python -m serving.model_server` runs with it too
+when the system has it (Debian: libtcmalloc-minimal4), re-executing itself with LD_PRELOAD
+before anything is loaded (`tcmalloc_environment`); SERVING_MALLOC=system keeps the system's
+malloc. On the Banking77 model (two cores) a request's session run is cheaper under tcmalloc,
+the more so after the Python work of the request around it (benchmarks/serving_latency.py
+gives the server's figures and which allocator its servers ran with).
+
+The server's entry point makes TensorFlow's oneDNN kernels allocate from the process's
+allocator (TF_ONEDNN_USE_SYSTEM_ALLOCATOR, see __main__.py), whose pool otherwise keeps what
+the largest request needed. Under glibc's malloc, the mmap threshold rises after a large block
+is freed, so the next large blocks come from the heap, and a heap rarely shrinks: one large
+request (a 64 MB string, a million short ones) left the server holding gigabytes. `configure`
+fixes the threshold, so blocks of 128 KiB and more (tensors, large bodies) are mapped on their
+own and unmapped when freed; `release` trims what the heap can return, or under tcmalloc
+returns its free pages (MallocExtension_ReleaseFreeMemory). Elsewhere both do nothing.
 
 A loaded model is some 300,000 Python objects (its graph), and a full garbage collection
 walks them all: 230 ms for the Banking77 model. Requests make enough short-lived garbage to
@@ -20,7 +27,9 @@ make.
 
 import ctypes
 import ctypes.util
+import functools
 import gc
+from typing import Dict, Mapping, Optional
 
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
@@ -41,17 +50,64 @@ def _libc():
 
 _LIBC = _libc()
 
+ALLOCATOR_VARIABLE = "SERVING_MALLOC"  # "system": keep the system's malloc
+_TCMALLOC_NAMES = ("tcmalloc_minimal", "tcmalloc")
+# gperftools warns on stderr of every allocation above 1 GiB, which a request may make.
+_LARGE_ALLOC_REPORT = ("TCMALLOC_LARGE_ALLOC_REPORT_THRESHOLD", str(1 << 40))
+
+
+def tcmalloc_library() -> Optional[str]:
+  """The installed tcmalloc's library name (as LD_PRELOAD takes it), or None."""
+  for name in _TCMALLOC_NAMES:
+    found = ctypes.util.find_library(name)
+    if found:
+      return found
+  return None
+
+
+def tcmalloc_environment(environ: Mapping[str, str]) -> Optional[Dict[str, str]]:
+  """The environment to re-execute the server in so that tcmalloc is its allocator; None
+  when it already is (or was asked for and could not load), when SERVING_MALLOC=system, or
+  when no tcmalloc is installed."""
+  preloaded = environ.get("LD_PRELOAD", "")
+  if environ.get(ALLOCATOR_VARIABLE) == "system" or "tcmalloc" in preloaded:
+    return None
+  library = tcmalloc_library()
+  if library is None:
+    return None
+  changed = dict(environ)
+  changed["LD_PRELOAD"] = " ".join(filter(None, (library, preloaded)))
+  changed.setdefault(*_LARGE_ALLOC_REPORT)
+  return changed
+
+
+@functools.lru_cache(maxsize=None)
+def _tcmalloc_release():
+  """tcmalloc's MallocExtension_ReleaseFreeMemory when tcmalloc is this process's allocator."""
+  try:
+    return ctypes.CDLL(None).MallocExtension_ReleaseFreeMemory
+  except (AttributeError, OSError):
+    return None
+
+
+def allocator() -> str:
+  """"tcmalloc" or "system": which malloc this process runs on."""
+  return "tcmalloc" if _tcmalloc_release() is not None else "system"
+
 
 def configure() -> None:
   """Called once by the server at start-up, before the models load."""
-  if _LIBC is not None:
+  if _LIBC is not None and _tcmalloc_release() is None:
     _LIBC.mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_BYTES)
     _LIBC.mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD_BYTES)
 
 
 def release() -> None:
-  """Returns the heap's free memory to the system (after a large request)."""
-  if _LIBC is not None:
+  """Returns the allocator's free memory to the system (after a large request)."""
+  tcmalloc_release = _tcmalloc_release()
+  if tcmalloc_release is not None:
+    tcmalloc_release()
+  elif _LIBC is not None:
     _LIBC.malloc_trim(0)
 
 
