@@ -4,9 +4,9 @@ and keeping Python's garbage collector off the loaded models.
 TF Serving's binary is built with tcmalloc. `python -m serving.model_server` runs with it too
 when the system has it (Debian: libtcmalloc-minimal4), re-executing itself with LD_PRELOAD
 before anything is loaded (`tcmalloc_environment`); SERVING_MALLOC=system keeps the system's
-malloc. On the Banking77 model (two cores) a request's session run is cheaper under tcmalloc,
-the more so after the Python work of the request around it (benchmarks/serving_latency.py
-gives the server's figures and which allocator its servers ran with).
+malloc. On the Banking77 model (two cores) a one-row session run costs about a sixth less
+under tcmalloc (benchmarks/serving_latency.py: `in_process_tcmalloc` beside `in_process`,
+and the servers' figures with the allocator they ran on).
 
 The server's entry point makes TensorFlow's oneDNN kernels allocate from the process's
 allocator (TF_ONEDNN_USE_SYSTEM_ALLOCATOR, see __main__.py), whose pool otherwise keeps what
