@@ -5,6 +5,7 @@ import shutil
 
 import numpy as np
 import tensorflow as tf
+from tensorflow.core.framework import tensor_pb2
 from tensorflow_serving.apis import classification_pb2
 from tensorflow_serving.apis import predict_pb2
 
@@ -76,3 +77,22 @@ def copy_version(version_dir, base_path, version):
   target = f"{base_path}/{version}"
   shutil.copytree(version_dir, target)
   return target
+
+
+def tensor_proto(dtype, dims, **values) -> tensor_pb2.TensorProto:
+  """A TensorProto built field by field, so a test can send what no well-behaved client makes."""
+  proto = tensor_pb2.TensorProto(dtype=dtype)
+  for size in dims:
+    proto.tensor_shape.dim.add(size=size)
+  for field, content in values.items():
+    getattr(proto, field).extend(content)
+  return proto
+
+
+def rss_bytes(pid="self") -> int:
+  """The resident memory of a process (this one by default)."""
+  with open(f"/proc/{pid}/status") as f:
+    for line in f:
+      if line.startswith("VmRSS:"):
+        return int(line.split()[1]) * 1024
+  raise AssertionError(f"no VmRSS in /proc/{pid}/status")

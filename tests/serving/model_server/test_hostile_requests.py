@@ -8,7 +8,6 @@ import time
 
 import grpc
 import pytest
-from tensorflow.core.framework import tensor_pb2
 from tensorflow.core.framework import types_pb2
 
 from serving.model_server import config_files
@@ -16,7 +15,7 @@ from serving.model_server.core import CoreOptions
 from serving.model_server.server import ModelServer, ServerOptions
 from serving.model_server.tensors import Limits
 from tests import tiny_models
-from tests.serving.helpers import predict_request
+from tests.serving.helpers import predict_request, rss_bytes, tensor_proto
 
 MAX_BODY = 8 * 1024 * 1024
 MODEL = "half_plus_two"
@@ -119,15 +118,6 @@ def test_a_body_announced_over_the_limit_gets_413_before_it_is_sent(server):
   assert_good_request_still_answered(server)
 
 
-def _proto(dtype, dims, **values):
-  proto = tensor_pb2.TensorProto(dtype=dtype)
-  for size in dims:
-    proto.tensor_shape.dim.add(size=size)
-  for field, content in values.items():
-    getattr(proto, field).extend(content)
-  return proto
-
-
 def _predict(stubs, signature, **protos):
   request = predict_request(signature, {}, name=MODEL)
   for alias, proto in protos.items():
@@ -136,20 +126,20 @@ def _predict(stubs, signature, **protos):
 
 
 @pytest.mark.parametrize("signature, inputs, message", [
-    ("serving_default", {"x": _proto(types_pb2.DT_RESOURCE, [1])},
+    ("serving_default", {"x": tensor_proto(types_pb2.DT_RESOURCE, [1])},
      "Expects arg[0] to be float but resource is provided"),
-    ("serving_default", {"x": _proto(types_pb2.DT_VARIANT, [1])},
+    ("serving_default", {"x": tensor_proto(types_pb2.DT_VARIANT, [1])},
      "Expects arg[0] to be float but variant is provided"),
-    ("text_length", {"text": _proto(types_pb2.DT_STRING, [-5], string_val=[b"a"])},
+    ("text_length", {"text": tensor_proto(types_pb2.DT_STRING, [-5], string_val=[b"a"])},
      "Dimension -5 must be >= 0"),
-    ("serving_default", {"x": _proto(types_pb2.DT_FLOAT, [805306368], float_val=[1.0])},
+    ("serving_default", {"x": tensor_proto(types_pb2.DT_FLOAT, [805306368], float_val=[1.0])},
      "the server's limit is 4194304 elements"),
     # The alias is checked before the claimed 3 GiB: nothing is built for a request that
     # names an input the signature does not have.
-    ("serving_default", {"nope": _proto(types_pb2.DT_FLOAT, [805306368], float_val=[1.0])},
+    ("serving_default", {"nope": tensor_proto(types_pb2.DT_FLOAT, [805306368], float_val=[1.0])},
      "Signature input alias: x(x:0) not found in request"),
-    ("text_length", {"text": _proto(types_pb2.DT_STRING, [3],
-                                    string_val=[b"a", b"b", b"c", b"d"])},
+    ("text_length", {"text": tensor_proto(types_pb2.DT_STRING, [3],
+                                          string_val=[b"a", b"b", b"c", b"d"])},
      "tensor parsing error: text"),
 ])
 def test_bad_tensor_protos_are_invalid_argument_and_cost_nothing(stubs, signature, inputs,
@@ -160,23 +150,16 @@ def test_bad_tensor_protos_are_invalid_argument_and_cost_nothing(stubs, signatur
   assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
   assert message in raised.value.details()
   assert time.monotonic() - started < 2
-  answer = _predict(stubs, "serving_default", x=_proto(types_pb2.DT_FLOAT, [1], float_val=[2.0]))
+  answer = _predict(stubs, "serving_default",
+                    x=tensor_proto(types_pb2.DT_FLOAT, [1], float_val=[2.0]))
   assert list(answer.outputs["y"].float_val) == [3.0]
-
-
-def _rss_bytes():
-  with open("/proc/self/status") as f:
-    for line in f:
-      if line.startswith("VmRSS:"):
-        return int(line.split()[1]) * 1024
-  raise AssertionError("no VmRSS in /proc/self/status")
 
 
 @pytest.mark.slow
 def test_memory_goes_back_after_large_requests(server, stubs):
-  strings = _proto(types_pb2.DT_STRING, [1_000_000], string_val=[b"book"] * 1_000_000)
+  strings = tensor_proto(types_pb2.DT_STRING, [1_000_000], string_val=[b"book"] * 1_000_000)
   _predict(stubs, "text_length", text=strings)  # the first one also warms up allocator pools
-  before = _rss_bytes()
+  before = rss_bytes()
   for _ in range(3):
     started = time.monotonic()
     answer = _predict(stubs, "text_length", text=strings)
@@ -186,4 +169,4 @@ def test_memory_goes_back_after_large_requests(server, stubs):
                        "instances": ["x" * (MAX_BODY - 100)]}).encode()
     status, answer = post(server, PREDICT, body)
     assert (status, json.loads(answer)) == (200, {"predictions": [MAX_BODY - 100]})
-  assert _rss_bytes() < before * 1.25 + 64 * 1024 * 1024
+  assert rss_bytes() < before * 1.25 + 64 * 1024 * 1024

@@ -9,13 +9,12 @@ import time
 
 import grpc
 import pytest
-from tensorflow.core.framework import tensor_pb2
 from tensorflow.core.framework import types_pb2
 
 from serving import runners
 from serving.model_server import memory
 from tests import tiny_models
-from tests.serving.helpers import grpc_stubs, predict_request
+from tests.serving.helpers import grpc_stubs, predict_request, rss_bytes, tensor_proto
 
 MODEL = "half_plus_two"
 
@@ -49,27 +48,20 @@ def test_no_re_execution_without_tcmalloc_installed(monkeypatch):
   assert memory.tcmalloc_environment({"PATH": "/bin"}) is None
 
 
-def test_this_test_process_runs_on_the_system_malloc():
-  # In-process servers (the tests' own) keep the interpreter's allocator; only the server's
-  # entry point switches.
-  assert memory.allocator() == "system"
+def _allocator_of_a_process_in(environ):
+  return subprocess.run(
+      [sys.executable, "-c", "from serving.model_server import memory; print(memory.allocator())"],
+      env=environ, check=True, capture_output=True, text=True).stdout.strip()
 
 
-def _proto(dtype, dims, **values):
-  proto = tensor_pb2.TensorProto(dtype=dtype)
-  for size in dims:
-    proto.tensor_shape.dim.add(size=size)
-  for field, content in values.items():
-    getattr(proto, field).extend(content)
-  return proto
-
-
-def _rss_bytes(pid):
-  with open(f"/proc/{pid}/status") as f:
-    for line in f:
-      if line.startswith("VmRSS:"):
-        return int(line.split()[1]) * 1024
-  raise AssertionError(f"no VmRSS in /proc/{pid}/status")
+def test_a_process_knows_which_allocator_it_runs_on():
+  plain = {k: v for k, v in os.environ.items()
+           if k not in ("LD_PRELOAD", memory.ALLOCATOR_VARIABLE)}
+  assert _allocator_of_a_process_in(plain) == "system"
+  preloaded = memory.tcmalloc_environment(plain)
+  if preloaded is None:
+    pytest.skip("no tcmalloc on this machine (Debian: apt-get install libtcmalloc-minimal4)")
+  assert _allocator_of_a_process_in(preloaded) == "tcmalloc"
 
 
 def _mapped_libraries(pid):
@@ -79,7 +71,7 @@ def _mapped_libraries(pid):
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
-  """`python -m serving.model_server` as a user starts it: (process, gRPC port)."""
+  """`python -m serving.model_server` as a user starts it: (process, gRPC port, log path)."""
   base = tmp_path_factory.mktemp("models") / MODEL
   tiny_models.half_plus_two(str(base / "1"), extras=True)
   port = runners.free_port()
@@ -120,15 +112,15 @@ def test_the_server_process_gives_memory_back_after_large_requests(served):
   stubs = grpc_stubs(port)
   request = predict_request("text_length", {}, name=MODEL)
   request.inputs["text"].CopyFrom(
-      _proto(types_pb2.DT_STRING, [1_000_000], string_val=[b"book"] * 1_000_000))
+      tensor_proto(types_pb2.DT_STRING, [1_000_000], string_val=[b"book"] * 1_000_000))
   stubs.prediction.Predict(request, timeout=60)  # the first one also warms up allocator pools
-  before = _rss_bytes(process.pid)
+  before = rss_bytes(process.pid)
   for _ in range(3):
     started = time.monotonic()
     answer = stubs.prediction.Predict(request, timeout=60)
     assert time.monotonic() - started < 30
     assert len(answer.outputs["length"].int_val) == 1_000_000
-  assert _rss_bytes(process.pid) < before * 1.25 + 64 * 1024 * 1024
+  assert rss_bytes(process.pid) < before * 1.25 + 64 * 1024 * 1024
   with pytest.raises(grpc.RpcError) as raised:  # and it still answers, as the binary would
     stubs.prediction.Predict(predict_request("no_such_signature", {}, name=MODEL), timeout=10)
   assert raised.value.code() == grpc.StatusCode.FAILED_PRECONDITION
