@@ -4,6 +4,7 @@ import base64
 import json
 
 import numpy as np
+import orjson
 import pytest
 import tensorflow as tf
 from tensorflow.core.protobuf import meta_graph_pb2
@@ -181,3 +182,48 @@ def test_classifications_become_the_proto_grpc_answers_with():
                                                                               ("b", 0.25)]
   with pytest.raises(ServingError, match="not UTF-8"):
     inference.Classifications(classes=np.array([[b"\xff"]], dtype=object), scores=None).to_proto()
+
+
+def assert_reads_back_as(answer, classes, scores):
+  """The answer, read back, holds these labels and these float32 scores, pair by pair."""
+  rows = json.loads(answer)["results"]
+  assert [[label for label, _ in row] for row in rows] == \
+      [[label.decode("utf-8") for label in labels] for labels in classes]
+  np.testing.assert_array_equal(
+      np.array([[score for _, score in row] for row in rows], np.float32), scores)
+
+
+def test_classify_answers_from_cached_label_templates_equal_the_answer_written_pair_by_pair():
+  rng = np.random.default_rng(7)
+  # Labels that JSON or the template's own %-formatting must escape, and rows whose labels
+  # differ (a top-k classifier), each row with scores from tiny to huge.
+  labels = [b'say "hi"', b"100%s", b"back\\slash", "caf\u00e9 \u2028".encode(), b"tab\there",
+            b"%%", b""]
+  classes = np.array([labels, labels[::-1], labels], dtype=object)
+  scores = np.stack([rng.random(len(labels)), rng.random(len(labels)) * 1e-30,
+                     rng.standard_normal(len(labels)) * 1e30]).astype(np.float32)
+  scores[0, 0], scores[0, 1] = 1.0, -0.0
+  result = inference.Classifications(classes=classes, scores=scores)
+  first = json_answers.classify_response(result)
+  # Each score is the shortest text of its float32, as orjson writes a float32.
+  assert first == orjson.dumps(
+      {"results": [list(zip([l.decode() for l in row], scores[i])) for i, row in
+                   enumerate(classes)]}, option=orjson.OPT_SERIALIZE_NUMPY)
+  assert_reads_back_as(first, classes, scores)
+  # The second answer with the same labels (new bytes objects, as each run makes) and other
+  # scores comes from the cached templates.
+  again = np.array([[bytes(bytearray(l)) for l in row] for row in classes], dtype=object)
+  other = (scores * 0.5).astype(np.float32)
+  assert_reads_back_as(json_answers.classify_response(
+      inference.Classifications(classes=again, scores=other)), again, other)
+
+
+def test_classify_answers_with_a_score_that_is_not_finite_or_a_label_not_utf8_skip_templates():
+  classes = np.array([[b"a", b"b"]], dtype=object)
+  nan = inference.Classifications(classes=classes,
+                                  scores=np.array([[float("nan"), float("-inf")]], np.float32))
+  assert json_answers.classify_response(nan) == b'{"results":[[["a",NaN],["b",-Infinity]]]}'
+  not_utf8 = inference.Classifications(classes=np.array([[b"ok", b"\xff"]], dtype=object),
+                                       scores=np.array([[0.5, 0.5]], np.float32))
+  with pytest.raises(ServingError, match="class label of example 0 is not UTF-8"):
+    json_answers.classify_response(not_utf8)
