@@ -10,6 +10,7 @@ are checked (--enable_signature_method_name_check) and the request size limits.
 """
 
 import dataclasses
+import functools
 from typing import (Awaitable, Callable, Dict, Generator, List, Mapping, Optional, Sequence,
                     Tuple, TypeVar)
 
@@ -93,6 +94,13 @@ class Classifications:
   scores: Optional[np.ndarray]
 
   def to_proto(self) -> classification_pb2.ClassificationResult:
+    if self.classes is not None and self.scores is not None and self.classes.shape[1]:
+      try:
+        return classification_pb2.ClassificationResult.FromString(b"".join(
+            _ClassificationsWire.of(tuple(labels)).filled(scores)
+            for labels, scores in zip(self.classes, self.scores)))
+      except UnicodeDecodeError:
+        pass  # `labels()` names the example
     result = classification_pb2.ClassificationResult()
     size, count = (self.classes if self.classes is not None else self.scores).shape
     labels = self.labels()
@@ -120,6 +128,58 @@ class Classifications:
                            f"a class label of example {i} is not UTF-8, which the "
                            f"ClassificationResult proto requires") from None
     return rows
+
+
+def _varint(value: int) -> bytes:
+  out = bytearray()
+  while value > 0x7F:
+    out.append(value & 0x7F | 0x80)
+    value >>= 7
+  out.append(value)
+  return bytes(out)
+
+
+def _length_delimited_field_1(payload: bytes) -> bytes:
+  return b"\x0a" + _varint(len(payload)) + payload
+
+
+class _ClassificationsWire:
+  """One row of a ClassificationResult on the wire, its labels written once and its scores
+  filled in for each answer, parsed by protobuf's C code in one call.
+
+  A classifier answers the same labels in every row and every request, and adding 77
+  classes one by one through Python's protobuf API took 32 µs of a Banking77 gRPC answer
+  (by hand); filling the row's bytes and parsing them takes a few. Each class is
+  `label` (field 1) and `score` (field 2, a 4-byte little-endian float), so every score
+  sits at a fixed offset of the row's bytes."""
+
+  def __init__(self, labels: Sequence[bytes]):
+    entries, offsets, size = [], [], 0
+    for label in labels:
+      label.decode("utf-8")  # a string field must be UTF-8, or protobuf refuses to parse it
+      entry = _length_delimited_field_1(
+          _length_delimited_field_1(label) + b"\x15" + b"\0\0\0\0")
+      offsets.append(size + len(entry) - 4)
+      entries.append(entry)
+      size += len(entry)
+    header = b"\x0a" + _varint(size)
+    self._template = header + b"".join(entries)
+    self._score_bytes = (np.array(offsets)[:, None] + len(header) + np.arange(4)).reshape(-1)
+
+  @classmethod
+  def of(cls, labels: Tuple[bytes, ...]) -> "_ClassificationsWire":
+    return _wire_for_labels(labels)
+
+  def filled(self, scores: np.ndarray) -> bytes:
+    row = bytearray(self._template)
+    np.frombuffer(row, dtype=np.uint8)[self._score_bytes] = \
+        scores.astype("<f4").view(np.uint8)
+    return bytes(row)
+
+
+@functools.lru_cache(maxsize=64)
+def _wire_for_labels(labels: Tuple[bytes, ...]) -> _ClassificationsWire:
+  return _ClassificationsWire(labels)
 
 
 @dataclasses.dataclass(frozen=True)

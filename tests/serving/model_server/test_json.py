@@ -8,6 +8,7 @@ import orjson
 import pytest
 import tensorflow as tf
 from tensorflow.core.protobuf import meta_graph_pb2
+from tensorflow_serving.apis import classification_pb2
 
 from serving import clients
 from serving.model_server import inference
@@ -227,3 +228,23 @@ def test_classify_answers_with_a_score_that_is_not_finite_or_a_label_not_utf8_sk
                                        scores=np.array([[0.5, 0.5]], np.float32))
   with pytest.raises(ServingError, match="class label of example 0 is not UTF-8"):
     json_answers.classify_response(not_utf8)
+
+
+def test_classifications_written_from_wire_templates_equal_the_proto_built_class_by_class():
+  # Long and non-ASCII labels and 300 classes: lengths that take more than one varint byte.
+  labels = [b"x" * 200, "d\u00e9j\u00e0".encode(), b""] + [b"c%d" % i for i in range(297)]
+  classes = np.array([labels, labels[::-1]], dtype=object)
+  scores = np.random.default_rng(3).random((2, len(labels))).astype(np.float32)
+  scores[0, :3] = [0.0, float("nan"), -float("inf")]
+  expected = classification_pb2.ClassificationResult()
+  for row_labels, row_scores in zip(classes, scores):
+    row = expected.classifications.add().classes
+    for label, score in zip(row_labels, row_scores):
+      row.add(label=label.decode("utf-8"), score=score)
+  for _ in range(2):  # the second answer comes from the cached templates
+    proto = inference.Classifications(classes=classes, scores=scores).to_proto()
+    assert proto.SerializeToString(deterministic=True) == \
+        expected.SerializeToString(deterministic=True)
+  with pytest.raises(ServingError, match="class label of example 1 is not UTF-8"):
+    inference.Classifications(classes=np.array([[b"ok"], [b"\xff"]], dtype=object),
+                              scores=np.array([[0.5], [0.5]], np.float32)).to_proto()
