@@ -10,9 +10,9 @@ are checked (--enable_signature_method_name_check) and the request size limits.
 """
 
 import dataclasses
-import functools
-from typing import (Awaitable, Callable, Dict, Generator, List, Mapping, Optional, Sequence,
-                    Tuple, TypeVar)
+import threading
+from typing import (Awaitable, Callable, Dict, Generator, Generic, List, Mapping, Optional,
+                    Sequence, Tuple, TypeVar)
 
 import grpc
 import numpy as np
@@ -35,6 +35,7 @@ PREDICT_METHOD = tf.saved_model.PREDICT_METHOD_NAME
 
 Outputs = Dict[str, np.ndarray]
 Answer = TypeVar("Answer")
+Template = TypeVar("Template")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,9 +97,10 @@ class Classifications:
   def to_proto(self) -> classification_pb2.ClassificationResult:
     if self.classes is not None and self.scores is not None and self.classes.shape[1]:
       try:
-        return classification_pb2.ClassificationResult.FromString(b"".join(
-            _ClassificationsWire.of(tuple(labels)).filled(scores)
-            for labels, scores in zip(self.classes, self.scores)))
+        rows = [_WIRE_TEMPLATES.get(tuple(labels)) for labels in self.classes]
+        if all(rows):
+          return classification_pb2.ClassificationResult.FromString(b"".join(
+              row.filled(scores) for row, scores in zip(rows, self.scores)))
       except UnicodeDecodeError:
         pass  # `labels()` names the example
     result = classification_pb2.ClassificationResult()
@@ -166,10 +168,6 @@ class _ClassificationsWire:
     self._template = header + b"".join(entries)
     self._score_bytes = (np.array(offsets)[:, None] + len(header) + np.arange(4)).reshape(-1)
 
-  @classmethod
-  def of(cls, labels: Tuple[bytes, ...]) -> "_ClassificationsWire":
-    return _wire_for_labels(labels)
-
   def filled(self, scores: np.ndarray) -> bytes:
     row = bytearray(self._template)
     np.frombuffer(row, dtype=np.uint8)[self._score_bytes] = \
@@ -177,9 +175,42 @@ class _ClassificationsWire:
     return bytes(row)
 
 
-@functools.lru_cache(maxsize=64)
-def _wire_for_labels(labels: Tuple[bytes, ...]) -> _ClassificationsWire:
-  return _ClassificationsWire(labels)
+class LabelTemplates(Generic[Template]):
+  """Answer templates for rows of class labels (tuples of bytes), each built the second time
+  its row is answered, at most `size` kept. A classifier that answers the same labels every
+  time (an estimator's vocabulary) has its template from its second answer on; one whose
+  rows keep changing (a top-k classifier's) never pays for templates it would not reuse:
+  building one costs about twice what writing the answer value by value does."""
+
+  def __init__(self, build: Callable[[Tuple[bytes, ...]], Template], size: int = 64):
+    self._build = build
+    self._size = size
+    self._templates: Dict[Tuple[bytes, ...], Template] = {}
+    self._seen: Dict[Tuple[bytes, ...], None] = {}
+    self._lock = threading.Lock()
+
+  def get(self, labels: Tuple[bytes, ...]) -> Optional[Template]:
+    """The row's template, None the first time the row is seen; `build`'s errors (labels
+    that are not UTF-8) pass through."""
+    template = self._templates.get(labels)
+    if template is not None:
+      return template
+    with self._lock:
+      if labels not in self._seen:
+        self._keep(self._seen, labels, None)
+        return None
+    template = self._build(labels)
+    with self._lock:
+      self._keep(self._templates, labels, template)
+    return template
+
+  def _keep(self, entries: dict, labels, value) -> None:
+    if len(entries) >= self._size:
+      del entries[next(iter(entries))]  # the oldest
+    entries[labels] = value
+
+
+_WIRE_TEMPLATES = LabelTemplates(_ClassificationsWire)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -205,18 +205,25 @@ def test_classify_answers_from_cached_label_templates_equal_the_answer_written_p
                      rng.standard_normal(len(labels)) * 1e30]).astype(np.float32)
   scores[0, 0], scores[0, 1] = 1.0, -0.0
   result = inference.Classifications(classes=classes, scores=scores)
+
+  def written_pair_by_pair(classes, scores):
+    # Each score is the shortest text of its float32, as orjson writes a float32.
+    return orjson.dumps({"results": [list(zip([l.decode() for l in row], scores[i]))
+                                     for i, row in enumerate(classes)]},
+                        option=orjson.OPT_SERIALIZE_NUMPY)
+
   first = json_answers.classify_response(result)
-  # Each score is the shortest text of its float32, as orjson writes a float32.
-  assert first == orjson.dumps(
-      {"results": [list(zip([l.decode() for l in row], scores[i])) for i, row in
-                   enumerate(classes)]}, option=orjson.OPT_SERIALIZE_NUMPY)
+  assert first == written_pair_by_pair(classes, scores)
   assert_reads_back_as(first, classes, scores)
-  # The second answer with the same labels (new bytes objects, as each run makes) and other
-  # scores comes from the cached templates.
-  again = np.array([[bytes(bytearray(l)) for l in row] for row in classes], dtype=object)
-  other = (scores * 0.5).astype(np.float32)
-  assert_reads_back_as(json_answers.classify_response(
-      inference.Classifications(classes=again, scores=other)), again, other)
+  # Later answers with the same labels (new bytes objects, as each run makes) and other
+  # scores come from the templates built at the second.
+  for factor in (0.5, 0.25):
+    again = np.array([[bytes(bytearray(l)) for l in row] for row in classes], dtype=object)
+    other = (scores * factor).astype(np.float32)
+    answer = json_answers.classify_response(inference.Classifications(classes=again,
+                                                                      scores=other))
+    assert answer == written_pair_by_pair(again, other)
+    assert_reads_back_as(answer, again, other)
 
 
 def test_classify_answers_with_a_score_that_is_not_finite_or_a_label_not_utf8_skip_templates():
@@ -226,8 +233,9 @@ def test_classify_answers_with_a_score_that_is_not_finite_or_a_label_not_utf8_sk
   assert json_answers.classify_response(nan) == b'{"results":[[["a",NaN],["b",-Infinity]]]}'
   not_utf8 = inference.Classifications(classes=np.array([[b"ok", b"\xff"]], dtype=object),
                                        scores=np.array([[0.5, 0.5]], np.float32))
-  with pytest.raises(ServingError, match="class label of example 0 is not UTF-8"):
-    json_answers.classify_response(not_utf8)
+  for _ in range(2):  # the second time, the template's build meets the label
+    with pytest.raises(ServingError, match="class label of example 0 is not UTF-8"):
+      json_answers.classify_response(not_utf8)
 
 
 def test_classifications_written_from_wire_templates_equal_the_proto_built_class_by_class():
@@ -241,10 +249,30 @@ def test_classifications_written_from_wire_templates_equal_the_proto_built_class
     row = expected.classifications.add().classes
     for label, score in zip(row_labels, row_scores):
       row.add(label=label.decode("utf-8"), score=score)
-  for _ in range(2):  # the second answer comes from the cached templates
+  for _ in range(3):  # from the second answer on, from the templates
     proto = inference.Classifications(classes=classes, scores=scores).to_proto()
     assert proto.SerializeToString(deterministic=True) == \
         expected.SerializeToString(deterministic=True)
-  with pytest.raises(ServingError, match="class label of example 1 is not UTF-8"):
-    inference.Classifications(classes=np.array([[b"ok"], [b"\xff"]], dtype=object),
-                              scores=np.array([[0.5], [0.5]], np.float32)).to_proto()
+  for _ in range(2):  # the second time, the template's build meets the label
+    with pytest.raises(ServingError, match="class label of example 1 is not UTF-8"):
+      inference.Classifications(classes=np.array([[b"ok"], [b"\xff"]], dtype=object),
+                                scores=np.array([[0.5], [0.5]], np.float32)).to_proto()
+
+
+def test_label_templates_are_built_the_second_time_a_row_is_seen_and_kept_bounded():
+  built = []
+  templates = inference.LabelTemplates(lambda labels: built.append(labels) or b"|".join(labels),
+                                       size=2)
+  assert templates.get((b"a", b"b")) is None
+  assert built == []
+  assert templates.get((b"a", b"b")) == b"a|b"
+  assert templates.get((b"a", b"b")) == b"a|b"
+  assert built == [(b"a", b"b")]  # built once
+  for row in [(b"c",), (b"c",), (b"d",), (b"d",)]:
+    templates.get(row)
+  assert templates.get((b"a", b"b")) is None  # the oldest went when the third was kept
+  failing = inference.LabelTemplates(lambda labels: labels[0].decode("utf-8"))
+  assert failing.get((b"\xff",)) is None
+  for _ in range(2):
+    with pytest.raises(UnicodeDecodeError):
+      failing.get((b"\xff",))
