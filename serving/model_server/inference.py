@@ -149,11 +149,11 @@ class _ClassificationsWire:
   """One row of a ClassificationResult on the wire, its labels written once and its scores
   filled in for each answer, parsed by protobuf's C code in one call.
 
-  A classifier answers the same labels in every row and every request, and adding 77
-  classes one by one through Python's protobuf API took 32 µs of a Banking77 gRPC answer
-  (by hand); filling the row's bytes and parsing them takes a few. Each class is
-  `label` (field 1) and `score` (field 2, a 4-byte little-endian float), so every score
-  sits at a fixed offset of the row's bytes."""
+  A classifier answers the same labels in every row and every request, and adding its
+  classes one by one through Python's protobuf API costs several times more than filling
+  the row's bytes and parsing them (benchmarks/classify_answers.py). Each class is `label`
+  (field 1) and `score` (field 2, a 4-byte little-endian float), so every score sits at a
+  fixed offset of the row's bytes."""
 
   def __init__(self, labels: Sequence[bytes]):
     entries, offsets, size = [], [], 0

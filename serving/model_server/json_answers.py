@@ -189,11 +189,10 @@ def _classify_response_from_templates(classes: np.ndarray, scores: np.ndarray):
   Infinity) or a label is not UTF-8: the value-by-value path then writes or refuses it.
 
   A classifier answers the same labels in every row and every request (an estimator's are
-  its vocabulary), so their JSON is written once, not again for each request. Measured by
-  hand on the Banking77 model (77 classes): the answer took 8 µs instead of 19 (labels
-  decoded, then pairs zipped for orjson), and a whole REST answer in-process 189 µs instead
-  of 211, more than the answer's own saving: a session run right after the old answer
-  writing took 17 µs longer than one after nothing."""
+  its vocabulary), so their JSON is written once, not again for each request. On the
+  Banking77 model (77 classes) a whole REST Classify answered in-process saves more than
+  the answer's own time: the interpreter's work between session runs slows the runs down
+  too. benchmarks/classify_answers.py measures both ways."""
   texts = orjson.dumps(scores, option=_NUMPY)
   if b"null" in texts:
     return None
