@@ -180,7 +180,7 @@ class LabelTemplates(Generic[Template]):
   its row is answered, at most `size` kept. A classifier that answers the same labels every
   time (an estimator's vocabulary) has its template from its second answer on; one whose
   rows keep changing (a top-k classifier's) never pays for templates it would not reuse:
-  building one costs about twice what writing the answer value by value does."""
+  building one costs up to twice what writing the answer value by value does."""
 
   def __init__(self, build: Callable[[Tuple[bytes, ...]], Template], size: int = 64):
     self._build = build

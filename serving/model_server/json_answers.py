@@ -193,14 +193,14 @@ def _classify_response_from_templates(classes: np.ndarray, scores: np.ndarray):
   Banking77 model (77 classes) a whole REST Classify answered in-process saves more than
   the answer's own time: the interpreter's work between session runs slows the runs down
   too. benchmarks/classify_answers.py measures both ways."""
-  texts = orjson.dumps(scores, option=_NUMPY)
-  if b"null" in texts:
-    return None
   try:
     templates = [_ROW_TEMPLATES.get(tuple(labels)) for labels in classes]
   except UnicodeDecodeError:
     return None
   if not all(templates):
+    return None
+  texts = orjson.dumps(scores, option=_NUMPY)
+  if b"null" in texts:
     return None
   parts = [template % tuple(row.split(b","))
            for template, row in zip(templates, texts[2:-2].split(b"],["))]
