@@ -20,6 +20,7 @@ import dataclasses
 import functools
 import os
 import threading
+import time
 from concurrent import futures
 from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
@@ -342,8 +343,11 @@ class ServerCore:
     future = self.submit(run, timeout_ms)
     if future is not None:
       return future.result()
-    return _run_signature(run.handle.servable, run.signature, run.output_keys, run.inputs,
-                          timeout_ms)
+    started = time.perf_counter()
+    outputs = _run_signature(run.handle.servable, run.signature, run.output_keys, run.inputs,
+                             timeout_ms)
+    self._count_runtime(run, started)
+    return outputs
 
   def submit(self, run: inference.SessionRun, timeout_ms: Optional[int] = None
              ) -> Optional["futures.Future[inference.Outputs]"]:
@@ -354,10 +358,24 @@ class ServerCore:
                if self._scheduler is not None else None)
     if options is None:
       return None
-    return self._scheduler.submit(
+    started = time.perf_counter()
+    future = self._scheduler.submit(
         servable, batching.batch_key(run.signature, run.inputs, run.output_keys, options),
         options, functools.partial(_run_signature, servable, run.signature, run.output_keys),
         run.inputs, timeout_ms)
+    if run.api:
+      future.add_done_callback(functools.partial(self._count_answered_batch, run, started))
+    return future
+
+  def _count_answered_batch(self, run: inference.SessionRun, started: float,
+                            done: "futures.Future[inference.Outputs]") -> None:
+    if not done.cancelled() and done.exception() is None:
+      self._count_runtime(run, started)
+
+  def _count_runtime(self, run: inference.SessionRun, started: float) -> None:
+    """TF Serving's runtime latency of a successful run (batched: queuing included)."""
+    if run.api:
+      self.metrics.runtime(run.handle.name, run.api, (time.perf_counter() - started) * 1e6)
 
   def answer(self, steps: inference.Steps, timeout_ms: Optional[int] = None):
     """Drives an API's steps (the `*_steps` methods) on this thread."""

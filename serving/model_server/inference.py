@@ -40,11 +40,13 @@ Template = TypeVar("Template")
 
 @dataclasses.dataclass(frozen=True)
 class SessionRun:
-  """One run an API needs: a signature of a loaded version, on these inputs, these outputs."""
+  """One run an API needs: a signature of a loaded version, on these inputs, these outputs;
+  `api` is what the run's latency is counted under (None: not counted)."""
   handle: Handle
   signature: str
   inputs: Mapping[str, np.ndarray]
   output_keys: Sequence[str]
+  api: Optional[str] = None
 
 
 Steps = Generator[SessionRun, Outputs, Answer]
@@ -251,11 +253,12 @@ def predict(handle: Handle, signature_name: str, inputs: Mapping[str, np.ndarray
   _check_predict_inputs(signature, inputs)
   output_keys = _output_keys(signature, output_filter)
   outputs = yield SessionRun(handle, name, tensors.decode_inputs(inputs, checks.limits),
-                             output_keys)
+                             output_keys, "Predict")
   return model_spec(handle, name), outputs
 
 
-def classify(handle: Handle, signature_name: str, examples: Sequence[bytes], checks: Checks
+def classify(handle: Handle, signature_name: str, examples: Sequence[bytes], checks: Checks,
+             api: Optional[str] = "Classify"
              ) -> Steps[Tuple[model_pb2.ModelSpec, Classifications]]:
   name = signature_name or DEFAULT_SIGNATURE
   signature = _find_signature(handle, name)
@@ -263,20 +266,21 @@ def classify(handle: Handle, signature_name: str, examples: Sequence[bytes], che
   input_key, classes_key, scores_key = _classification_keys(signature)
   batch = _examples_tensor(examples)
   keys = [k for k in (classes_key, scores_key) if k]
-  outputs = yield SessionRun(handle, name, {input_key: batch}, keys)
+  outputs = yield SessionRun(handle, name, {input_key: batch}, keys, api)
   classes = outputs.get(classes_key) if classes_key else None
   scores = outputs.get(scores_key) if scores_key else None
   return model_spec(handle, name), _classification_result(len(batch), classes, scores)
 
 
-def regress(handle: Handle, signature_name: str, examples: Sequence[bytes], checks: Checks
+def regress(handle: Handle, signature_name: str, examples: Sequence[bytes], checks: Checks,
+            api: Optional[str] = "Regress"
             ) -> Steps[Tuple[model_pb2.ModelSpec, Regressions]]:
   name = signature_name or DEFAULT_SIGNATURE
   signature = _find_signature(handle, name)
   _check_method_name(checks, signature, REGRESS_METHOD, "regression")
   input_key, output_key = _regression_keys(signature)
   batch = _examples_tensor(examples)
-  values = (yield SessionRun(handle, name, {input_key: batch}, [output_key]))[output_key]
+  values = (yield SessionRun(handle, name, {input_key: batch}, [output_key], api))[output_key]
   return model_spec(handle, name), _regression_result(len(batch), values)
 
 
@@ -300,13 +304,14 @@ def multi_inference(handle: Handle, request: inference_pb2.MultiInferenceRequest
   response = inference_pb2.MultiInferenceResponse()
   for task in request.tasks:
     result = response.results.add()
+    # TF Serving counts no runtime latency for MultiInference's runs.
     if task.method_name == CLASSIFY_METHOD:
       spec, answer = yield from classify(handle, task.model_spec.signature_name, examples,
-                                         checks)
+                                         checks, api=None)
       result.classification_result.CopyFrom(answer.to_proto())
     elif task.method_name == REGRESS_METHOD:
       spec, answer = yield from regress(handle, task.model_spec.signature_name, examples,
-                                        checks)
+                                        checks, api=None)
       result.regression_result.CopyFrom(answer.to_proto())
     else:
       raise ServingError(grpc.StatusCode.UNIMPLEMENTED,

@@ -3,7 +3,9 @@
 
 Names and labels are TF Serving's (util.cc, prometheus_exporter.cc) and TensorFlow's SavedModel
 loader's: request counts by model and status, request latency (µs) by model, API and entry
-point, recorded for successful requests only as TF Serving does, SavedModel load attempts
+point, recorded for successful requests only as TF Serving does, the session runs' latency
+(µs) by model, API and runtime (Classify, Regress and Predict; MultiInference's runs are not
+counted, as TF Serving's are not), SavedModel load attempts
 and latency by model path, and the batching session's runs, batch sizes, padding and queuing
 latency. Exposition follows TF Serving's exporter: every character outside
 [A-Za-z0-9_] in a name becomes ':', label-less metrics print `{}`, `# TYPE` lines, no HELP.
@@ -16,6 +18,7 @@ from typing import Dict, List, Tuple
 
 REQUEST_COUNT = "/tensorflow/serving/request_count"
 REQUEST_LATENCY = "/tensorflow/serving/request_latency"
+RUNTIME_LATENCY = "/tensorflow/serving/runtime_latency"
 LOAD_ATTEMPT_COUNT = "/tensorflow/cc/saved_model/load_attempt_count"
 LOAD_LATENCY = "/tensorflow/cc/saved_model/load_latency"
 BATCHING_WRAPPED_RUN_COUNT = "/tensorflow/serving/batching_session/wrapped_run_count"
@@ -25,12 +28,13 @@ BATCHING_PADDING_SIZE = "/tensorflow/serving/batching_session/padding_size"
 BATCHING_QUEUING_LATENCY = "/tensorflow/serving/batching_session/queuing_latency"
 DEFAULT_PATH = "/monitoring/prometheus/metrics"
 
-# TF Serving's buckets: request latency Exponential(10, 1.8, 33) µs, batching queuing latency
+# TF Serving's buckets: request and runtime latency Exponential(10, 1.8, 33) µs, batching queuing latency
 # Exponential(100, 1.2, 52) µs, batch and padding sizes Exponential(1, 2, 14).
 _LATENCY_BUCKETS = [10 * 1.8 ** i for i in range(33)]
 _QUEUING_BUCKETS = [100 * 1.2 ** i for i in range(52)]
 _SIZE_BUCKETS = [2.0 ** i for i in range(14)]
-_BUCKETS = {REQUEST_LATENCY: _LATENCY_BUCKETS, BATCHING_QUEUING_LATENCY: _QUEUING_BUCKETS,
+_BUCKETS = {REQUEST_LATENCY: _LATENCY_BUCKETS, RUNTIME_LATENCY: _LATENCY_BUCKETS,
+            BATCHING_QUEUING_LATENCY: _QUEUING_BUCKETS,
             BATCHING_INPUT_BATCH_SIZE: _SIZE_BUCKETS, BATCHING_PROCESSED_BATCH_SIZE: _SIZE_BUCKETS,
             BATCHING_PADDING_SIZE: _SIZE_BUCKETS}
 _Labels = Tuple[Tuple[str, str], ...]
@@ -94,6 +98,11 @@ class Metrics:
     if status == "OK":
       self.observe(REQUEST_LATENCY, latency_micros, model_name=model_name, API=api,
                    entrypoint=entrypoint)
+
+  def runtime(self, model_name: str, api: str, latency_micros: float) -> None:
+    """One successful session run of an API, as TF Serving's TF1 runtime records it: with
+    batching, from the queuing of the request to its batch's answer."""
+    self.observe(RUNTIME_LATENCY, latency_micros, model_name=model_name, API=api, runtime="TF1")
 
   def load(self, model_path: str, ok: bool, latency_micros: float) -> None:
     self.add(LOAD_ATTEMPT_COUNT, model_path=model_path, status="success" if ok else "fail")

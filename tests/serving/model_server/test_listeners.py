@@ -143,6 +143,9 @@ def test_the_prometheus_page_counts_requests_under_tf_servings_names(base_path):
   assert "# TYPE :tensorflow:serving:request_latency histogram" in text
   assert (':tensorflow:serving:request_latency_count{model_name="half_plus_two",API="Predict",'
           'entrypoint="GRPC"} 3') in text
+  # Every successful run, over gRPC and REST alike; the refused request never ran.
+  assert (':tensorflow:serving:runtime_latency_count{model_name="half_plus_two",API="Predict",'
+          'runtime="TF1"} 4') in text
   assert ':tensorflow:cc:saved_model:load_attempt_count{model_path="' in text
 
 
