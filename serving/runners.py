@@ -108,12 +108,13 @@ class Runner(abc.ABC):
   backend = ""
 
   def __init__(self, models: Sequence[ServedModel], work_dir: str,
-               batching_parameters=None):
+               batching_parameters=None, prometheus_path: Optional[str] = None):
     if not models:
       raise ValueError("a runner needs at least one model")
     self.models = list(models)
     self.work_dir = work_dir
     self.batching_parameters = batching_parameters  # a BatchingParameters message: batching on
+    self.prometheus_path = prometheus_path  # metrics on the REST port at this path
     self.grpc_port = free_port()
     self.rest_port = free_port()
     while self.rest_port == self.grpc_port:
@@ -148,7 +149,19 @@ class Runner(abc.ABC):
         f.write(config_files.to_text(self.batching_parameters))
       flags += ["--enable_batching", f"--batching_parameters_file={seen_from}/"
                                      f"batching_parameters.txt"]
+    if self.prometheus_path is not None:
+      monitoring = config_files.MonitoringConfig()
+      monitoring.prometheus_config.enable = True
+      monitoring.prometheus_config.path = self.prometheus_path
+      with open(os.path.join(self.work_dir, "monitoring.config"), "w") as f:
+        f.write(config_files.to_text(monitoring))
+      flags.append(f"--monitoring_config_file={seen_from}/monitoring.config")
     return flags
+
+  @property
+  def metrics_url(self) -> str:
+    """The Prometheus page (with `prometheus_path`)."""
+    return f"http://{self.rest_target}{self.prometheus_path}"
 
   @abc.abstractmethod
   def start(self) -> None:

@@ -16,6 +16,7 @@ from serving.smoke_test import verdict as smoke_test
 
 NO_BINARY = f"{runners.BINARY} is not on PATH"
 NO_DOCKER = "no Docker engine answers (DOCKER_HOST or the local socket)"
+METRICS_PATH = "/monitoring/prometheus/metrics"
 
 
 def models(base):
@@ -31,10 +32,10 @@ def flag_map(command):
 def test_every_process_runner_passes_tf_serving_flags_and_the_same_config(tmp_path):
   batching = config_files.batching_parameters(16, batch_timeout_micros=500)
   binary = runners.BinaryRunner(models("/data"), str(tmp_path / "b"),
-                                batching_parameters=batching,
+                                batching_parameters=batching, prometheus_path=METRICS_PATH,
                                 binary="/opt/tfs/tensorflow_model_server")
   embedded = runners.EmbeddedRunner(models("/data"), str(tmp_path / "e"),
-                                    batching_parameters=batching)
+                                    batching_parameters=batching, prometheus_path=METRICS_PATH)
   binary_command, embedded_command = binary.command(), embedded.command()
   assert binary_command[0] == "/opt/tfs/tensorflow_model_server"
   assert embedded_command[:3] == [sys.executable, "-m", "serving.model_server"]
@@ -52,13 +53,18 @@ def test_every_process_runner_passes_tf_serving_flags_and_the_same_config(tmp_pa
     assert all(m.model_platform == "tensorflow" for m in entries.values())
     params = config_files.read_batching_parameters(given["--batching_parameters_file"])
     assert params == batching
+    monitoring = config_files.read_monitoring_config(given["--monitoring_config_file"])
+    assert monitoring.prometheus_config.enable
+    assert monitoring.prometheus_config.path == METRICS_PATH
     assert runner.grpc_target == f"127.0.0.1:{runner.grpc_port}"
+    assert runner.metrics_url == f"http://127.0.0.1:{runner.rest_port}{METRICS_PATH}"
   assert set(flag_map(binary_command)) == set(flag_map(embedded_command))
 
 
 def test_the_embedded_server_accepts_exactly_what_its_runner_passes(tmp_path):
   runner = runners.EmbeddedRunner(models("/data"), str(tmp_path),
-                                  batching_parameters=config_files.batching_parameters(8))
+                                  batching_parameters=config_files.batching_parameters(8),
+                                  prometheus_path=METRICS_PATH)
   values = flags.FlagValues()
   model_server_command.define_flags(values)
   values(["model_server", *runner.command()[3:]])
@@ -68,6 +74,7 @@ def test_the_embedded_server_accepts_exactly_what_its_runner_passes(tmp_path):
   assert options.bind_address == "127.0.0.1"
   assert core_options.batching_parameters.max_batch_size.value == 8
   assert core_options.max_num_load_retries == 0
+  assert options.prometheus_path == METRICS_PATH
 
 
 def test_the_docker_runner_maps_loopback_ports_and_mounts_models_read_only(tmp_path):
