@@ -16,6 +16,11 @@ gRPC throughput at 32 (grpc.aio and h2load), with
 failures counted, and every server's answers to 64 distinct examples sent at once compared
 with the in-process ones. The load is Classify of one evaluation example a request.
 
+Where the batch-1 time goes inside a server comes from the server's own Prometheus page
+(TF Serving's metrics): its mean Classify session run (`runtime_latency`) and request time
+(`request_latency`, parse to answer) over the one-connection REST and gRPC figures, beside the
+same run's mean in a loop in-process (`*_server_run_mean_over_caller_thread_mean`).
+
 Whether the client is the bottleneck is measured, not assumed: the same clients against
 servers that answer instantly (a trivial uvicorn app, and trivial grpcio servers, thread-pool
 and asyncio, returning answers of the same size) give their ceilings, with the CPU time each
@@ -34,6 +39,7 @@ import asyncio
 import dataclasses
 import json
 import os
+import re
 import resource
 import shutil
 import statistics
@@ -41,6 +47,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from concurrent import futures
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -69,6 +76,7 @@ from trainer import pipeline  # noqa: E402
 
 PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROJECT_BATCHING = os.path.join(PROJECT_ROOT, "serving", "docker", "batching_parameters.txt")
+METRICS_PATH = "/monitoring/prometheus/metrics"
 SIGNATURE = "serving_default"
 MODEL_NAME = "intent"
 REST_P50_TARGET, REST_P50_GOAL = 2.5, 2.0
@@ -317,7 +325,8 @@ def in_process(version_dir, requests, count=2000):
   session.run and callables run by default (the in-process baseline), and on the calling
   thread, as the server runs one row (export/servable.py), for reference; that one also
   after an idle gap before each call, as a server at one connection runs it, which shows
-  what the CPU's return from idle costs a run (caches, wake-up), apart from the server."""
+  what the CPU's return from idle costs a run (caches, wake-up), apart from the server. The
+  mean of the hot calling-thread runs is beside the servers' own mean run time."""
   with SessionServable(version_dir) as servable:
     run = servable.callable(SIGNATURE, ["inputs"], ["classes", "scores"])
     inline = servable.callable(SIGNATURE, ["inputs"], ["classes", "scores"], caller_thread=True)
@@ -325,28 +334,24 @@ def in_process(version_dir, requests, count=2000):
     for batch in batches:
       run(batch)
 
-    def p50(call):
+    def millis(call, idle_gap=0.0):
       seconds = []
       for i in range(count):
+        if idle_gap:
+          time.sleep(idle_gap)
         started = time.perf_counter()
         call(batches[i % len(batches)])
         seconds.append(time.perf_counter() - started)
-      return float(np.percentile(np.array(seconds) * 1e3, 50))
-
-    def p50_after_idle(call):
-      seconds = []
-      for i in range(count):
-        time.sleep(IDLE_GAP_SECONDS)
-        started = time.perf_counter()
-        call(batches[i % len(batches)])
-        seconds.append(time.perf_counter() - started)
-      return float(np.percentile(np.array(seconds) * 1e3, 50))
+      return np.array(seconds) * 1e3
 
     answers = {i: run(batches[i % len(batches)]) for i in range(len(batches))}
     inline(batches[0])
-    return {"session_callable_p50_ms": p50(run),
-            "caller_thread_p50_ms": p50(inline),
-            "caller_thread_after_idle_p50_ms": p50_after_idle(inline)}, answers
+    pooled, hot = millis(run), millis(inline)
+    return {"session_callable_p50_ms": float(np.percentile(pooled, 50)),
+            "caller_thread_p50_ms": float(np.percentile(hot, 50)),
+            "caller_thread_mean_ms": float(hot.mean()),
+            "caller_thread_after_idle_p50_ms": float(np.percentile(
+                millis(inline, IDLE_GAP_SECONDS), 50))}, answers
 
 
 def answers_agree(server, requests, expected, copies=4):
@@ -397,13 +402,47 @@ def start_servers(version_dir, scratch, batching_files):
   for name, path in batching_files.items():
     params = config_files.read_batching_parameters(path) if path else None
     runner = runners.EmbeddedRunner([runners.ServedModel(MODEL_NAME, os.path.dirname(
-        version_dir))], os.path.join(scratch, f"server-{name}"), batching_parameters=params)
+        version_dir))], os.path.join(scratch, f"server-{name}"), batching_parameters=params,
+        prometheus_path=METRICS_PATH)
     runner.start()
     servers[name] = runner
   for runner in servers.values():
     runners.wait_until_available(runner.grpc_target, runner.model_names, 600,
                                  runner.check_alive)
   return servers
+
+
+def latency_totals(server):
+  """The server's own (sum µs, count) of Classify's session runs (`runtime_latency`) and of
+  its REST and gRPC requests (`request_latency`, parse to answer, without the HTTP/2 or HTTP
+  stack), from its Prometheus page."""
+  with urllib.request.urlopen(server.metrics_url, timeout=30) as page:
+    text = page.read().decode()
+  totals = {}
+  for metric, part, labels, value in _LATENCY_LINE.findall(text):
+    if 'API="Classify"' not in labels and 'API="classify"' not in labels:  # REST's verb
+      continue
+    key = "run" if metric == "runtime" else \
+        ("rest_request" if 'entrypoint="REST"' in labels else "grpc_request")
+    total, count = totals.get(key, (0.0, 0))
+    totals[key] = (total + float(value), count) if part == "sum" else (total, count + int(value))
+  return totals
+
+
+_LATENCY_LINE = re.compile(r"^:tensorflow:serving:(runtime|request)_latency_(sum|count)"
+                           r"\{([^}]*)\} (\S+)$", re.MULTILINE)
+
+
+def with_server_means(server, measure):
+  """`measure()`'s figures, with the server's own mean Classify run and request time (ms)
+  over it: where the client's latency goes inside the server."""
+  before = latency_totals(server)
+  figures = measure()
+  for key, (total, count) in latency_totals(server).items():
+    total_before, count_before = before.get(key, (0.0, 0))
+    if count > count_before:
+      figures[f"server_{key}_mean_ms"] = (total - total_before) / (count - count_before) / 1e3
+  return figures
 
 
 def trivial_servers(scratch, rest_answer, grpc_answer):
@@ -517,16 +556,23 @@ def measure_model(version_dir, scratch):
     for _ in range(FLAGS.rounds):
       for name, server in servers.items():
         figures = {}
-        rest_c1 = wrk(server.rest_target, requests, 1, FLAGS.seconds, scratch)
+        rest_c1 = with_server_means(server, lambda: wrk(server.rest_target, requests, 1,
+                                                        FLAGS.seconds, scratch))
         figures["rest_batch1_p50_ms"] = rest_c1["p50_ms"]
         figures["rest_batch1_p99_ms"] = rest_c1["p99_ms"]
         figures["rest_c1_requests_per_s"] = rest_c1["requests_per_s"]
+        figures["rest_c1_server_request_mean_ms"] = rest_c1["server_rest_request_mean_ms"]
+        figures["rest_c1_server_run_mean_ms"] = rest_c1["server_run_mean_ms"]
         grpc_c1 = grpc_latency(server.grpc_target, requests, FLAGS.latency_requests)
         figures["grpc_batch1_p50_ms"] = grpc_c1["p50_ms"]
         figures["grpc_batch1_p99_ms"] = grpc_c1["p99_ms"]
-        h2load_c1 = h2load_grpc(server.grpc_target, requests, 1, FLAGS.seconds, scratch)
+        h2load_c1 = with_server_means(server, lambda: h2load_grpc(
+            server.grpc_target, requests, 1, FLAGS.seconds, scratch))
         figures["grpc_h2load_batch1_p50_ms"] = h2load_c1["p50_ms"]
         figures["grpc_h2load_batch1_p99_ms"] = h2load_c1["p99_ms"]
+        figures["grpc_h2load_c1_server_request_mean_ms"] = \
+            h2load_c1["server_grpc_request_mean_ms"]
+        figures["grpc_h2load_c1_server_run_mean_ms"] = h2load_c1["server_run_mean_ms"]
         h2load_c32 = h2load_grpc(server.grpc_target, requests, 32, FLAGS.seconds, scratch)
         figures["grpc_h2load_c32_requests_per_s"] = h2load_c32["requests_per_s"]
         figures["grpc_h2load_c32_p99_ms"] = h2load_c32["p99_ms"]
@@ -571,6 +617,10 @@ def measure_model(version_dir, scratch):
       "grpc_h2load_batch1_p50_over_rest_wrk_batch1_p50": round(
           configs["off"]["grpc_h2load_batch1_p50_ms"] / configs["off"]["rest_batch1_p50_ms"],
           3)}
+  for protocol, key in (("rest", "rest_c1_server_run_mean_ms"),
+                        ("grpc", "grpc_h2load_c1_server_run_mean_ms")):
+    ratios[f"{protocol}_c1_server_run_mean_over_caller_thread_mean"] = round(
+        configs["off"][key] / floor["caller_thread_mean_ms"], 3)
   if floor_tcmalloc is not None:
     for protocol in ("rest", "grpc"):
       ratios[f"{protocol}_batch1_p50_over_in_process_tcmalloc"] = round(
