@@ -2,6 +2,9 @@
 
 import pytest
 
+from serving.model_server import config_files
+from serving.model_server.core import CoreOptions, ServerCore
+from tests import tiny_models
 from tests.serving.helpers import grpc_stubs
 
 
@@ -11,3 +14,24 @@ def stubs(server):
   result = grpc_stubs(server.grpc_port)
   yield result
   result.close()
+
+
+@pytest.fixture
+def core_with(tmp_path):
+  """Makes a loaded ServerCore over half_plus_two, batching as the given parameters say
+  (None: off), with the given warmup records and core options; closes them at the end."""
+  made = []
+
+  def make(batching_parameters=None, name="half_plus_two", warmup_logs=None, **options):
+    base = tmp_path / f"{name}-{len(made)}"
+    tiny_models.half_plus_two(str(base / "1"), warmup_logs=warmup_logs)
+    core = ServerCore(config_files.single_model_config(name, str(base)),
+                      CoreOptions(batching_parameters=batching_parameters,
+                                  max_num_load_retries=0, **options))
+    core.load()
+    made.append(core)
+    return core
+
+  yield make
+  for core in made:
+    core.close()

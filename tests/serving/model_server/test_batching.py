@@ -40,26 +40,6 @@ def spec(signature, name="half_plus_two"):
   return model_pb2.ModelSpec(name=name, signature_name=signature)
 
 
-@pytest.fixture
-def core_with(tmp_path):
-  """A ServerCore over half_plus_two, batching as the given parameters say (None: off)."""
-  made = []
-
-  def make(batching_parameters, name="half_plus_two", **options):
-    base = tmp_path / f"{name}-{len(made)}"
-    tiny_models.half_plus_two(str(base / "1"))
-    core = ServerCore(config_files.single_model_config(name, str(base)),
-                      CoreOptions(batching_parameters=batching_parameters,
-                                  max_num_load_retries=0, **options))
-    core.load()
-    made.append(core)
-    return core
-
-  yield make
-  for core in made:
-    core.close()
-
-
 def at_once(calls):
   """Runs every call on its own thread at the same time; (results, errors) in call order."""
   with futures.ThreadPoolExecutor(len(calls)) as pool:

@@ -14,7 +14,6 @@ from tensorflow_serving.apis import model_pb2
 from tensorflow_serving.apis import prediction_log_pb2
 
 from serving.model_server import config_files
-from serving.model_server.core import CoreOptions, ServerCore
 from serving.model_server.status import ServingError
 from tests import tiny_models
 
@@ -34,25 +33,6 @@ def spec(signature):
 
 def examples(*values):
   return [tiny_models.x_example(v).SerializeToString() for v in values]
-
-
-@pytest.fixture
-def core_with(tmp_path):
-  made = []
-
-  def make(batching_parameters=None, warmup_logs=None):
-    base = tmp_path / f"model-{len(made)}"
-    tiny_models.half_plus_two(str(base / "1"), warmup_logs=warmup_logs)
-    core = ServerCore(config_files.single_model_config("half_plus_two", str(base)),
-                      CoreOptions(batching_parameters=batching_parameters,
-                                  max_num_load_retries=0))
-    core.load()
-    made.append(core)
-    return core
-
-  yield make
-  for core in made:
-    core.close()
 
 
 def test_each_successful_run_is_counted_under_its_model_and_api(core_with):
