@@ -70,13 +70,13 @@ from serving import probes  # noqa: E402
 from serving import runners  # noqa: E402
 from serving.model_server import config_files  # noqa: E402
 from serving.model_server import memory  # noqa: E402
+from serving.model_server import monitoring  # noqa: E402
 from serving.tune_batching import tuner  # noqa: E402
 from trainer import command  # noqa: E402
 from trainer import pipeline  # noqa: E402
 
 PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROJECT_BATCHING = os.path.join(PROJECT_ROOT, "serving", "docker", "batching_parameters.txt")
-METRICS_PATH = "/monitoring/prometheus/metrics"
 SIGNATURE = "serving_default"
 MODEL_NAME = "intent"
 REST_P50_TARGET, REST_P50_GOAL = 2.5, 2.0
@@ -403,7 +403,7 @@ def start_servers(version_dir, scratch, batching_files):
     params = config_files.read_batching_parameters(path) if path else None
     runner = runners.EmbeddedRunner([runners.ServedModel(MODEL_NAME, os.path.dirname(
         version_dir))], os.path.join(scratch, f"server-{name}"), batching_parameters=params,
-        prometheus_path=METRICS_PATH)
+        prometheus_path=monitoring.DEFAULT_PATH)
     runner.start()
     servers[name] = runner
   for runner in servers.values():

@@ -363,8 +363,7 @@ class ServerCore:
         servable, batching.batch_key(run.signature, run.inputs, run.output_keys, options),
         options, functools.partial(_run_signature, servable, run.signature, run.output_keys),
         run.inputs, timeout_ms)
-    if run.api:
-      future.add_done_callback(functools.partial(self._count_answered_batch, run, started))
+    future.add_done_callback(functools.partial(self._count_answered_batch, run, started))
     return future
 
   def _count_answered_batch(self, run: inference.SessionRun, started: float,

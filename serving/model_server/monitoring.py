@@ -28,8 +28,8 @@ BATCHING_PADDING_SIZE = "/tensorflow/serving/batching_session/padding_size"
 BATCHING_QUEUING_LATENCY = "/tensorflow/serving/batching_session/queuing_latency"
 DEFAULT_PATH = "/monitoring/prometheus/metrics"
 
-# TF Serving's buckets: request and runtime latency Exponential(10, 1.8, 33) µs, batching queuing latency
-# Exponential(100, 1.2, 52) µs, batch and padding sizes Exponential(1, 2, 14).
+# TF Serving's buckets: request and runtime latency Exponential(10, 1.8, 33) µs, batching
+# queuing latency Exponential(100, 1.2, 52) µs, batch and padding sizes Exponential(1, 2, 14).
 _LATENCY_BUCKETS = [10 * 1.8 ** i for i in range(33)]
 _QUEUING_BUCKETS = [100 * 1.2 ** i for i in range(52)]
 _SIZE_BUCKETS = [2.0 ** i for i in range(14)]

@@ -70,10 +70,8 @@ def test_failed_runs_and_multi_inference_runs_are_not_counted(core_with):
 
 
 def test_batched_requests_are_each_counted_once_with_their_wait_for_the_batch(core_with):
-  parameters = config_files.BatchingParameters()
-  parameters.max_batch_size.value = 4
-  parameters.batch_timeout_micros.value = 30_000_000  # the batch runs only once full
-  core = core_with(parameters)
+  # The batch runs only once full.
+  core = core_with(config_files.batching_parameters(4, batch_timeout_micros=30_000_000))
   started = threading.Barrier(4)
 
   def ask(value):
