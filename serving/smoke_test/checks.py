@@ -4,7 +4,7 @@ what the same version answers in-process, and request latencies.
 The comparison rule is strict on purpose, unlike the optimizer's guard (optimize/guard.py),
 which counts how often two different models agree: here the server and the reference run the
 same version, so classes must be equal and floats equal within the noise of writing float32 as
-text (1e-4 relative, 1e-5 absolute by default); any other difference is a serving bug.
+text (`RTOL` relative, `ATOL` absolute by default); any other difference is a serving bug.
 """
 
 import dataclasses
@@ -17,6 +17,8 @@ from export.servable import SessionServable
 from serving.clients import CLASSIFY, PREDICT, REGRESS, REQUEST_ERRORS, ModelClient, error_text
 from serving.probes import Probe
 
+# The comparison rule's default tolerances (the noise of float32 written as text).
+RTOL, ATOL = 1e-4, 1e-5
 _BATCH_1_CHECKS = 3
 _WARM_CALLS = 5
 

@@ -116,8 +116,9 @@ def run_smoke_test(model_base_path: str, model_name: str, output_dir: Optional[s
                    rest_target: Optional[str] = None, examples_file: Optional[str] = None,
                    batch_size: int = 8, latency_requests: int = 50,
                    deadline_secs: float = 300.0, num_tries: int = 5,
-                   batching_parameters_file: Optional[str] = None, rtol: float = 1e-4,
-                   atol: float = 1e-5, expected_version: Optional[int] = None,
+                   batching_parameters_file: Optional[str] = None,
+                   rtol: float = checks_lib.RTOL, atol: float = checks_lib.ATOL,
+                   expected_version: Optional[int] = None,
                    expected_oos_threshold: Optional[float] = None, log=print) -> Verdict:
   """Serves (or reaches) the model, checks every signature, writes and returns the verdict.
 
