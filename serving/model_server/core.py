@@ -15,14 +15,13 @@ real server, a base path with no version to load fails at once instead of waitin
 one to appear, so a bad model dir gives an error, never a hang.
 """
 
-import contextlib
 import dataclasses
 import functools
 import os
 import threading
 import time
 from concurrent import futures
-from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
+from typing import ContextManager, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import grpc
 import numpy as np
@@ -260,8 +259,7 @@ class ServerCore:
 
   # -- lookup ----------------------------------------------------------------------------------
 
-  @contextlib.contextmanager
-  def handle(self, spec: model_pb2.ModelSpec) -> Iterator[Handle]:
+  def handle(self, spec: model_pb2.ModelSpec) -> ContextManager[Handle]:
     """The loaded version a ModelSpec asks for (ServerCore::GetServableHandle), held until
     the block ends, so it cannot unload under the request."""
     if not spec.name:
@@ -277,8 +275,7 @@ class ServerCore:
       number, described = spec.version.value, f"Specific({spec.name}, {spec.version.value})"
     else:
       number, described = None, f"Latest({spec.name})"
-    with self._manager.acquire(spec.name, number, described) as handle:
-      yield handle
+    return self._manager.acquire(spec.name, number, described)
 
   def signature_inputs(self, spec: model_pb2.ModelSpec, signature_name: str
                        ) -> Mapping[str, meta_graph_pb2.TensorInfo]:

@@ -167,12 +167,13 @@ class VersionManager:
     """The available version `number` (the highest when None) of `name`, held until the
     block ends; NOT_FOUND `Servable not found for request: <described>` otherwise."""
     with self._lock:
-      available = {v.version: v for v in self._models.get(name, {}).values()
-                   if v.state == State.AVAILABLE}
-      if number is None and available:
-        number = max(available)
-      version = available.get(number)
-      if version is None:
+      versions = self._models.get(name, {})
+      if number is None:
+        version = max((v for v in versions.values() if v.state == State.AVAILABLE),
+                      key=lambda v: v.version, default=None)
+      else:
+        version = versions.get(number)
+      if version is None or version.state != State.AVAILABLE:
         raise not_found(f"Servable not found for request: {described}")
       version.in_flight += 1
       servable = version.servable
@@ -181,7 +182,8 @@ class VersionManager:
     finally:
       with self._lock:
         version.in_flight -= 1
-        self._lock.notify_all()
+        if version.state == State.UNLOADING:  # `_unload` waits for the last one out
+          self._lock.notify_all()
 
   def versions(self, name: str) -> Dict[int, Version]:
     """A snapshot of every version of `name` the manager knows, gone ones included."""

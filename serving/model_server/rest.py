@@ -67,9 +67,8 @@ def _model_spec(name: str, version: Optional[str], label: Optional[str]) -> mode
   return spec
 
 
-def _labels(method: str, path: str) -> Tuple[str, str]:
+def _labels(method: str, match: Optional[re.Match]) -> Tuple[str, str]:
   """(model name, API) of a request, as TF Serving labels its REST metrics."""
-  match = (_PREDICTION_PATH if method == "POST" else _STATUS_PATH).fullmatch(path)
   if not match or not match.group(1):
     return "", ""
   try:
@@ -142,8 +141,9 @@ class RestApi:
       return 404, _JSON, self.refuse(method, path, error, 404)
     started = time.perf_counter()
     code = "OK"
+    match = (_PREDICTION_PATH if method == "POST" else _STATUS_PATH).fullmatch(path)
     try:
-      output, status = (yield from self._process(method, path, body, origin)), 200
+      output, status = (yield from self._process(method, path, match, body, origin)), 200
     except ServingError as e:
       status, code = e.http_status, e.code.name
       output = self.refuse(method, path, e, status)
@@ -152,19 +152,19 @@ class RestApi:
       logging.error("Internal error on %s %s: %s: %s (%s:%d)", method, path[:200],
                     type(e).__name__, str(e)[:200], where.filename, where.lineno)
       output, status, code = json_answers.error_body(f"Internal error: {e}"), 500, "INTERNAL"
-    name, api = _labels(method, path)
+    name, api = _labels(method, match)
     self._core.metrics.request(name, code, api, "REST", (time.perf_counter() - started) * 1e6)
     return status, _JSON, output
 
-  def _process(self, method: str, path: str, body: bytes, origin: str
-               ) -> inference.Steps[bytes]:
+  def _process(self, method: str, path: str, match: Optional[re.Match], body: bytes,
+               origin: str) -> inference.Steps[bytes]:
+    """`match`: the path against the POST (prediction) or the GET (status) pattern."""
     if method == "OPTIONS":
       if re.search(r"https?://", origin):
         return b""
       raise ServingError(grpc.StatusCode.FAILED_PRECONDITION,
                          "Origin header is missing in CORS preflight")
     if method == "POST":
-      match = _PREDICTION_PATH.fullmatch(path)
       if not match:
         raise _malformed(method, path)
       name, version, label, verb = match.groups()
@@ -177,7 +177,6 @@ class RestApi:
         return (yield from self._regress(spec, body))
       raise _malformed(method, path)  # the path matches case-insensitively, the verb does not
     if method == "GET":
-      match = _STATUS_PATH.fullmatch(path)
       if not match:
         raise _malformed(method, path)
       name, version, label, metadata = match.groups()
