@@ -22,10 +22,12 @@ Where the batch-1 time goes inside a server comes from the server's own Promethe
 same run's mean in a loop in-process (`*_server_run_mean_over_caller_thread_mean`).
 
 Whether the client is the bottleneck is measured, not assumed: the same clients against
-servers that answer instantly (a trivial uvicorn app, and trivial grpcio servers, thread-pool
-and asyncio, returning answers of the same size) give their ceilings, with the CPU time each
-server stack spends on a request, its floor; the clients' own CPU time per request is
-reported too. Prints JSON; needs `wrk` and `h2load` on PATH (Debian packages wrk, nghttp2-client).
+servers that answer instantly (a trivial uvicorn app, and trivial gRPC servers: grpcio's
+thread-pool and asyncio ones, and grpclib's, returning answers of the same size) give their
+ceilings, with the CPU time each server stack spends on a request, its floor; the clients' own
+CPU time per request is reported too. Each gRPC stack's one-connection p50 over uvicorn's says
+whether any of them could let gRPC answer as fast as REST. Prints JSON; needs `wrk` and
+`h2load` on PATH (Debian packages wrk, nghttp2-client).
 
 The servers run on tcmalloc when the system has it, as `python -m serving.model_server` does
 (serving/model_server/memory.py; SERVING_MALLOC=system keeps the system's malloc), and the
@@ -162,6 +164,30 @@ async def main():
     await server.start()
     await server.wait_for_termination()
 asyncio.run(main())
+"""
+
+# grpclib: the other Python gRPC server there is, asyncio on h2 (HTTP/2 in Python), on uvloop
+# as the REST server runs; measured beside grpcio's to know whether serving gRPC with it
+# would bring gRPC's per-request cost down to uvicorn's.
+TRIVIAL_GRPCLIB = r"""
+import sys, uvloop
+from grpclib.const import Cardinality, Handler
+from grpclib.server import Server
+from tensorflow_serving.apis import classification_pb2
+answer = classification_pb2.ClassificationResponse.FromString(open(sys.argv[2], "rb").read())
+async def classify(stream):
+    await stream.recv_message()
+    await stream.send_message(answer)
+class Service:
+    def __mapping__(self):
+        return {"/tensorflow.serving.PredictionService/Classify": Handler(
+            classify, Cardinality.UNARY_UNARY, classification_pb2.ClassificationRequest,
+            classification_pb2.ClassificationResponse)}
+async def main():
+    server = Server([Service()])
+    await server.start("127.0.0.1", int(sys.argv[1]))
+    await server.wait_closed()
+uvloop.run(main())
 """
 
 
@@ -455,7 +481,8 @@ def trivial_servers(scratch, rest_answer, grpc_answer):
   servers = {}
   for name, code, answer in (("uvicorn", TRIVIAL_HTTP, files[0]),
                              ("grpcio", TRIVIAL_GRPC, files[1]),
-                             ("grpc_aio", TRIVIAL_GRPC_AIO, files[1])):
+                             ("grpc_aio", TRIVIAL_GRPC_AIO, files[1]),
+                             ("grpclib", TRIVIAL_GRPCLIB, files[1])):
     port = runners.free_port()
     servers[name] = (f"127.0.0.1:{port}",
                      subprocess.Popen([sys.executable, "-c", code, str(port), answer]))
@@ -514,8 +541,9 @@ def client_ceilings(requests, scratch, seconds):
   servers = trivial_servers(scratch, rest_answer, response.SerializeToString())
   (rest_target, rest_process), (grpc_target, grpc_process) = servers["uvicorn"], servers["grpcio"]
   aio_target, aio_process = servers["grpc_aio"]
+  grpclib_target, grpclib_process = servers["grpclib"]
   try:
-    return {
+    ceilings = {
         "rest_wrk_c32": with_server_cpu(rest_process.pid, lambda: wrk(
             rest_target, requests, 32, seconds, scratch)),
         "rest_wrk_c1": with_server_cpu(rest_process.pid, lambda: wrk(
@@ -529,7 +557,20 @@ def client_ceilings(requests, scratch, seconds):
         "grpc_aio_server_h2load_c1": with_server_cpu(aio_process.pid, lambda: h2load_grpc(
             aio_target, requests, 1, seconds, scratch)),
         "grpc_aio_server_h2load_c32": with_server_cpu(aio_process.pid, lambda: h2load_grpc(
-            aio_target, requests, 32, seconds, scratch))}
+            aio_target, requests, 32, seconds, scratch)),
+        "grpclib_server_h2load_c1": with_server_cpu(grpclib_process.pid, lambda: h2load_grpc(
+            grpclib_target, requests, 1, seconds, scratch)),
+        "grpclib_server_h2load_c32": with_server_cpu(grpclib_process.pid, lambda: h2load_grpc(
+            grpclib_target, requests, 32, seconds, scratch))}
+    # Each gRPC server stack's own batch-1 p50 over uvicorn's: above 1, gRPC over that stack
+    # cannot answer as fast as REST whatever the model server does.
+    rest_p50 = ceilings["rest_wrk_c1"]["p50_ms"]
+    ceilings["grpc_stack_c1_p50_over_rest_stack_c1_p50"] = {
+        stack: round(ceilings[key]["p50_ms"] / rest_p50, 3)
+        for stack, key in (("grpcio", "grpc_h2load_c1"),
+                           ("grpcio_aio", "grpc_aio_server_h2load_c1"),
+                           ("grpclib", "grpclib_server_h2load_c1"))}
+    return ceilings
   finally:
     for _, process in servers.values():
       process.kill()
