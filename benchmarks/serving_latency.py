@@ -26,8 +26,12 @@ servers that answer instantly (a trivial uvicorn app, and trivial gRPC servers: 
 thread-pool and asyncio ones, and grpclib's, returning answers of the same size) give their
 ceilings, with the CPU time each server stack spends on a request, its floor; the clients' own
 CPU time per request is reported too. Each gRPC stack's one-connection p50 over uvicorn's says
-whether any of them could let gRPC answer as fast as REST. Prints JSON; needs `wrk` and
-`h2load` on PATH (Debian packages wrk, nghttp2-client).
+whether any of them could let gRPC answer as fast as REST.
+
+A shared VM's figures move with its neighbours, so each load figure under load also gives the
+machine's idle share and its steal share (CPU time the hypervisor gave to other VMs), and
+`machine_whole_run` gives them for the whole run. Prints JSON; needs `wrk` and `h2load` on
+PATH (Debian packages wrk, nghttp2-client).
 
 The servers run on tcmalloc when the system has it, as `python -m serving.model_server` does
 (serving/model_server/memory.py; SERVING_MALLOC=system keeps the system's malloc), and the
@@ -513,9 +517,11 @@ def with_server_cpu(pid, measure):
   loop, which holds every connection) caps the throughput."""
   server = psutil.Process(pid)
   before, threads_before = sum(server.cpu_times()[:2]), thread_cpu(server)
+  machine_before = psutil.cpu_times()
   started = time.perf_counter()
   figures = measure()
   elapsed = time.perf_counter() - started
+  figures.update(machine_shares(machine_before, psutil.cpu_times()))
   used, threads_after = sum(server.cpu_times()[:2]) - before, thread_cpu(server)
   busiest = max(threads_after[t] - threads_before.get(t, 0.0) for t in threads_after)
   requests = max(figures["requests"], 1)
@@ -523,6 +529,18 @@ def with_server_cpu(pid, measure):
   figures["server_busiest_thread_cpu_us_per_request"] = busiest / requests * 1e6
   figures["server_busiest_thread_core_share"] = busiest / elapsed
   return rounded(figures)
+
+
+def machine_shares(before, after):
+  """The shares of the machine's CPU time that were idle and that the hypervisor took from
+  this VM for others (steal): how far the figures between `before` and `after`
+  (psutil.cpu_times()) were the machine's own."""
+  # Linux counts guest time inside user time already.
+  spent = {field: getattr(after, field) - getattr(before, field) for field in after._fields
+           if not field.startswith("guest")}
+  total = sum(spent.values()) or 1.0
+  return {"machine_idle_share": spent["idle"] / total,
+          "machine_steal_share": spent.get("steal", 0.0) / total}
 
 
 def thread_cpu(process):
@@ -625,7 +643,8 @@ def measure_model(version_dir, scratch):
           figures[f"rest_c{connections}_p99_ms"] = load["p99_ms"]
           for figure in ("client_cpu_us_per_request", "server_cpu_us_per_request",
                          "server_busiest_thread_cpu_us_per_request",
-                         "server_busiest_thread_core_share"):
+                         "server_busiest_thread_core_share", "machine_idle_share",
+                         "machine_steal_share"):
             figures[f"rest_c{connections}_{figure}"] = load[figure]
           failures += load["failures"]
         grpc_c32 = grpc_load(server.grpc_target, requests, 32, FLAGS.seconds)
@@ -706,6 +725,7 @@ def main(argv):
                                                            f"(goal {REST_P50_GOAL})",
                         "batching_over_off_c32_throughput": f">= {THROUGHPUT_TARGET} "
                                                             f"(goal {THROUGHPUT_GOAL})"}}
+  machine_before = psutil.cpu_times()
   with tempfile.TemporaryDirectory(prefix="serving-latency-") as scratch:
     for name, version_dir in (("original", FLAGS.original_dir),
                               ("optimized", FLAGS.optimized_dir)):
@@ -713,6 +733,7 @@ def main(argv):
       report[name] = measure_model(os.path.abspath(version_dir), os.path.join(scratch, name))
     requests = requests_for(FLAGS.original_dir, scratch)
     report["client_ceilings"] = client_ceilings(requests, scratch, FLAGS.seconds)
+  report["machine_whole_run"] = rounded(machine_shares(machine_before, psutil.cpu_times()))
   report["targets_met"] = {
       name: {"rest_batch1_p50": report[name]["ratios"]["rest_batch1_p50_over_in_process"]
                                 <= REST_P50_TARGET,
