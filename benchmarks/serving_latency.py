@@ -547,6 +547,12 @@ def thread_cpu(process):
   return {t.id: t.user_time + t.system_time for t in process.threads()}
 
 
+# The trivial gRPC servers measured with h2load: (stack, `trivial_servers` name, report key).
+GRPC_STACKS = (("grpcio", "grpcio", "grpc_h2load"),
+               ("grpcio_aio", "grpc_aio", "grpc_aio_server_h2load"),
+               ("grpclib", "grpclib", "grpclib_server_h2load"))
+
+
 def client_ceilings(requests, scratch, seconds):
   """The clients against servers that answer at once with answers of the real size (77
   classes), with the CPU each server spends on a request: the floor of each protocol's
@@ -557,9 +563,7 @@ def client_ceilings(requests, scratch, seconds):
   for _ in range(77):
     classes.add(label="card_arrival", score=0.5)
   servers = trivial_servers(scratch, rest_answer, response.SerializeToString())
-  (rest_target, rest_process), (grpc_target, grpc_process) = servers["uvicorn"], servers["grpcio"]
-  aio_target, aio_process = servers["grpc_aio"]
-  grpclib_target, grpclib_process = servers["grpclib"]
+  (rest_target, rest_process), (grpc_target, _) = servers["uvicorn"], servers["grpcio"]
   try:
     ceilings = {
         "rest_wrk_c32": with_server_cpu(rest_process.pid, lambda: wrk(
@@ -567,27 +571,18 @@ def client_ceilings(requests, scratch, seconds):
         "rest_wrk_c1": with_server_cpu(rest_process.pid, lambda: wrk(
             rest_target, requests, 1, seconds, scratch)),
         "grpc_aio_c32": rounded(grpc_load(grpc_target, requests, 32, seconds)),
-        "grpc_sync_c1": rounded(grpc_latency(grpc_target, requests, FLAGS.latency_requests)),
-        "grpc_h2load_c1": with_server_cpu(grpc_process.pid, lambda: h2load_grpc(
-            grpc_target, requests, 1, seconds, scratch)),
-        "grpc_h2load_c32": with_server_cpu(grpc_process.pid, lambda: h2load_grpc(
-            grpc_target, requests, 32, seconds, scratch)),
-        "grpc_aio_server_h2load_c1": with_server_cpu(aio_process.pid, lambda: h2load_grpc(
-            aio_target, requests, 1, seconds, scratch)),
-        "grpc_aio_server_h2load_c32": with_server_cpu(aio_process.pid, lambda: h2load_grpc(
-            aio_target, requests, 32, seconds, scratch)),
-        "grpclib_server_h2load_c1": with_server_cpu(grpclib_process.pid, lambda: h2load_grpc(
-            grpclib_target, requests, 1, seconds, scratch)),
-        "grpclib_server_h2load_c32": with_server_cpu(grpclib_process.pid, lambda: h2load_grpc(
-            grpclib_target, requests, 32, seconds, scratch))}
+        "grpc_sync_c1": rounded(grpc_latency(grpc_target, requests, FLAGS.latency_requests))}
+    for _, server, key in GRPC_STACKS:
+      target, process = servers[server]
+      for connections in (1, 32):
+        ceilings[f"{key}_c{connections}"] = with_server_cpu(process.pid, lambda: h2load_grpc(
+            target, requests, connections, seconds, scratch))
     # Each gRPC server stack's own batch-1 p50 over uvicorn's: above 1, gRPC over that stack
     # cannot answer as fast as REST whatever the model server does.
     rest_p50 = ceilings["rest_wrk_c1"]["p50_ms"]
     ceilings["grpc_stack_c1_p50_over_rest_stack_c1_p50"] = {
-        stack: round(ceilings[key]["p50_ms"] / rest_p50, 3)
-        for stack, key in (("grpcio", "grpc_h2load_c1"),
-                           ("grpcio_aio", "grpc_aio_server_h2load_c1"),
-                           ("grpclib", "grpclib_server_h2load_c1"))}
+        stack: round(ceilings[f"{key}_c1"]["p50_ms"] / rest_p50, 3)
+        for stack, _, key in GRPC_STACKS}
     return ceilings
   finally:
     for _, process in servers.values():
