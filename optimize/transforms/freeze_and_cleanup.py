@@ -25,7 +25,6 @@ from optimize.transforms.graph import shape_of
 from optimize.transforms.graph import tensor_key
 from optimize.transforms.graph import tensor_name
 from optimize.transforms.graph import topological_order
-from optimize.transforms.graph import with_default_attrs
 from optimize.transforms.graph import with_nodes
 from optimize.transforms.patterns import OpTypePattern
 from optimize.transforms.patterns import match
@@ -226,9 +225,7 @@ def remove_identity_reshapes(graph_def: graph_pb2.GraphDef,
   With TensorFlow's own static shape inference these are provably no-ops; Grappler
   leaves them in when the batch size is unknown.
   """
-  # Its result has always spelled out default attrs, since shape inference imported
-  # the graph, which adds them; keeping them keeps the rewritten graphs the same.
-  graph = with_default_attrs(graph_def)
+  graph = copy_graph(graph_def)
   shapes = imported(graph)
   by_name = {n.name: n for n in graph.node}
   sources = {}

@@ -9,6 +9,7 @@ from tensorflow.core.framework import graph_pb2
 from optimize.transforms import registry
 from optimize.transforms.contract import GraphContext
 from optimize.transforms.contract import TransformError
+from optimize.transforms.graph import with_default_attrs
 
 _SPEC = re.compile(r"\s*([A-Za-z_][A-Za-z0-9_]*)(?:\(([^)]*)\))?\s*")
 
@@ -33,7 +34,11 @@ class TransformSpec:
     return f"{self.name}({','.join(f'{k}={v}' for k, v in self.params)})"
 
   def apply(self, graph_def: graph_pb2.GraphDef, context: GraphContext) -> graph_pb2.GraphDef:
-    return registry.get(self.name).function(graph_def, context, **dict(self.arguments))
+    """The transform run on a copy whose nodes spell out every defaulted attr: exports strip
+    them (estimators export with strip_default_attrs), and each transform may then read any
+    attr as TensorFlow's importer would see it."""
+    return registry.get(self.name).function(with_default_attrs(graph_def), context,
+                                            **dict(self.arguments))
 
 
 def parse_transforms(text: Union[str, Sequence[str]]) -> List[TransformSpec]:

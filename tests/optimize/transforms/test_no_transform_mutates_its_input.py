@@ -1,5 +1,6 @@
-"""The promise every transform makes: the GraphDef it is given stays byte for byte
-what it was, however the transform rewrites its own copy."""
+"""The promises every transform makes: the GraphDef it is given stays byte for byte what it
+was, however the transform rewrites its own copy, and an export that leaves default attrs
+out (as estimators export) is rewritten exactly as the graph that spells them out."""
 
 import pytest
 
@@ -13,30 +14,27 @@ def serialized(graph_def):
   return graph_def.SerializeToString(deterministic=True)
 
 
-# Transforms that read attrs an export may leave out to their defaults, so they run only
-# after a Grappler pass has spelled them out again (fold_constants in the default list).
-NEED_DEFAULT_ATTRS = {"dedupe_char_ngrams"}
+def _spec(name, arguments):
+  return TransformSpec(name, tuple((key, str(value)) for key, value in arguments.items()))
 
 
-def exported(name):
-  return pytest.param(name, "exported", marks=pytest.mark.xfail(
-      strict=True, raises=TypeError, reason=f"{name} needs default attrs spelled out")
-      if name in NEED_DEFAULT_ATTRS else ())
-
-
-@pytest.mark.parametrize("name, stored_as", [(name, "built") for name in registry.names()]
-                         + [exported(name) for name in registry.names()])
-def test_no_transform_mutates_its_input(name, stored_as):
+@pytest.mark.parametrize("name", registry.names())
+def test_no_transform_mutates_its_input(name):
   assert name in graphs.EXAMPLES, f"graphs.EXAMPLES needs a graph that {name} rewrites"
-  graph_def, context, arguments = graphs.EXAMPLES[name]()
-  # Exports leave default attrs out; TensorFlow's import adds them to what it is given.
-  if stored_as == "exported":
-    graph_def = graphs.without_default_attrs(graph_def)
-  before = serialized(graph_def)
-  spec = TransformSpec(name, tuple((key, str(value)) for key, value in arguments.items()))
-  result = spec.apply(graph_def, context)
-  assert serialized(result) != before, f"the example graph for {name} is not rewritten"
-  assert serialized(graph_def) == before
+  built, context, arguments = graphs.EXAMPLES[name]()
+  for graph_def in (built, graphs.without_default_attrs(built)):
+    before = serialized(graph_def)
+    result = _spec(name, arguments).apply(graph_def, context)
+    assert serialized(graph_def) == before
+  assert serialized(result) != serialized(built), f"the example graph for {name} is not rewritten"
+
+
+@pytest.mark.parametrize("name", registry.names())
+def test_an_export_without_default_attrs_is_rewritten_alike(name):
+  built, context, arguments = graphs.EXAMPLES[name]()
+  stripped = graphs.without_default_attrs(built)
+  spec = _spec(name, arguments)
+  assert serialized(spec.apply(stripped, context)) == serialized(spec.apply(built, context))
 
 
 def test_every_example_names_a_registered_transform():
