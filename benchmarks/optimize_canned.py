@@ -5,11 +5,12 @@
 Trains a DNNRegressor and a LinearClassifier on tabular data generated here (numeric,
 vocabulary-file and hash-bucket features; a regression target and a 5-class label that
 depend on all three), exports each with `export_saved_model` (a parsing receiver, no warmup
-records), and optimizes it with the default transforms twice: once judged on labelled
-evaluation data (`eval_data` + `label_key`) and once with no data at all (synthetic inputs).
-Prints JSON per model: size ratio, batch-1 and batch-64 latency ratios (medians of the
-report's interleaved rounds), accuracy or mean absolute error before and after, the guard's
-counts, and which weights the int8 fallback kept in float.
+records), and optimizes it with the default transforms three times: judged on 2,000 labelled
+evaluation rows, on 64 of them (topped up with synthetic inputs), and with no data at all
+(synthetic inputs alone). Prints JSON per model and path: size ratio, batch-1 and batch-64
+latency ratios (medians of the report's interleaved rounds), accuracy or mean absolute error
+before and after, the guard's real and synthetic counts, agreement and bound per signature,
+and which weights the int8 fallback kept in float.
 """
 
 import json
@@ -109,6 +110,17 @@ def train_and_export(kind, base, data):
   return (path.decode() if isinstance(path, bytes) else path), label_key, seconds
 
 
+def signature_figures(verdict):
+  """Per signature: real and synthetic counts, agreement and the 95 % bound of each."""
+  rule = verdict.rule
+  return {s.name: {origin: {"examples": tally.examples, "agreement": round(tally.agreement, 4),
+                            "disagreement_bound": round(rule.bound(tally.disagreements,
+                                                                   tally.examples), 4)}
+                   for origin, tally in (("real", s.real), ("synthetic", s.synthetic),
+                                         ("counted", s.counted))}
+          | {"near_ties_set_aside": s.near_ties} for s in verdict.signatures}
+
+
 def figures(result):
   first, last = result.steps[0], result.steps[-1]
   verdict = result.guard
@@ -121,8 +133,10 @@ def figures(result):
       "batch64_p50_ratio": round(last.batch64_p50_ms / first.batch64_p50_ms, 4),
       "batch1_p50_ms": [round(first.batch1_p50_ms, 4), round(last.batch1_p50_ms, 4)],
       "guard_examples": verdict.examples,
+      "guard_real_examples": verdict.real_examples,
       "guard_synthetic_examples": verdict.synthetic_examples,
       "lowest_agreement": round(verdict.agreement, 4),
+      "signatures": signature_figures(verdict),
   }
   if scored:
     labels = scored[0].labels
@@ -141,15 +155,19 @@ def main(argv):
   train = generate(FLAGS.train_rows, FLAGS.seed)
   evaluation = generate(FLAGS.eval_rows, FLAGS.seed + 1)
   eval_file = write_eval(os.path.join(base, "eval.tfrecord"), evaluation)
+  few_file = write_eval(os.path.join(base, "few.tfrecord"),
+                        {key: values[:64] for key, values in evaluation.items()})
   report = {}
   for kind in ("dnn_regressor", "linear_classifier"):
     version_dir, label_key, seconds = train_and_export(kind, base, train)
     report[kind] = {"train_seconds": round(seconds, 1)}
     for name, arguments in (("labelled", dict(eval_data=eval_file, label_key=label_key)),
+                            ("64_real_topped_up", dict(eval_data=few_file, label_key=label_key)),
                             ("synthetic_inputs", {})):
       try:
         report[kind][name] = figures(optimizer.optimize(
-            version_dir, os.path.join(base, name, kind, "1"), latency_repeats=20, **arguments))
+            version_dir, os.path.join(base, name, kind, "1"),
+            optimizer.OptimizeSettings(latency_repeats=20, **arguments)))
       except optimizer.OptimizeError as e:
         report[kind][name] = {"refused": str(e)}
   report["work_dir"] = base

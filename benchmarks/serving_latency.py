@@ -713,7 +713,8 @@ def main(argv):
                           or pipeline.run(config).export_dir)
   if not FLAGS.optimized_dir:
     FLAGS.optimized_dir = os.path.join(tempfile.mkdtemp(prefix="optimized-"), MODEL_NAME, "1")
-    optimizer.optimize(FLAGS.original_dir, FLAGS.optimized_dir, FLAGS.transforms)
+    optimizer.optimize(FLAGS.original_dir, FLAGS.optimized_dir,
+                       optimizer.OptimizeSettings(transforms=FLAGS.transforms))
   report = {"cpus": os.cpu_count(), "seconds_per_figure": FLAGS.seconds,
             "rounds": FLAGS.rounds, "load": "Classify, one Banking77 test example a request",
             "targets": {"rest_batch1_p50_over_in_process": f"<= {REST_P50_TARGET} "

@@ -93,6 +93,36 @@ def parse_spec(graph_def) -> Dict[str, FeatureSpec]:
   return spec
 
 
+def parsed_tensors(graph_def) -> Dict[str, List[str]]:
+  """Feature name -> the parser outputs holding its values, for every tf.Example parser."""
+  by_name = {n.name: n for n in graph_def.node}
+
+  def keys(tensor: str) -> List[str]:
+    node = by_name.get(tensor.lstrip("^").split(":")[0])
+    return _const_strings(node) if node is not None and node.op == "Const" else []
+
+  found: Dict[str, List[str]] = {}
+  for node in graph_def.node:
+    if node.op == "ParseExampleV2":
+      sparse, dense, ragged = (keys(t) for t in node.input[2:5])
+      first_dense = 3 * len(sparse)
+      first_ragged = first_dense + len(dense)
+    elif node.op == "ParseExample":
+      num_sparse, num_dense = node.attr["Nsparse"].i, node.attr["Ndense"].i
+      sparse = [k for t in node.input[2:2 + num_sparse] for k in keys(t)]
+      dense = [k for t in node.input[2 + num_sparse:2 + num_sparse + num_dense]
+               for k in keys(t)]
+      ragged, first_dense, first_ragged = [], 3 * len(sparse), 0
+    else:
+      continue
+    outputs = ([(name, len(sparse) + i) for i, name in enumerate(sparse)]
+               + [(name, first_dense + i) for i, name in enumerate(dense)]
+               + [(name, first_ragged + i) for i, name in enumerate(ragged)])
+    for name, index in outputs:
+      found.setdefault(name, []).append(f"{node.name}:{index}")
+  return found
+
+
 def feeds_parser(graph_def, tensor_name: str) -> bool:
   """Whether the tensor reaches a tf.Example parser (possibly through Identity nodes)."""
   users: Dict[str, List] = {}
@@ -116,11 +146,13 @@ def feeds_parser(graph_def, tensor_name: str) -> bool:
 # ------------------------------------------------------------------------------ writing
 
 
-def write_examples(path: str, examples: Iterable[tf.train.Example]) -> int:
-  """Writes a TFRecord of the examples all-or-nothing (`artifact_io.staging_file`); returns
-  how many it wrote."""
+def write_examples(path: str, examples: Iterable[tf.train.Example],
+                   compression: Optional[str] = None) -> int:
+  """Writes a TFRecord of the examples all-or-nothing (`artifact_io.staging_file`), GZIP- or
+  ZLIB-compressed when `compression` says; returns how many it wrote."""
   count = 0
-  with artifact_io.staging_file(path) as staging, tf.io.TFRecordWriter(staging) as writer:
+  with artifact_io.staging_file(path) as staging, \
+      tf.io.TFRecordWriter(staging, options=compression) as writer:
     for example in examples:
       writer.write(example.SerializeToString())
       count += 1

@@ -1,8 +1,10 @@
 """Exports a text classifier estimator as a TF Serving servable.
 
 Layout: `<export_base>/<numeric version>/` with `saved_model.pb`, `variables/`, `assets/`
-and `assets.extra/tf_serving_warmup_requests` (with `assets.extra/out_of_scope.json` when the
-trainer picked an out-of-scope threshold, see export/out_of_scope.py). Signatures:
+and `assets.extra/tf_serving_warmup_requests`, plus, when given, the real sample of traffic
+the optimizer's guard judges the model on (`assets.extra/evaluation_sample.*`, see
+export/evaluation_sample.py) and the out-of-scope threshold the trainer picked
+(`assets.extra/out_of_scope.json`, see export/out_of_scope.py). Signatures:
 
 - `serving_default`, `classification`: classify; one DT_STRING input `inputs` of
   serialized `tf.Example` (feature `text`); outputs `classes`, `scores`.
@@ -13,12 +15,13 @@ trainer picked an out-of-scope threshold, see export/out_of_scope.py). Signature
 
 import os
 import tempfile
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Tuple
 
 import tensorflow as tf
 from tensorflow.core.protobuf import saved_model_pb2
 
 from export import artifact_io
+from export import evaluation_sample
 from export import out_of_scope
 from export import versions
 from export import warmup
@@ -28,6 +31,8 @@ PREDICT_SIGNATURE = "predict"
 RAW_TEXT_SIGNATURE = "predict_text"
 EXAMPLES_INPUT = "examples"
 _RAW_RECEIVER = "raw_text"
+# The feature of the evaluation sample's examples that holds a text's true intent.
+SAMPLE_LABEL_KEY = "intent"
 _WARMUP_BATCH_SIZES = (1, 8)
 
 
@@ -86,16 +91,26 @@ def _keep_serving_signatures(version_dir: str) -> None:
 def export_servable(estimator: tf.estimator.Estimator, export_base: str,
                     warmup_texts: Sequence[str], text_feature: str = "text",
                     checkpoint_path: str = None,
-                    oos_threshold: Optional[out_of_scope.OutOfScopeThreshold] = None) -> str:
+                    oos_threshold: Optional[out_of_scope.OutOfScopeThreshold] = None,
+                    sample: Sequence[Tuple[str, Optional[str]]] = (),
+                    sample_sources: Sequence[str] = ()) -> str:
   """Exports the latest (or given) checkpoint; returns the new version directory.
 
-  assets.extra gets the warmup records and, when given, the out-of-scope threshold.
+  assets.extra gets the warmup records and, when given, the evaluation sample (`sample`:
+  (text, intent or None) pairs, from `sample_sources`) and the out-of-scope threshold.
   """
   local_scratch = tempfile.mkdtemp(prefix="warmup-")
   warmup_path = os.path.join(local_scratch, warmup.WARMUP_FILENAME)
   assets_extra = {warmup.WARMUP_FILENAME: warmup_path}
   try:
     warmup.write_warmup_file(warmup_path, warmup_logs(warmup_texts, text_feature))
+    if sample:
+      assets_extra.update(evaluation_sample.write(
+          local_scratch,
+          [(warmup.text_example(text, text_feature), label.encode("utf-8"))
+           for text, label in sample if label is not None],
+          [warmup.text_example(text, text_feature) for text, label in sample if label is None],
+          SAMPLE_LABEL_KEY, sample_sources))
     if oos_threshold is not None:
       assets_extra[out_of_scope.FILENAME] = os.path.join(local_scratch, out_of_scope.FILENAME)
       with open(assets_extra[out_of_scope.FILENAME], "w") as f:

@@ -241,6 +241,9 @@ def _summary(step: str, execution: Optional[Dict], artifact: Optional[Dict]) -> 
     agreement = f", agreement {_value(run['agreement'])}" if "agreement" in run else ""
     if "guard_examples" in run:
       agreement += f" on {run['guard_examples']}"
+      if "guard_real_examples" in run:
+        agreement += (f" ({run['guard_real_examples']} real, "
+                      f"{run.get('guard_synthetic_examples', 0)} synthetic)")
     for metric in ("accuracy", "mean_absolute_error"):
       if f"{metric}_before" in run:
         agreement += (f", {metric} {_value(run[metric + '_before'])} -> "

@@ -1,34 +1,28 @@
-"""The inputs the accuracy guard runs every signature on.
+"""The real examples the accuracy guard judges on, and how examples feed each signature.
 
-From an evaluation file the user passes (read by `export.examples`, typed by what the model
-parses; a `label_key` feature, where a row has it, is its label) or, by default, from the
-export's own warmup records (`export.warmup`): signatures that parse tf.Examples get the
-serialized examples, others the example feature named after each input, and a signature no
-example can feed gets the warmup requests made for it.
+Real examples come, first found first:
+1. from an evaluation file the user passes (read by `export.examples`, typed by what the
+   model parses; a `label_key` feature, where a row has it, is its label);
+2. else from the export itself: its evaluation sample (`export.evaluation_sample`, written by
+   this project's exporter, labelled) and the tf.Examples of its warmup records
+   (`export.warmup`). Both travel with every copy of the version.
 
-Without evaluation data the warmup records rarely hold enough examples to prove anything (an
-estimator's `export_saved_model` writes none at all), so `synthetic_examples` makes more from
-the export itself: the features its tf.Example parser reads, with their types and shapes,
-string values drawn from the words of the warmup examples or from the export's vocabulary
-assets. Made-up inputs prove less than real ones; the optimizer says so when it uses them.
+Signatures that parse tf.Examples get the serialized examples, others the example feature
+named after each input; a signature no example can feed gets the warmup requests made for it.
 """
 
 import dataclasses
-import random
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import tensorflow as tf
 
+from export import evaluation_sample
 from export import examples as examples_lib
 from export import warmup
-from export.servable import SessionServable
+from optimize.synthetic import WHAT_TO_PASS
 
 EVAL_EXAMPLES_LIMIT = 4096
-_BATCH = 64
-_MAX_ASSET_BYTES = 4 << 20
-_WHAT_TO_PASS = ("pass --eval_data: a TFRecord of serialized tf.Example, or a CSV / JSON Lines "
-                 "file with one column per feature")
 
 
 class GuardError(ValueError):
@@ -36,29 +30,19 @@ class GuardError(ValueError):
 
 
 @dataclasses.dataclass
-class SignatureInputs:
-  batches: List[Dict[str, object]]
-  # Per row of the batches, in order: the row's label, or None (unlabelled, or no labels).
-  labels: Optional[List[object]] = None
-
-  @property
-  def examples(self) -> int:
-    return sum(len(next(iter(b.values()))) for b in self.batches)
-
-
-@dataclasses.dataclass
-class Examples:
-  """Serialized tf.Examples to judge on, with a label per row (None where it has none)."""
+class RealExamples:
+  """Serialized tf.Examples of real traffic, with a label per row (None where it has none),
+  and where they came from, as the guard reports it."""
   serialized: List[bytes]
   labels: Optional[List[object]] = None  # None: no example has a label
-  synthetic: int = 0  # of them, how many were made up
+  sources: List[str] = dataclasses.field(default_factory=list)
 
   @property
   def labelled(self) -> int:
     return sum(label is not None for label in self.labels or ())
 
 
-def read_eval_examples(path: str, graph_def, label_key: Optional[str] = None) -> Examples:
+def read_eval_examples(path: str, graph_def, label_key: Optional[str] = None) -> RealExamples:
   """The evaluation file's examples, serialized, with the types the model parses."""
   types = {name: spec.dtype for name, spec in examples_lib.parse_spec(graph_def).items()}
   if label_key and label_key in types:
@@ -68,9 +52,10 @@ def read_eval_examples(path: str, graph_def, label_key: Optional[str] = None) ->
   except examples_lib.ExamplesError as e:
     raise GuardError(str(e)) from None
   serialized = [e.SerializeToString() for e in examples]
+  source = [f"{len(serialized)} from {path}"]
   if not label_key:
-    return Examples(serialized)
-  labelled = Examples(serialized, [_label(e, label_key) for e in examples])
+    return RealExamples(serialized, sources=source)
+  labelled = RealExamples(serialized, [_label(e, label_key) for e in examples], source)
   if not labelled.labelled:
     raise GuardError(f"{path}: no example has the label feature {label_key!r}")
   return labelled
@@ -82,6 +67,36 @@ def _label(example: tf.train.Example, key: str):
     return None
   values = list(getattr(feature, feature.WhichOneof("kind") or "bytes_list").value)
   return values[0] if len(values) == 1 else None
+
+
+def export_examples(version_dir: str, warmup_examples: Sequence[bytes]) -> RealExamples:
+  """The real examples a version carries: its evaluation sample, then those of its warmup
+  records that the sample does not hold already."""
+  try:
+    sample = evaluation_sample.read(version_dir, limit=EVAL_EXAMPLES_LIMIT)
+  except evaluation_sample.SampleError as e:
+    raise GuardError(str(e)) from None
+  serialized, labels, sources = [], [], []
+  if sample is not None:
+    serialized, labels = list(sample.serialized), list(sample.labels)
+    sources.append(f"{len(serialized)} from the export's evaluation sample ({sample.path}, "
+                   f"{sample.labelled} labelled)")
+  known = {_without(s, sample.label_key) for s in serialized} if sample else set()
+  from_warmup = [s for s in dict.fromkeys(warmup_examples) if _without(s, None) not in known]
+  if from_warmup:
+    serialized += from_warmup
+    labels += [None] * len(from_warmup)
+    sources.append(f"{len(from_warmup)} from the export's warmup records")
+  return RealExamples(serialized, labels if any(l is not None for l in labels) else None,
+                      sources)
+
+
+def _without(serialized: bytes, label_key: Optional[str]) -> bytes:
+  """An example's features without its label, in one byte order, to tell copies apart."""
+  example = tf.train.Example.FromString(serialized)
+  if label_key:
+    example.features.feature.pop(label_key, None)
+  return example.SerializeToString(deterministic=True)
 
 
 def warmup_inputs(version_dir: str, signatures) -> Tuple[Dict[str, List[Dict]], List[bytes]]:
@@ -104,126 +119,36 @@ def warmup_inputs(version_dir: str, signatures) -> Tuple[Dict[str, List[Dict]], 
   return batches, serialized
 
 
-def synthetic_examples(graph_def, version_dir: str, signatures, count: int,
-                       seeds: Sequence[bytes] = (), seed: int = 0) -> List[bytes]:
-  """`count` made-up tf.Examples holding every feature the export reads (see the module
-  docstring); raises, saying what to pass, when the export's inputs say too little."""
-  features = {name: (spec.dtype, spec.shape)
-              for name, spec in examples_lib.parse_spec(graph_def).items()}
-  for signature in signatures.values():
-    for key, info in signature.inputs.items():
-      if key in features or examples_lib.feeds_parser(graph_def, info.name):
-        continue
-      dims = [d.size for d in info.tensor_shape.dim][1:]
-      if any(d < 0 for d in dims) or tf.as_dtype(info.dtype) not in (tf.string, tf.float32,
-                                                                      tf.int64):
-        raise GuardError(f"cannot make up inputs for {key!r} ({tf.as_dtype(info.dtype).name}, "
-                         f"shape {[d.size for d in info.tensor_shape.dim]}): {_WHAT_TO_PASS}")
-      features[key] = (tf.as_dtype(info.dtype), dims)
-  if not features:
-    raise GuardError(f"the export reads no feature its signatures name: {_WHAT_TO_PASS}")
-  observed = _observed_values([tf.train.Example.FromString(s) for s in seeds])
-  vocabulary = _asset_tokens(version_dir)
-  chooser = random.Random(seed)
-  made = []
-  for _ in range(count):
-    example = tf.train.Example()
-    for name, (dtype, shape) in sorted(features.items()):
-      size = int(np.prod(shape)) if shape is not None else chooser.randint(1, 3)
-      values = _values(chooser, dtype, size, observed.get(name, []), vocabulary)
-      feature = example.features.feature[name]
-      if dtype == tf.string:
-        feature.bytes_list.value.extend(values)
-      elif dtype == tf.int64:
-        feature.int64_list.value.extend(values)
-      else:
-        feature.float_list.value.extend(values)
-    made.append(example.SerializeToString())
-  return made
+def example_inputs(signature, graph_def, serialized: Sequence[bytes]) -> Optional[Dict]:
+  """The signature's inputs for these tf.Examples (one row each), or None when some input
+  is neither a tf.Example parser's nor a feature every example holds."""
+  columns = {}
+  for key, info in signature.inputs.items():
+    if info.dtype == tf.string.as_datatype_enum and examples_lib.feeds_parser(graph_def,
+                                                                               info.name):
+      columns[key] = list(serialized)
+    else:
+      column = _feature_column(serialized, key, info)
+      if column is None:
+        return None
+      columns[key] = column
+  return columns
 
 
-def _observed_values(examples: Sequence[tf.train.Example]) -> Dict[str, list]:
-  observed: Dict[str, list] = {}
-  for example in examples:
-    for name, feature in example.features.feature.items():
-      kind = feature.WhichOneof("kind")
-      if kind:
-        observed.setdefault(name, []).extend(getattr(feature, kind).value)
-  return observed
-
-
-def _asset_tokens(version_dir: str) -> List[bytes]:
-  """Lines of the export's text assets (vocabulary files of categorical columns)."""
-  tokens: List[bytes] = []
-  assets = f"{version_dir}/assets"
-  if not tf.io.gfile.isdir(assets):
-    return tokens
-  for name in sorted(tf.io.gfile.listdir(assets)):
-    path = f"{assets}/{name}"
-    if tf.io.gfile.isdir(path) or tf.io.gfile.stat(path).length > _MAX_ASSET_BYTES:
-      continue
-    with tf.io.gfile.GFile(path, "rb") as f:
-      content = f.read()
-    try:
-      content.decode("utf-8")
-    except UnicodeDecodeError:
-      continue
-    tokens.extend(line.split(b"\t")[0].strip() for line in content.splitlines()
-                  if line.strip())
-  return tokens
-
-
-def _values(chooser: random.Random, dtype, size: int, observed: list, vocabulary):
-  if dtype == tf.string:
-    words = [w for value in observed for w in value.split()] or vocabulary
-    if not words:
-      words = [f"token{i}".encode() for i in range(100)]
-    if observed and any(b" " in value for value in observed):  # texts: make sentences
-      return [b" ".join(chooser.choice(words) for _ in range(chooser.randint(2, 12)))
-              for _ in range(size)]
-    return [chooser.choice(words) for _ in range(size)]
-  if dtype == tf.int64:
-    low, high = (min(observed), max(observed)) if observed else (0, 9)
-    return [chooser.randint(int(low), int(high)) for _ in range(size)]
-  if observed:
-    mean, spread = float(np.mean(observed)), float(np.std(observed)) or 1.0
-  else:
-    mean, spread = 0.0, 1.0
-  return [chooser.gauss(mean, spread) for _ in range(size)]
-
-
-def signature_inputs(servable: SessionServable, graph_def, examples: Examples,
-                     warmup_batches: Mapping[str, List[Dict]]) -> Dict[str, SignatureInputs]:
-  """Inputs for every signature, from tf.Examples where it can and else from warmup
-  requests; raises naming the signature it cannot feed."""
+def unfed_signatures(signatures, graph_def, warmup_batches: Mapping[str, List[Dict]],
+                     probe: Sequence[bytes]) -> Dict[str, List[Dict]]:
+  """Per signature that examples like `probe` cannot feed, the warmup requests that can;
+  raises naming a signature nothing feeds."""
   result = {}
-  serialized = examples.serialized
-  for name, signature in sorted(servable.signatures.items()):
-    keys = list(signature.inputs)
-    if serialized:
-      batch_columns = {}
-      for key in keys:
-        info = signature.inputs[key]
-        if info.dtype == tf.string.as_datatype_enum and examples_lib.feeds_parser(
-            graph_def, info.name):
-          batch_columns[key] = list(serialized)
-        else:
-          column = _feature_column(serialized, key, info)
-          if column is None:
-            break
-          batch_columns[key] = column
-      if len(batch_columns) == len(keys):
-        result[name] = SignatureInputs(
-            [{k: v[i:i + _BATCH] for k, v in batch_columns.items()}
-             for i in range(0, len(serialized), _BATCH)],
-            examples.labels)
-        continue
-    requests = [b for b in warmup_batches.get(name, []) if set(b) == set(keys)]
-    if requests:
-      result[name] = SignatureInputs(requests)
+  for name, signature in sorted(signatures.items()):
+    if probe and example_inputs(signature, graph_def, probe[:1]) is not None:
       continue
-    raise GuardError(f"cannot build evaluation inputs for signature {name!r} (inputs {keys}): "
-                     f"{_WHAT_TO_PASS}, with a feature named after each input")
+    requests = [b for b in warmup_batches.get(name, []) if set(b) == set(signature.inputs)]
+    if not requests:
+      raise GuardError(f"cannot build evaluation inputs for signature {name!r} (inputs "
+                       f"{sorted(signature.inputs)}): {WHAT_TO_PASS}, with a feature named "
+                       f"after each input")
+    result[name] = requests
   return result
 
 

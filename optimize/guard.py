@@ -1,18 +1,24 @@
-"""The accuracy guard: original and optimized must answer the same on evaluation inputs.
+"""The accuracy guard: original and optimized must answer the same on the traffic the model
+will see.
 
-Every signature is run on the inputs `evaluation_inputs` builds and compared, output by
-output, as an agreement rate; a signature's agreement is its lowest decision output's (class,
-scores, probabilities, class ids, regression value) or, where it has none, its lowest
-output's. This rule differs on purpose from the smoke test's (`serving/smoke_test/checks.py`),
-which demands equal answers within float noise: the smoke test compares one model with itself
-served, where any difference is a serving bug; the guard compares two different models, where
-quantization is allowed to move scores as long as the decisions (top class, regression value
-within tolerance) stay the same.
+Every signature is run on the evidence (`optimize.evidence`: real examples first, synthetic
+ones on top) and compared row by row: a row agrees when every decision output (class,
+scores, probabilities, class ids, regression value) agrees on it, or where a signature has
+none, every output. This rule differs on purpose from the smoke test's
+(`serving/smoke_test/checks.py`), which demands equal answers within float noise: the smoke
+test compares one model with itself served, where any difference is a serving bug; the
+guard compares two different models, where quantization is allowed to move scores as long as
+the decisions (top class, regression value within tolerance) stay the same.
 
-Where the inputs carry labels, the guard also scores both models against them: accuracy for
-classifiers, mean absolute error for regressors. And it says how much its count of examples
-can prove: the one-sided 95 % (Clopper-Pearson) upper bound on the disagreement rate, and how
-many examples the agreement threshold needs before zero disagreements can vouch for it.
+A signature passes when
+- its real examples number at least `require_real_examples`,
+- its real examples agree at least `min_agreement` of the time: real evidence outranks
+  synthetic, and a change it shows is a change, however many made-up inputs agree,
+- labelled real examples lose at most `max_accuracy_drop` (accuracy points; for
+  regressors, percent of mean absolute error gained), and
+- the counted rows, real and synthetic together, prove the agreement by the one rule of
+  `optimize.proof`; when they are too few for the disagreements seen, synthetic examples
+  top them up to the count that rule names.
 """
 
 import dataclasses
@@ -22,13 +28,17 @@ from typing import Dict, List, Mapping, Optional, Sequence
 import numpy as np
 
 from export.servable import SessionServable
-from optimize.evaluation_inputs import SignatureInputs
+from optimize import proof
+from optimize.evidence import REAL
+from optimize.evidence import SYNTHETIC
+from optimize.evidence import Evidence
 
-DEFAULT_MIN_AGREEMENT = 0.995
+DEFAULT_MIN_AGREEMENT = proof.DEFAULT_MIN_AGREEMENT
 # In accuracy points (0.2 = 0.2 % of the examples); for regressors, percent of the original's
 # mean absolute error.
 DEFAULT_MAX_ACCURACY_DROP = 0.2
-CONFIDENCE = 0.95
+# Synthetic inputs whose top two scores are closer than this say nothing about a change.
+DEFAULT_NEAR_TIE_MARGIN = 0.02
 _REGRESSION_RTOL, _REGRESSION_ATOL = 1e-2, 1e-3
 # Output names TF Serving's Classify and Regress APIs and the canned estimators' Predict
 # signatures give a decision; other outputs are compared but not scored against labels.
@@ -41,38 +51,31 @@ _DECISION_OUTPUTS = frozenset(_CLASS_OUTPUTS + _SCORE_OUTPUTS + _REGRESSION_OUTP
                               + ("class_ids",))
 
 
-def examples_needed(min_agreement: float, confidence: float = CONFIDENCE) -> int:
-  """The fewest examples on which zero disagreements put the one-sided upper bound on the
-  disagreement rate at or under 1 - min_agreement."""
-  if min_agreement <= 0.0:
-    return 1
-  if min_agreement >= 1.0:
-    raise ValueError("no number of examples can prove agreement 1.0")
-  return math.ceil(math.log(1.0 - confidence) / math.log(min_agreement))
+@dataclasses.dataclass(frozen=True)
+class GuardSettings:
+  """What the guard demands; validated once, where a run starts."""
+  min_agreement: float = DEFAULT_MIN_AGREEMENT
+  max_accuracy_drop: float = DEFAULT_MAX_ACCURACY_DROP
+  near_tie_margin: float = DEFAULT_NEAR_TIE_MARGIN
+  require_real_examples: int = 0
+  confidence: float = proof.DEFAULT_CONFIDENCE
 
+  @property
+  def rule(self) -> proof.Rule:
+    return proof.Rule(self.min_agreement, self.confidence)
 
-def disagreement_bound(disagreements: int, examples: int, confidence: float = CONFIDENCE) -> float:
-  """The one-sided Clopper-Pearson upper bound on the disagreement rate."""
-  if examples <= 0:
-    return 1.0
-  if disagreements >= examples:
-    return 1.0
-  alpha = 1.0 - confidence
+  def problems(self) -> List[str]:
+    problems = self.rule.problems()
+    if self.max_accuracy_drop < 0.0:
+      problems.append(f"max_accuracy_drop must be >= 0, got {self.max_accuracy_drop}")
+    if not 0.0 <= self.near_tie_margin < 1.0:
+      problems.append(f"near_tie_margin must be in [0, 1), got {self.near_tie_margin}")
+    if self.require_real_examples < 0:
+      problems.append(f"require_real_examples must be >= 0, got {self.require_real_examples}")
+    return problems
 
-  def at_most_observed(rate: float) -> float:  # P(X <= disagreements) for X ~ B(examples, rate)
-    log_rate, log_rest = math.log(rate), math.log1p(-rate)
-    return sum(math.exp(math.lgamma(examples + 1) - math.lgamma(k + 1)
-                        - math.lgamma(examples - k + 1) + k * log_rate
-                        + (examples - k) * log_rest) for k in range(disagreements + 1))
-
-  low, high = disagreements / examples, 1.0
-  for _ in range(60):
-    middle = (low + high) / 2
-    if middle <= 0.0 or at_most_observed(middle) > alpha:
-      low = middle
-    else:
-      high = middle
-  return high
+  def to_dict(self) -> Dict:
+    return {**dataclasses.asdict(self), "rule": self.rule.to_dict()}
 
 
 @dataclasses.dataclass
@@ -80,6 +83,20 @@ class OutputAgreement:
   agreement: float
   max_abs_diff: Optional[float] = None
   mean_abs_diff: Optional[float] = None
+
+
+@dataclasses.dataclass
+class Tally:
+  """Rows judged and rows that disagreed."""
+  examples: int = 0
+  disagreements: int = 0
+
+  @property
+  def agreement(self) -> float:
+    return 1.0 - self.disagreements / self.examples if self.examples else 1.0
+
+  def __add__(self, other: "Tally") -> "Tally":
+    return Tally(self.examples + other.examples, self.disagreements + other.disagreements)
 
 
 @dataclasses.dataclass
@@ -104,27 +121,34 @@ class LabelScore:
 @dataclasses.dataclass
 class SignatureAgreement:
   name: str
-  examples: int
-  agreement: float
+  real: Tally
+  synthetic: Tally  # counted synthetic rows only
+  near_ties: int  # synthetic rows set aside: the original's own answer was a near-tie
   outputs: Dict[str, OutputAgreement]
   labels: Optional[LabelScore] = None
 
   @property
-  def disagreements(self) -> int:
-    return int(round((1.0 - self.agreement) * self.examples))
+  def counted(self) -> Tally:
+    return self.real + self.synthetic
 
   @property
-  def disagreement_bound(self) -> float:
-    return disagreement_bound(self.disagreements, self.examples)
+  def examples(self) -> int:
+    return self.counted.examples
+
+  @property
+  def agreement(self) -> float:
+    return self.counted.agreement
 
 
 @dataclasses.dataclass
 class GuardResult:
   signatures: List[SignatureAgreement]
-  min_agreement: float
-  max_accuracy_drop: float = DEFAULT_MAX_ACCURACY_DROP
-  min_examples: int = 0
-  synthetic_examples: int = 0  # of the inputs, how many were made up from the export
+  settings: GuardSettings = GuardSettings()
+  real_sources: List[str] = dataclasses.field(default_factory=list)
+
+  @property
+  def rule(self) -> proof.Rule:
+    return self.settings.rule
 
   @property
   def agreement(self) -> float:
@@ -135,61 +159,110 @@ class GuardResult:
     return min(s.examples for s in self.signatures)
 
   @property
+  def real_examples(self) -> int:
+    return min(s.real.examples for s in self.signatures)
+
+  @property
+  def synthetic_examples(self) -> int:
+    return max(s.synthetic.examples + s.near_ties for s in self.signatures)
+
+  @property
   def passed(self) -> bool:
     return not self.failures()
 
   @property
-  def enough_examples(self) -> bool:
-    return self.examples >= self.min_examples
+  def real_evidence_missing(self) -> bool:
+    """Refused for want of the real examples the settings demand, which no plan can mend."""
+    return any(s.real.examples < self.settings.require_real_examples for s in self.signatures)
+
+  def unproven(self) -> Dict[str, int]:
+    """Per signature that fails only for want of proof, the count the rule needs for the
+    disagreements seen: what synthetic examples may top the evidence up to."""
+    return {s.name: self.rule.needed(s.counted.disagreements) for s in self.signatures
+            if not self._real_failures(s) and not self._proven(s)}
+
+  def _proven(self, s: SignatureAgreement) -> bool:
+    return self.rule.vouches(s.counted.disagreements, s.counted.examples)
+
+  def _real_failures(self, s: SignatureAgreement) -> List[str]:
+    problems = []
+    required = self.settings.require_real_examples
+    if s.real.examples < required:
+      problems.append(f"{s.name}: judged {s.real.examples} real examples; {required} are "
+                      f"required (pass more evaluation data, or lower require_real_examples)")
+    if s.real.examples and s.real.agreement < self.settings.min_agreement:
+      problems.append(f"{s.name}: the real examples say the model changed: agreement "
+                      f"{s.real.agreement:.4f} < {self.settings.min_agreement} on "
+                      f"{s.real.examples}")
+    # A drop exactly at the limit passes; accuracies are ratios, so allow float rounding.
+    if s.labels is not None and s.labels.drop > self.settings.max_accuracy_drop + 1e-9:
+      problems.append(
+          f"{s.name}: {s.labels.metric} {s.labels.original:.4f} -> {s.labels.optimized:.4f} "
+          f"on {s.labels.examples} labelled examples, a drop of {s.labels.drop:.2f} "
+          f"> {self.settings.max_accuracy_drop}")
+    return problems
 
   def failures(self) -> List[str]:
     problems = []
     for s in self.signatures:
-      if s.examples < self.min_examples:
+      problems += self._real_failures(s)
+      if not self._proven(s):
+        counted = s.counted
         problems.append(
-            f"{s.name}: judged {s.examples} examples; {self.min_examples} are needed before "
-            f"agreement {self.min_agreement} can be vouched for at {CONFIDENCE:.0%} (pass more "
-            f"evaluation data, or lower min_examples to accept less proof)")
-      if s.agreement < self.min_agreement:
-        problems.append(f"{s.name}: agreement {s.agreement:.4f} < {self.min_agreement}")
-      # A drop exactly at the limit passes; accuracies are ratios, so allow float rounding.
-      if s.labels is not None and s.labels.drop > self.max_accuracy_drop + 1e-9:
-        problems.append(
-            f"{s.name}: {s.labels.metric} {s.labels.original:.4f} -> {s.labels.optimized:.4f} "
-            f"on {s.labels.examples} labelled examples, a drop of {s.labels.drop:.2f} "
-            f"> {self.max_accuracy_drop}")
+            f"{s.name}: {counted.disagreements} disagreements in {counted.examples} examples "
+            f"({s.real.examples} real, {s.synthetic.examples} synthetic) put the "
+            f"{self.rule.confidence:.0%} bound on disagreement at "
+            f"{self.rule.bound(counted.disagreements, counted.examples):.2%} > "
+            f"{self.rule.tolerated:.2%}; {self.rule.needed(counted.disagreements)} examples "
+            f"would vouch for them (pass more evaluation data)")
     return problems
 
   def to_dict(self) -> Dict:
     signatures = []
     for s in self.signatures:
-      figures = dataclasses.asdict(s) | {"disagreement_bound_95": round(s.disagreement_bound, 6)}
+      figures = {"name": s.name, "near_ties_set_aside": s.near_ties,
+                 "outputs": {k: dataclasses.asdict(v) for k, v in s.outputs.items()}}
+      for origin, tally in ((REAL, s.real), (SYNTHETIC, s.synthetic), ("counted", s.counted)):
+        figures[origin] = {
+            "examples": tally.examples, "disagreements": tally.disagreements,
+            "agreement": tally.agreement,
+            "disagreement_bound": round(self.rule.bound(tally.disagreements, tally.examples), 6)}
+      figures["examples_needed"] = self.rule.needed(s.counted.disagreements)
       if s.labels is not None:
-        figures["labels"]["drop"] = s.labels.drop
+        figures["labels"] = dataclasses.asdict(s.labels) | {"drop": s.labels.drop}
       signatures.append(figures)
-    return {"signatures": signatures, "min_agreement": self.min_agreement,
-            "max_accuracy_drop": self.max_accuracy_drop, "min_examples": self.min_examples,
-            "synthetic_examples": self.synthetic_examples, "agreement": self.agreement,
-            "examples": self.examples, "passed": self.passed, "failures": self.failures()}
+    return {"signatures": signatures, "settings": self.settings.to_dict(),
+            "real_sources": self.real_sources, "agreement": self.agreement,
+            "examples": self.examples, "real_examples": self.real_examples,
+            "synthetic_examples": self.synthetic_examples, "passed": self.passed,
+            "failures": self.failures()}
 
 
-def compare_outputs(reference: np.ndarray, candidate: np.ndarray) -> OutputAgreement:
-  """Agreement of one output over a batch: shapes that differ agree nowhere; float outputs
-  with a class axis agree where the top class does, others where the candidate is within
-  1 % (and 1e-3) of the reference; other dtypes where rows are equal."""
+def row_agreement(reference: np.ndarray, candidate: np.ndarray):
+  """(agreeing rows as bools, OutputAgreement) of one output over a batch: shapes that
+  differ agree nowhere; float outputs with a class axis agree where the top class does,
+  others where the candidate is within 1 % (and 1e-3) of the reference; other dtypes where
+  rows are equal."""
+  rows = len(reference) if reference.ndim else 1
   if reference.shape != candidate.shape:
-    return OutputAgreement(0.0)
+    return np.zeros(rows, dtype=bool), OutputAgreement(0.0)
   if reference.dtype.kind == "f":
     diff = np.abs(reference.astype(np.float64) - candidate.astype(np.float64))
     if reference.ndim >= 2 and reference.shape[-1] > 1:
-      agreement = np.mean(np.argmax(reference, -1) == np.argmax(candidate, -1))
+      agree = np.argmax(reference, -1) == np.argmax(candidate, -1)
     else:
-      agreement = np.mean(diff <= _REGRESSION_ATOL + _REGRESSION_RTOL * np.abs(reference))
-    return OutputAgreement(float(agreement), float(diff.max(initial=0.0)),
-                           float(diff.mean()) if diff.size else 0.0)
+      agree = diff <= _REGRESSION_ATOL + _REGRESSION_RTOL * np.abs(reference)
+    agree = agree.reshape(rows, -1).all(axis=1)
+    return agree, OutputAgreement(float(np.mean(agree)) if agree.size else 1.0,
+                                  float(diff.max(initial=0.0)),
+                                  float(diff.mean()) if diff.size else 0.0)
   equal = reference == candidate
-  rows = equal.reshape(equal.shape[0], -1).all(axis=1) if equal.ndim > 1 else equal
-  return OutputAgreement(float(np.mean(rows)) if rows.size else 1.0)
+  agree = equal.reshape(rows, -1).all(axis=1) if equal.ndim else np.array([bool(equal)])
+  return agree, OutputAgreement(float(np.mean(agree)) if agree.size else 1.0)
+
+
+def compare_outputs(reference: np.ndarray, candidate: np.ndarray) -> OutputAgreement:
+  return row_agreement(reference, candidate)[1]
 
 
 def decisions(outputs: Mapping[str, np.ndarray]):
@@ -222,54 +295,72 @@ def _score(metric: str, predicted: np.ndarray, labels: Sequence) -> float:
   return float(np.mean(np.abs(predicted - np.array([float(v) for v in labels]))))
 
 
-Answers = Dict[str, List[Dict[str, np.ndarray]]]  # per signature, the outputs of each batch
+class Judge:
+  """Judges candidates on one `Evidence`, topping it up with synthetic examples when a
+  candidate fails only for want of proof."""
+
+  def __init__(self, evidence: Evidence, settings: GuardSettings):
+    self.evidence = evidence
+    self.settings = settings
+
+  def __call__(self, candidate: SessionServable) -> GuardResult:
+    answered: Dict[str, List[Dict[str, np.ndarray]]] = {n: [] for n in self.evidence.signatures}
+    while True:
+      for name, signature in self.evidence.signatures.items():
+        for batch in signature.batches[len(answered[name]):]:
+          answered[name].append(candidate.run(name, batch.inputs))
+      result = self._verdict(answered)
+      # Only where the rule's count is within reach: a candidate that disagrees a lot gets
+      # no synthetic examples it could never be vouched for with.
+      reachable = {name: needed for name, needed in result.unproven().items()
+                   if needed - self.evidence.signatures[name].counted()
+                   <= self.evidence.synthetic_room}
+      if result.passed or not self.evidence.top_up(reachable):
+        return result
+
+  def _verdict(self, answered) -> GuardResult:
+    signatures = []
+    for name, signature in self.evidence.signatures.items():
+      tallies = {REAL: Tally(), SYNTHETIC: Tally()}
+      near_ties = 0
+      per_output: Dict[str, List[OutputAgreement]] = {}
+      weights = []
+      for batch, actual in zip(signature.batches, answered[name]):
+        deciding = [k for k in batch.expected if k in _DECISION_OUTPUTS] or list(batch.expected)
+        agree = np.ones(batch.rows, dtype=bool)
+        for key in batch.expected:
+          rows, figures = row_agreement(batch.expected[key], actual[key])
+          per_output.setdefault(key, []).append(figures)
+          if key in deciding:
+            agree &= rows
+        weights.append(batch.rows)
+        tallies[batch.origin] += Tally(int(batch.counted.sum()),
+                                       int((~agree & batch.counted).sum()))
+        near_ties += int((~batch.counted).sum())
+      signatures.append(SignatureAgreement(
+          name, tallies[REAL], tallies[SYNTHETIC], near_ties,
+          {key: _combine(parts, weights) for key, parts in per_output.items()},
+          _label_score(signature.batches, answered[name])))
+    return GuardResult(signatures, self.settings, list(self.evidence.real.sources))
 
 
-def answers(servable: SessionServable, inputs: Mapping[str, SignatureInputs]) -> Answers:
-  """What `servable` answers to every batch of every signature: the original's are computed
-  once and compared with each candidate's."""
-  return {name: [servable.run(name, batch) for batch in signature_inputs_.batches]
-          for name, signature_inputs_ in inputs.items()}
-
-
-def compare(expected: Answers, candidate: SessionServable,
-            inputs: Mapping[str, SignatureInputs],
-            min_agreement: float = DEFAULT_MIN_AGREEMENT,
-            max_accuracy_drop: float = DEFAULT_MAX_ACCURACY_DROP,
-            min_examples: int = 0, synthetic_examples: int = 0) -> GuardResult:
-  """The candidate's answers judged against the original's `expected` ones."""
-  signatures = []
-  for name, signature_inputs_ in sorted(inputs.items()):
-    per_output: Dict[str, List[OutputAgreement]] = {}
-    weights = []
-    actual = [candidate.run(name, batch) for batch in signature_inputs_.batches]
-    for batch, reference, answered in zip(signature_inputs_.batches, expected[name], actual):
-      weights.append(len(next(iter(batch.values()))))
-      for key in reference:
-        per_output.setdefault(key, []).append(compare_outputs(reference[key], answered[key]))
-    outputs = {key: _combine(parts, weights) for key, parts in per_output.items()}
-    deciding = [o for key, o in outputs.items() if key in _DECISION_OUTPUTS] or list(
-        outputs.values())
-    signatures.append(SignatureAgreement(
-        name, signature_inputs_.examples, min(o.agreement for o in deciding), outputs,
-        _label_score(expected[name], actual, signature_inputs_.labels)))
-  return GuardResult(signatures, min_agreement, max_accuracy_drop, min_examples,
-                     synthetic_examples)
-
-
-def _label_score(expected: List[Dict[str, np.ndarray]], actual: List[Dict[str, np.ndarray]],
-                 labels: Optional[Sequence]) -> Optional[LabelScore]:
-  """Both models scored on the rows that have a label, or None when there are no labels or
-  no output is a decision."""
-  if labels is None:
+def _label_score(batches, actual: List[Dict[str, np.ndarray]]) -> Optional[LabelScore]:
+  """Both models scored on the real rows that have a label, or None when there are none
+  or no output is a decision."""
+  labelled = [(b, a) for b, a in zip(batches, actual) if b.origin == REAL and b.labels]
+  if not labelled:
     return None
+  labels = [label for b, _ in labelled for label in b.labels]
   rows = [i for i, label in enumerate(labels) if label is not None]
-  truth = [labels[i] for i in rows]
-  decided = [decisions({key: np.concatenate([batch[key] for batch in batches])
-                        for key in batches[0]}) for batches in (expected, actual)]
+  if not rows:
+    return None
+  decided = [decisions({key: np.concatenate([outputs[key] for outputs in per_batch])
+                        for key in per_batch[0]})
+             for per_batch in ([b.expected for b, _ in labelled], [a for _, a in labelled])]
   if decided[0] is None or decided[1] is None:
     return None
   metric = decided[0][0]
+  truth = [labels[i] for i in rows]
   try:
     return LabelScore(metric, len(rows), _score(metric, decided[0][1][rows], truth),
                       _score(metric, decided[1][1][rows], truth))
@@ -284,5 +375,6 @@ def _combine(parts: Sequence[OutputAgreement], weights: Sequence[int]) -> Output
   agreement = sum(p.agreement * w for p, w in zip(parts, weights)) / total
   if parts[0].max_abs_diff is None:
     return OutputAgreement(agreement)
-  return OutputAgreement(agreement, max(p.max_abs_diff for p in parts),
-                         sum(p.mean_abs_diff * w for p, w in zip(parts, weights)) / total)
+  return OutputAgreement(agreement, max(p.max_abs_diff or 0.0 for p in parts),
+                         sum((p.mean_abs_diff or 0.0) * w for p, w in zip(parts, weights))
+                         / total)

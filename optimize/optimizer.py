@@ -16,10 +16,12 @@ from export.servable import SessionServable
 from export.warmup import DEFAULT_SIGNATURE
 from optimize import evaluation_inputs
 from optimize import fallback as fallback_lib
-from optimize import guard
+from optimize import guard as guard_lib
 from optimize import report
 from optimize import savedmodel_io
-from optimize import transforms
+from optimize import synthetic
+from optimize import transforms as transforms_lib
+from optimize.evidence import Evidence
 
 # Registered in pip builds but absent from (or specific to) other builds of TF Serving.
 _BUILD_SPECIFIC_PREFIXES = ("_Mkl", "_MklNative", "_Fused", "_Quantized")
@@ -37,7 +39,7 @@ class OptimizeError(RuntimeError):
 @dataclasses.dataclass
 class OptimizeResult:
   output_dir: Optional[str]
-  guard: guard.GuardResult
+  guard: guard_lib.GuardResult
   steps: List[report.StepFigures]
   report_paths: Dict[str, str]
   written: bool
@@ -79,14 +81,15 @@ def _is_stock(op: str) -> bool:
   return op_def_registry.get(op) is not None and not op.startswith(_BUILD_SPECIFIC_PREFIXES)
 
 
-def _measure_inputs(inputs: Dict[str, evaluation_inputs.SignatureInputs]):
-  """A signature and its batch-1 and batch-64 inputs for latency figures."""
-  name = DEFAULT_SIGNATURE if DEFAULT_SIGNATURE in inputs else sorted(inputs)[0]
-  first = inputs[name].batches[0]
-  batch1 = {k: v[:1] for k, v in first.items()}
-  rows = {k: [] for k in first}
+def _measure_inputs(evidence: Evidence):
+  """A signature and its batch-1 and batch-64 inputs for latency figures, real rows first."""
+  name = DEFAULT_SIGNATURE if DEFAULT_SIGNATURE in evidence.signatures else sorted(
+      evidence.signatures)[0]
+  batches = [b.inputs for b in evidence.signatures[name].batches]
+  batch1 = {k: v[:1] for k, v in batches[0].items()}
+  rows = {k: [] for k in batches[0]}
   while len(next(iter(rows.values()))) < 64:
-    for batch in inputs[name].batches:
+    for batch in batches:
       for k, v in batch.items():
         rows[k].extend(list(v))
   return name, batch1, {k: v[:64] for k, v in rows.items()}
@@ -101,111 +104,132 @@ class _Step(NamedTuple):
 
 
 @dataclasses.dataclass(frozen=True)
-class GuardSettings:
-  """What the guard demands (see optimize/guard.py)."""
-  min_agreement: float = guard.DEFAULT_MIN_AGREEMENT
-  max_accuracy_drop: float = guard.DEFAULT_MAX_ACCURACY_DROP
-  min_examples: Optional[int] = None  # None: as many as min_agreement needs
-
-  @property
-  def examples_needed(self) -> int:
-    if self.min_examples is not None:
-      return self.min_examples
-    # Agreement 1.0 can never be proven; ask for what 0.999 would need.
-    return guard.examples_needed(min(self.min_agreement, 0.999))
+class OptimizeSettings:
+  """Everything a run of the optimizer is told, typed and checked once (`problems`)."""
+  transforms: Union[str, Sequence[str]] = transforms_lib.DEFAULT_TRANSFORMS
+  # Real examples to judge on (TFRecord, CSV or JSON Lines); None: the export's own.
+  eval_data: Optional[str] = None
+  label_key: Optional[str] = None  # the eval_data feature holding each row's label
+  guard: guard_lib.GuardSettings = guard_lib.GuardSettings()
+  fallback: str = fallback_lib.DEFAULT_FALLBACK
+  force: bool = False  # write even when the guard refuses
+  overwrite: bool = False
+  report_dir: Optional[str] = None  # None: <output_dir>.report
+  measure: bool = True  # size, cold start and latency after every step
+  latency_repeats: int = 30
+  latency_rounds: int = 3
 
   def problems(self) -> List[str]:
-    problems = []
-    if not 0.0 <= self.min_agreement <= 1.0:
-      problems.append(f"min_agreement must be in [0, 1], got {self.min_agreement}")
-    if self.max_accuracy_drop < 0.0:
-      problems.append(f"max_accuracy_drop must be >= 0, got {self.max_accuracy_drop}")
-    if self.min_examples is not None and self.min_examples < 1:
-      problems.append(f"min_examples must be >= 1, got {self.min_examples}")
+    problems = self.guard.problems()
+    if self.fallback not in fallback_lib.FALLBACKS:
+      problems.append(f"fallback must be one of {', '.join(fallback_lib.FALLBACKS)}, got "
+                      f"{self.fallback!r}")
+    if self.label_key and not self.eval_data:
+      problems.append("label_key needs eval_data, the file with the labels")
+    if self.latency_repeats < 1 or self.latency_rounds < 1:
+      problems.append("latency_repeats and latency_rounds must be >= 1")
     return problems
 
+  def specs(self) -> List[transforms_lib.TransformSpec]:
+    return transforms_lib.parse_transforms(self.transforms)
 
-def guard_examples(input_dir: str, source: savedmodel_io.Servable, eval_data: Optional[str],
-                   label_key: Optional[str], needed: int):
-  """The inputs per signature, the examples behind them (the evaluation file's, else the
-  warmup records' topped up with synthetic ones to the count the guard needs) and the
-  original's answers to them, which every candidate is compared with."""
-  with SessionServable(input_dir) as original:
-    try:
-      batches, warmup_examples = evaluation_inputs.warmup_inputs(input_dir, original.signatures)
-      if eval_data:
-        examples = evaluation_inputs.read_eval_examples(eval_data, source.graph_def, label_key)
-      else:
-        examples = evaluation_inputs.Examples(warmup_examples)
-        if len(warmup_examples) < needed:
-          made = evaluation_inputs.synthetic_examples(
-              source.graph_def, input_dir, original.signatures, needed - len(warmup_examples),
-              seeds=warmup_examples)
-          logging.warning(
-              "The guard judges %d synthetic examples beside %d from warmup records: made-up "
-              "inputs prove less than real ones. Pass --eval_data (and --label_key) for a guard "
-              "that proves what the model does on real data.", len(made), len(warmup_examples))
-          examples = evaluation_inputs.Examples(warmup_examples + made, synthetic=len(made))
-      inputs = evaluation_inputs.signature_inputs(original, source.graph_def, examples, batches)
-    except evaluation_inputs.GuardError as e:
-      raise OptimizeError("guard", input_dir, str(e)) from e
-    return inputs, examples, guard.answers(original, inputs)
+  def to_params(self) -> Dict:
+    """The settings as an Optimize execution records them."""
+    return {"transforms": [s.label for s in self.specs()], "eval_data": self.eval_data,
+            "label_key": self.label_key, "min_agreement": self.guard.min_agreement,
+            "max_accuracy_drop": self.guard.max_accuracy_drop,
+            "require_real_examples": self.guard.require_real_examples,
+            "fallback": self.fallback, "force": self.force}
+
+
+def build_evidence(source: savedmodel_io.Servable, original: SessionServable,
+                   settings: OptimizeSettings) -> Evidence:
+  """Real examples first (the evaluation file's, else the export's own sample and warmup
+  records), topped up with synthetic ones made from the export to the count the rule needs,
+  each judged by the original."""
+  input_dir = source.source_dir
+  warmup_batches, warmup_examples = evaluation_inputs.warmup_inputs(input_dir,
+                                                                    original.signatures)
+  if settings.eval_data:
+    real = evaluation_inputs.read_eval_examples(settings.eval_data, source.graph_def,
+                                                settings.label_key)
+  else:
+    real = evaluation_inputs.export_examples(input_dir, warmup_examples)
+  try:
+    made_up = synthetic.SyntheticRequests(source.graph_def, original.signatures,
+                                          source.asset_paths(), observed=warmup_examples)
+  except synthetic.SyntheticError as e:
+    logging.warning("No synthetic examples can top up the real ones: %s", e)
+    made_up = None
+  evidence = Evidence(original, source.graph_def, real, warmup_batches, made_up,
+                      settings.guard.near_tie_margin)
+  needed = settings.guard.rule.needed(0)
+  evidence.top_up({name: needed for name in evidence.signatures})
+  if not real.serialized:
+    logging.warning(
+        "The guard has no real examples of this model's traffic: no --eval_data, and %s "
+        "carries no evaluation sample or warmup records. It judges %d synthetic examples made "
+        "from the export, which prove less than real ones.", input_dir, evidence.synthetic_made)
+  logging.info("Guard evidence: %s real examples (%s), %d synthetic", len(real.serialized),
+               "; ".join(real.sources) or "none", evidence.synthetic_made)
+  return evidence
 
 
 def optimize(input_dir: str, output_dir: str,
-             transform_specs: Union[str, Sequence[str]] = transforms.DEFAULT_TRANSFORMS,
-             eval_data: Optional[str] = None, label_key: Optional[str] = None,
-             min_agreement: float = guard.DEFAULT_MIN_AGREEMENT,
-             max_accuracy_drop: float = guard.DEFAULT_MAX_ACCURACY_DROP,
-             min_examples: Optional[int] = None, fallback: str = fallback_lib.DEFAULT_FALLBACK,
-             force: bool = False, overwrite: bool = False,
-             report_dir: Optional[str] = None, measure: bool = True,
-             latency_repeats: int = 30, latency_rounds: int = 3) -> OptimizeResult:
+             settings: OptimizeSettings = OptimizeSettings()) -> OptimizeResult:
   """Optimizes the SavedModel version in `input_dir` into `output_dir`.
 
-  Refuses (writing nothing) when the guard does (agreement under `min_agreement`, a label
-  score dropping by more than `max_accuracy_drop`, fewer examples than `min_examples`),
-  unless `force`; before refusing, `fallback="mixed"` looks for the smallest plan that keeps
-  some weights out of int8 and passes. The report goes to `report_dir` (default:
-  `<output_dir>.report`, a sibling TF Serving ignores since its name is not a number).
+  Refuses (writing nothing) when the guard does, unless `settings.force`; before refusing,
+  `fallback="mixed"` looks for the smallest plan that keeps some weights out of int8 and
+  passes. The report goes to `report_dir` (default: `<output_dir>.report`, a sibling TF
+  Serving ignores since its name is not a number).
   """
   input_dir, output_dir = input_dir.rstrip("/"), output_dir.rstrip("/")
-  settings = GuardSettings(min_agreement, max_accuracy_drop, min_examples)
   if settings.problems():
-    raise OptimizeError("guard", input_dir, "; ".join(settings.problems()))
-  if fallback not in fallback_lib.FALLBACKS:
-    raise OptimizeError("guard", input_dir, f"fallback must be one of "
-                        f"{', '.join(fallback_lib.FALLBACKS)}, got {fallback!r}")
-  if label_key and not eval_data:
-    raise OptimizeError("guard", input_dir, "label_key needs eval_data, the file with labels")
+    raise OptimizeError("settings", input_dir, "; ".join(settings.problems()))
   if output_dir == input_dir:
     raise OptimizeError("input", input_dir, "the output dir must differ from the input dir")
-  if artifact_io.is_non_empty_dir(output_dir) and not overwrite:
+  if artifact_io.is_non_empty_dir(output_dir) and not settings.overwrite:
     raise OptimizeError("output", output_dir, "exists and is not empty (pass overwrite)")
   try:
-    specs = transforms.parse_transforms(transform_specs)
-  except transforms.TransformError as e:
+    specs = settings.specs()
+  except transforms_lib.TransformError as e:
     raise OptimizeError("transforms", input_dir, str(e)) from e
   try:
     source = savedmodel_io.read_servable(input_dir)
   except (savedmodel_io.SavedModelError, RuntimeError, tf.errors.OpError) as e:
     raise OptimizeError("input", input_dir, str(e)) from e
   check_graph(source.graph_def, source, "input")
-  context = transforms.GraphContext(frozenset(source.protected_nodes()), source.variable_values)
-  inputs, examples, expected = guard_examples(input_dir, source, eval_data, label_key,
-                                              settings.examples_needed)
-  signature, batch1, batch64 = _measure_inputs(inputs)
+  with SessionServable(input_dir) as original:
+    try:
+      evidence = build_evidence(source, original, settings)
+    except evaluation_inputs.GuardError as e:
+      raise OptimizeError("guard", input_dir, str(e)) from e
+    return _rewrite_and_judge(source, output_dir, specs, settings, guard_lib.Judge(
+        evidence, settings.guard), _measure_inputs(evidence))
 
+
+def _rewrite_and_judge(source, output_dir, specs, settings: OptimizeSettings,
+                       judge_candidate: guard_lib.Judge, measured) -> OptimizeResult:
+  input_dir = source.source_dir
+  context = transforms_lib.GraphContext(frozenset(source.protected_nodes()), source.variable_values)
+  signature, batch1, batch64 = measured
   scratch = tempfile.mkdtemp(prefix="optimize-")
   judged = 0
 
-  def judge(graph_def, step: str) -> guard.GuardResult:
+  def judge_at(version_dir: str, step: str) -> guard_lib.GuardResult:
+    try:
+      with SessionServable(version_dir) as candidate:
+        return judge_candidate(candidate)
+    except Exception as e:
+      raise OptimizeError(step, input_dir, f"the rewritten model fails to run: {e}") from e
+
+  def judge(graph_def, step: str) -> guard_lib.GuardResult:
     nonlocal judged
     judged += 1
     candidate = savedmodel_io.write_servable(source, graph_def, f"{scratch}/judged{judged}")
     try:
-      return _compare(input_dir, candidate, expected, inputs, settings, examples.synthetic,
-                      step)
+      return judge_at(candidate, step)
     finally:
       tf.io.gfile.rmtree(candidate)
 
@@ -222,14 +246,13 @@ def optimize(input_dir: str, output_dir: str,
         before_quantize = graph_def
       try:
         graph_def = spec.apply(graph_def, context)
-      except transforms.TransformError as e:
+      except transforms_lib.TransformError as e:
         raise OptimizeError(spec.label, input_dir, str(e)) from e
       check_graph(graph_def, source, spec.label)
       logging.info("%s: %d nodes", spec.label, len(graph_def.node))
-      if measure:
+      if settings.measure:
         candidate = savedmodel_io.write_servable(source, graph_def, f"{scratch}/step{index}")
-        result_guard = _compare(input_dir, candidate, expected, inputs, settings,
-                                examples.synthetic, spec.label)
+        result_guard = judge_at(candidate, spec.label)
         new_histogram = savedmodel_io.op_histogram(graph_def)
         made.append(_Step(spec.label, len(graph_def.node),
                           report.op_delta(histogram, new_histogram), candidate,
@@ -238,49 +261,50 @@ def optimize(input_dir: str, output_dir: str,
     if result_guard is None:
       result_guard = judge(graph_def, "guard")
     plan = None
-    if (not result_guard.passed and not force and fallback == "mixed"
-        and before_quantize is not None and result_guard.enough_examples):
+    if (not result_guard.passed and not settings.force and settings.fallback == "mixed"
+        and before_quantize is not None and not result_guard.real_evidence_missing):
       logging.warning("The full int8 plan fails the guard (%s); looking for the smallest plan "
                       "that passes.", "; ".join(result_guard.failures()))
       try:
         plan = fallback_lib.find_plan(before_quantize, context, specs[quantize_index],
                                       specs[quantize_index + 1:], judge)
-      except transforms.TransformError as e:
+      except transforms_lib.TransformError as e:
         raise OptimizeError("fallback", input_dir, str(e)) from e
       if plan is not None:
         graph_def, result_guard = plan.graph_def, plan.guard
         check_graph(graph_def, source, "fallback")
-        if measure:
+        if settings.measure:
           made.append(_Step(f"fallback: {plan.spec_label}", len(graph_def.node),
                             report.op_delta(histogram, savedmodel_io.op_histogram(graph_def)),
                             savedmodel_io.write_servable(source, graph_def,
                                                          f"{scratch}/fallback"),
                             result_guard.agreement))
     steps = []
-    if measure:
+    if settings.measure:
       figures = report.measure_steps([step.version_dir for step in made], signature, batch1,
-                                     batch64, latency_repeats, latency_rounds)
+                                     batch64, settings.latency_repeats, settings.latency_rounds)
       steps = [report.StepFigures(step.label, step.nodes, step.op_delta,
                                   agreement=step.agreement, **measured)
                for step, measured in zip(made, figures)]
-    written = result_guard.passed or force
+    written = result_guard.passed or settings.force
     if written:
-      savedmodel_io.write_servable(source, graph_def, output_dir, overwrite=overwrite)
+      savedmodel_io.write_servable(source, graph_def, output_dir, overwrite=settings.overwrite)
     report_paths = {}
     # A refused run writes nothing unless a report dir was asked for explicitly.
-    if measure and (written or report_dir):
+    if settings.measure and (written or settings.report_dir):
       report_paths = report.write_report(
-          report_dir or f"{output_dir}.report", input_dir, steps, result_guard.to_dict(),
+          settings.report_dir or f"{output_dir}.report", input_dir, steps,
+          result_guard.to_dict(),
           {"transforms": [s.label for s in specs], "output_dir": output_dir if written else None,
-           "forced": force and not result_guard.passed,
+           "forced": settings.force and not result_guard.passed,
            "fallback": plan.to_dict() if plan else None,
            "latency_signature": signature})
   finally:
     tf.io.gfile.rmtree(scratch)
   if not written:
     tried = (" no plan keeping weights out of int8 passes either;"
-             if fallback == "mixed" and before_quantize is not None
-             and result_guard.enough_examples else "")
+             if settings.fallback == "mixed" and before_quantize is not None
+             and not result_guard.real_evidence_missing else "")
     raise OptimizeError("guard", input_dir,
                         "optimized model fails the guard: " + "; ".join(result_guard.failures())
                         + f" ({tried} nothing written; pass force to write it anyway)")
@@ -290,13 +314,23 @@ def optimize(input_dir: str, output_dir: str,
 def summary(result: OptimizeResult):
   """What the guard judged and found, a line each, as the console shows it."""
   verdict = result.guard
-  made_up = (f", {verdict.synthetic_examples} of them synthetic" if verdict.synthetic_examples
-             else "")
-  yield (f"guard: {'passed' if verdict.passed else 'forced'}; judged {verdict.examples} "
-         f"examples{made_up}; lowest agreement {verdict.agreement:.4f}")
+  rule = verdict.rule
+  yield (f"guard: {'passed' if verdict.passed else 'forced'}; real examples: "
+         f"{'; '.join(verdict.real_sources) or 'none'}; synthetic: "
+         f"{verdict.synthetic_examples}; pass when the {rule.confidence:.0%} bound on "
+         f"disagreement is at most {rule.tolerated:.2%}")
   for signature in verdict.signatures:
-    line = (f"  {signature.name}: agreement {signature.agreement:.4f} on {signature.examples} "
-            f"(disagreement under {signature.disagreement_bound:.2%} at 95%)")
+    parts = []
+    for origin, tally in (("real", signature.real), ("synthetic", signature.synthetic)):
+      if tally.examples:
+        parts.append(f"{origin} {tally.agreement:.4f} on {tally.examples}")
+    if signature.near_ties:
+      parts.append(f"{signature.near_ties} synthetic near-ties set aside")
+    counted = signature.counted
+    line = (f"  {signature.name}: agreement {counted.agreement:.4f} on {counted.examples} "
+            f"({', '.join(parts)}); disagreement under "
+            f"{rule.bound(counted.disagreements, counted.examples):.2%} at "
+            f"{rule.confidence:.0%}")
     if signature.labels is not None:
       line += (f"; {signature.labels.metric} {signature.labels.original:.4f} -> "
                f"{signature.labels.optimized:.4f} on {signature.labels.examples} labelled")
@@ -304,13 +338,3 @@ def summary(result: OptimizeResult):
   if result.fallback is not None:
     kept = ", ".join(f"{k.name} ({k.stored_as})" for k in result.fallback.kept)
     yield f"fallback: kept out of int8: {kept}; {len(result.fallback.quantized)} weights int8"
-
-
-def _compare(reference_dir: str, candidate_dir: str, expected: guard.Answers, inputs,
-             settings: GuardSettings, synthetic: int, step: str):
-  try:
-    with SessionServable(candidate_dir) as candidate:
-      return guard.compare(expected, candidate, inputs, settings.min_agreement,
-                           settings.max_accuracy_drop, settings.examples_needed, synthetic)
-  except Exception as e:
-    raise OptimizeError(step, reference_dir, f"the rewritten model fails to run: {e}") from e

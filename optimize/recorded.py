@@ -20,7 +20,10 @@ def guard_figures(result: optimizer.OptimizeResult):
   """The guard's verdict as flat properties `python -m lineage` shows."""
   verdict = result.guard
   figures = dict(guard_passed=verdict.passed, guard_examples=verdict.examples,
+                 guard_real_examples=verdict.real_examples,
                  guard_synthetic_examples=verdict.synthetic_examples,
+                 guard_real_sources=verdict.real_sources,
+                 guard_rule=verdict.rule.to_dict(),
                  kept_in_float=[f"{k.name}:{k.stored_as}" for k in result.fallback.kept]
                  if result.fallback else [])
   scored = [s for s in verdict.signatures if s.labels is not None]
@@ -33,22 +36,13 @@ def guard_figures(result: optimizer.OptimizeResult):
 
 
 def optimize(recorder: Recorder, source: Artifact, output_dir: str,
-             model_name: Optional[str] = None,
-             **optimize_args) -> Tuple[optimizer.OptimizeResult, Artifact]:
+             settings: optimizer.OptimizeSettings = optimizer.OptimizeSettings(),
+             model_name: Optional[str] = None) -> Tuple[optimizer.OptimizeResult, Artifact]:
   """`optimizer.optimize` of the servable `source` as an Optimize execution; a refusal ends
   it FAILED with the reason."""
-  transforms = optimize_args.get("transform_specs")
-  params = {"transforms": transforms if isinstance(transforms, (list, type(None)))
-                          else [transforms],
-            "min_agreement": optimize_args.get("min_agreement"),
-            "max_accuracy_drop": optimize_args.get("max_accuracy_drop"),
-            "min_examples": optimize_args.get("min_examples"),
-            "fallback": optimize_args.get("fallback"),
-            "label_key": optimize_args.get("label_key"),
-            "force": optimize_args.get("force", False)}
-  with recorder.execution(schema.OPTIMIZE, inputs={"model": source},
-                          params={k: v for k, v in params.items() if v is not None}) as run:
-    result = optimizer.optimize(source.uri, output_dir, **optimize_args)
+  params = {k: v for k, v in settings.to_params().items() if v is not None}
+  with recorder.execution(schema.OPTIMIZE, inputs={"model": source}, params=params) as run:
+    result = optimizer.optimize(source.uri, output_dir, settings)
     steps = [dataclasses.asdict(s) for s in result.steps]
     figures = {}
     if result.steps:

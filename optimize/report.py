@@ -110,25 +110,35 @@ def to_markdown(model: str, steps: List[StepFigures], guard: Mapping,
   for s in steps[1:]:
     delta = ", ".join(f"{op} {n:+d}" for op, n in s.op_delta.items()) or "none"
     lines.append(f"- **{s.step}**: {delta}")
-  made_up = guard.get("synthetic_examples", 0)
+  settings = guard["settings"]
+  rule = settings["rule"]
   lines += ["", "## Accuracy guard", "",
-            f"Minimum top-1 agreement {guard['min_agreement']} on at least "
-            f"{guard.get('min_examples', 0)} examples: "
-            f"{'passed' if guard['passed'] else 'FAILED'} (lowest {guard['agreement']:.4f}).", ""]
-  if made_up:
-    lines += [f"{made_up} of the examples are synthetic, made from the export: they prove less "
-              "than real ones.", ""]
-  lines += ["| signature | examples | agreement | disagreement 95 % bound | "
-            "worst output max abs diff | labelled | before | after |",
-            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+            f"{'Passed' if guard['passed'] else 'FAILED'}. The rule: {rule['statement']} "
+            f"(min_agreement {rule['min_agreement']}, {rule['examples_needed_with_no_disagreement']}"
+            f" examples with none disagreeing); real examples must also agree at least "
+            f"{rule['min_agreement']} and lose at most {settings['max_accuracy_drop']} accuracy "
+            f"points; synthetic examples the original answers with a near-tie (top two scores "
+            f"within {settings['near_tie_margin']}) do not count.", "",
+            "Real examples: " + ("; ".join(guard.get("real_sources", [])) or "none") + ".", ""]
+  if guard.get("synthetic_examples"):
+    lines += [f"Up to {guard['synthetic_examples']} synthetic examples were made from the export "
+              "to top them up: they prove less than real ones.", ""]
+  lines += ["| signature | real: examples, agreement, 95 % bound | synthetic: counted, agreement, "
+            "bound (near-ties set aside) | counted: bound, needed | worst output max abs diff | "
+            "labelled | before | after |",
+            "| --- | --- | --- | --- | ---: | ---: | ---: | ---: |"]
   for s in guard["signatures"]:
     diffs = [o["max_abs_diff"] for o in s["outputs"].values() if o["max_abs_diff"] is not None]
     labels = s.get("labels")
     scored = (f"{labels['examples']} | {labels['metric']} {labels['original']:.4f} | "
               f"{labels['optimized']:.4f}" if labels else " | ")
-    lines.append(f"| {s['name']} | {s['examples']} | {s['agreement']:.4f} | "
-                 f"{s.get('disagreement_bound_95', 1.0):.2%} | "
-                 f"{max(diffs) if diffs else 0:.2e} | {scored} |")
+    real, made, counted = s["real"], s["synthetic"], s["counted"]
+    lines.append(
+        f"| {s['name']} | {real['examples']}, {real['agreement']:.4f}, "
+        f"{real['disagreement_bound']:.2%} | {made['examples']}, {made['agreement']:.4f}, "
+        f"{made['disagreement_bound']:.2%} ({s['near_ties_set_aside']}) | "
+        f"{counted['disagreement_bound']:.2%}, {s['examples_needed']} | "
+        f"{max(diffs) if diffs else 0:.2e} | {scored} |")
   for failure in guard.get("failures", []):
     lines.append(f"- {failure}")
   if fallback:

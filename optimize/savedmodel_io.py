@@ -61,6 +61,11 @@ class Servable:
         defs.append(asset)
     return defs
 
+  def asset_paths(self) -> Dict[str, str]:
+    """Asset tensor node name -> the asset file it names in the version dir."""
+    return {node_name(a.tensor_info.name): artifact_io.join(self.source_dir, "assets", a.filename)
+            for a in self.asset_file_defs()}
+
   def protected_nodes(self) -> List[str]:
     """Nodes that must keep their names: what signatures, the loader and assets refer to."""
     names = set()

@@ -113,10 +113,15 @@ def test_pipeline_optimizes_verifies_and_pushes_with_the_whole_chain_recorded(jo
   assert chain["export"]["artifact"]["uri"] == export_dir
   optimize = chain["optimize"]["execution"]["properties"]
   assert optimize["agreement"] >= 0.995
-  # The guard scores the eval set against its labels, and judges agreement on the eval and
-  # training texts together (154 + 616 distinct texts of the bundled data).
+  # The export carries its real sample, the eval set (labelled) and the training texts
+  # (154 + 616 distinct texts of the bundled data); the guard found it with no data passed.
+  exported = chain["export"]["execution"]["properties"]
+  assert exported["evaluation_sample_examples"] == 770
+  assert exported["evaluation_sample_labelled"] == 154
   assert optimize["guard_labelled_examples"] == 154
-  assert optimize["guard_examples"] == 770 and optimize["guard_synthetic_examples"] == 0
+  assert optimize["guard_examples"] == optimize["guard_real_examples"] == 770
+  assert optimize["guard_synthetic_examples"] == 0
+  assert optimize["guard_rule"]["examples_needed_with_no_disagreement"] == 598
   assert optimize["accuracy_before"] >= 0.9
   assert abs(optimize["accuracy_after"] - optimize["accuracy_before"]) <= 0.002
   assert chain["verdict"]["artifact"]["properties"]["blessed"] is True

@@ -148,8 +148,7 @@ class TrainerConfig:
       problems.append(f"chief_wait_secs must be >= 1, got {self.chief_wait_secs}")
     if self.max_worker_delay_secs is not None and self.max_worker_delay_secs < 0:
       problems.append(f"max_worker_delay_secs must be >= 0, got {self.max_worker_delay_secs}")
-    if not 0.0 <= self.min_agreement <= 1.0:
-      problems.append(f"min_agreement must be in [0, 1], got {self.min_agreement}")
+    problems += guard.GuardSettings(min_agreement=self.min_agreement).problems()
     if self.push_to and not self.smoke_test:
       problems.append("push_to needs the smoke test: only a blessed model is pushed")
     try:

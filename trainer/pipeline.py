@@ -3,8 +3,6 @@ recorded in ML Metadata, each leaving an artifact on disk in the job dir.
 
 Job dir layout (the census-sample convention, so TensorBoard points at the job dir):
   metadata.sqlite           ML Metadata lineage of every run (unless --metadata_db / MySQL)
-  guard/examples.tfrecord   the optimizer's guard inputs: eval examples with labels, then
-                            the training texts
   optimized/<model>/<version>/  the optimized servable (and its .report/)
   smoke_test/<version>/     the smoke test's verdict.json and BLESSED / NOT_BLESSED marker
   hub_module/               the text-embedding module built from the training corpus
@@ -33,14 +31,14 @@ import tensorflow as tf
 from absl import logging
 
 from export import artifact_io
-from export import examples as examples_lib
+from export import evaluation_sample as evaluation_sample_lib
 from export import exporter
 from export import out_of_scope
 from lineage import push
 from lineage import schema
 from lineage import store
 from lineage.record import Recorder
-from optimize import evaluation_inputs
+from optimize import guard
 from optimize import optimizer
 from optimize import recorded as recorded_optimize
 from serving.smoke_test import recorded as recorded_smoke_test
@@ -54,8 +52,6 @@ from trainer import weight_averaging
 from trainer.config import TrainerConfig
 
 _WARMUP_TEXTS = 64
-# The feature of the guard's examples file holding each eval example's intent.
-GUARD_LABEL_KEY = "intent"
 _CHIEF_POLL_SECS = 1.0
 
 
@@ -98,33 +94,26 @@ def export_base(config: TrainerConfig) -> str:
   return config.export_dir or artifact_io.join(config.job_dir, "export", config.model_name)
 
 
-def write_guard_examples(config: TrainerConfig, eval_examples, train_examples) -> str:
-  """The optimizer's guard inputs as a TFRecord in the job dir: every eval example with its
-  label (accuracy before and after), then the out-of-scope eval texts and the training texts
-  unlabelled. Agreement between two models needs no label and no held-out data, and the
-  bundled eval set alone (154 rows) is too small to vouch for 99.5 % agreement (598 rows are
-  needed at 95 %)."""
-  path = artifact_io.join(config.job_dir, "guard", "examples.tfrecord")
-  seen = set()
-  in_scope, out_of_scope_examples = inputs.split_out_of_scope(eval_examples, config.oos_label)
-
-  def rows():
-    for labelled, examples in ((True, in_scope), (False, out_of_scope_examples),
-                               (False, train_examples)):
-      for example in examples:
-        if example.text in seen:
-          continue
-        seen.add(example.text)
-        features = {model.TEXT_FEATURE: [example.text.encode("utf-8")]}
-        if labelled:
-          features[GUARD_LABEL_KEY] = [example.intent.encode("utf-8")]
-        yield tf.train.Example(features=tf.train.Features(feature={
-            k: tf.train.Feature(bytes_list=tf.train.BytesList(value=v))
-            for k, v in features.items()}))
-
-  examples_lib.write_examples(path, itertools.islice(
-      rows(), evaluation_inputs.EVAL_EXAMPLES_LIMIT))
-  return path
+def evaluation_sample(config: TrainerConfig, eval_examples, train_examples):
+  """The real requests the export carries for the optimizer's guard (see
+  export/evaluation_sample.py), as (text, intent or None): eval examples stratified by
+  intent, labelled where the model can answer their intent (out-of-scope ones are not),
+  then training texts unlabelled to fill the sample. Agreement between two models needs no
+  label and no held-out data, and the bundled eval set alone (154 rows) is too small to
+  vouch for 99.5 % agreement (598 rows are needed at 95 %)."""
+  size = evaluation_sample_lib.DEFAULT_SIZE
+  chosen = evaluation_sample_lib.stratified(eval_examples, lambda e: e.intent, size,
+                                            seed=config.seed)
+  rows, seen = [], set()
+  for example, labelled in itertools.chain(
+      ((e, e.intent != config.oos_label) for e in chosen),
+      ((e, False) for e in train_examples)):
+    if len(rows) == size:
+      break
+    if example.text not in seen:
+      seen.add(example.text)
+      rows.append((example.text, example.intent if labelled else None))
+  return rows
 
 
 def load_data(config: TrainerConfig):
@@ -324,11 +313,13 @@ def oos_threshold(report: Dict) -> Optional[out_of_scope.OutOfScopeThreshold]:
                                           oos["target_precision"])
 
 
-def export(config: TrainerConfig, result: TrainResult, warmup_texts) -> str:
+def export(config: TrainerConfig, result: TrainResult, warmup_texts, sample=()) -> str:
   return exporter.export_servable(result.estimator, export_base(config), warmup_texts,
                                   text_feature=model.TEXT_FEATURE,
                                   checkpoint_path=result.checkpoint_path,
-                                  oos_threshold=oos_threshold(result.eval_report))
+                                  oos_threshold=oos_threshold(result.eval_report),
+                                  sample=sample,
+                                  sample_sources=[config.eval_files, config.train_files])
 
 
 def hyperparameters(config: TrainerConfig) -> Dict:
@@ -385,8 +376,11 @@ def run(config: TrainerConfig, environment: Optional[cloud.JobEnvironment] = Non
   with recorder.execution(schema.EXPORT, inputs={"model": trained},
                           params={"model_name": config.model_name,
                                   "export_base": export_base(config)}) as step:
-    export_dir = export(config, train_result, warmup_texts)
-    step.results(warmup_records=len(exporter.warmup_logs(warmup_texts)))
+    sample = evaluation_sample(config, eval_examples, train_examples)
+    export_dir = export(config, train_result, warmup_texts, sample)
+    step.results(warmup_records=len(exporter.warmup_logs(warmup_texts)),
+                 evaluation_sample_examples=len(sample),
+                 evaluation_sample_labelled=sum(label is not None for _, label in sample))
     final = step.output("exported_model", schema.exported_model(export_dir, config.model_name))
   logging.info("Exported the servable to %s", export_dir)
   version = export_dir.rstrip("/").rsplit("/", 1)[1]
@@ -395,10 +389,13 @@ def run(config: TrainerConfig, environment: Optional[cloud.JobEnvironment] = Non
   if config.optimize:
     optimized_dir = artifact_io.join(config.job_dir, "optimized", config.model_name, version)
     try:
+      # No evaluation file: the guard judges the sample the export carries, as it does for
+      # anyone who optimizes this export later, anywhere.
       optimized, final = recorded_optimize.optimize(
-          recorder, final, optimized_dir, config.model_name, transform_specs=config.transforms,
-          eval_data=write_guard_examples(config, eval_examples, train_examples),
-          label_key=GUARD_LABEL_KEY, min_agreement=config.min_agreement)
+          recorder, final, optimized_dir, optimizer.OptimizeSettings(
+              transforms=config.transforms,
+              guard=guard.GuardSettings(min_agreement=config.min_agreement)),
+          config.model_name)
     except optimizer.OptimizeError as e:
       raise StageError(f"optimize: {e}") from e
     for line in optimizer.summary(optimized):

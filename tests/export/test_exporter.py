@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from export import evaluation_sample
 from export import exporter
 from export import warmup
 from export.servable import SessionServable
@@ -113,3 +114,13 @@ def test_warmup_refuses_more_records_than_tf_serving_accepts(tmp_path):
   logs = [warmup.predict_log("predict_text", {"text": ["hi"]})] * (warmup.MAX_WARMUP_RECORDS + 1)
   with pytest.raises(ValueError, match="1 to 1000 warmup records"):
     warmup.write_warmup_file(str(tmp_path / "w"), logs)
+
+
+def test_the_export_carries_a_real_labelled_sample_the_model_answers(trained):
+  sample = evaluation_sample.read(trained.export_dir)
+  assert len(sample.serialized) == 770 and sample.labelled == 154
+  with SessionServable(trained.export_dir) as model:
+    answer = model.run("serving_default", {"inputs": sample.serialized[:154]})
+  top = answer["classes"][np.arange(154), np.argmax(answer["scores"], -1)]
+  # The labels are the eval set's intents: the model gets most of them right.
+  assert np.mean([t == label for t, label in zip(top, sample.labels[:154])]) > 0.8

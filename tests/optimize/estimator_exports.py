@@ -94,12 +94,21 @@ def build(kind: str, tmp_dir: str) -> str:
   elif kind == "raw_receiver":
     estimator = tf.estimator.DNNClassifier(hidden_units=[8], feature_columns=[x], config=config)
     raw = True
+  elif kind == "wide_deep_raw":
+    estimator = tf.estimator.DNNLinearCombinedClassifier(
+        linear_feature_columns=[word, tag],
+        dnn_feature_columns=[x, tf.feature_column.embedding_column(tag, 4)],
+        dnn_hidden_units=[8], config=config)
+    raw = True
   else:
     raise ValueError(kind)
   estimator.train(_input_fn(label_key, string_labels), steps=40)
   if raw:
     def receiver():
       features = {"x": tf.compat.v1.placeholder(tf.float32, [None, 3], name="x")}
+      if kind == "wide_deep_raw":
+        features.update({name: tf.compat.v1.placeholder(tf.string, [None, 1], name=name)
+                         for name in ("word", "tag")})
       return tf.estimator.export.ServingInputReceiver(features, features)
   else:
     columns = {"dnn_batch_norm": [x, word], "linear_vocabulary_file": [word, tag],
@@ -111,4 +120,4 @@ def build(kind: str, tmp_dir: str) -> str:
 
 
 KINDS = ("dnn_batch_norm", "linear_vocabulary_file", "dnn_linear_combined", "dnn_regressor",
-         "raw_receiver")
+         "raw_receiver", "wide_deep_raw")

@@ -30,22 +30,34 @@ def optimize(*args):
 def test_a_refusal_exits_1_and_writes_nothing_and_force_writes(regressor, tmp_path):
   version_dir, few, _ = regressor
   output = tmp_path / "models" / "1"
-  refused = optimize(f"--input_dir={version_dir}", f"--output_dir={output}",
-                     f"--eval_data={few}", "--label_key=target", "--nomeasure")
+  strict = [f"--input_dir={version_dir}", f"--output_dir={output}", f"--eval_data={few}",
+            "--label_key=target", "--nomeasure", "--require_real_examples=598"]
+  refused = optimize(*strict)
   assert refused.returncode == 1, refused.stderr[-2000:]
-  assert "[guard]" in refused.stdout and "judged 40 examples; 598 are needed" in refused.stdout
+  assert "[guard]" in refused.stdout
+  assert "judged 40 real examples; 598 are required" in refused.stdout
   assert not (tmp_path / "models").exists()
-  forced = optimize(f"--input_dir={version_dir}", f"--output_dir={output}",
-                    f"--eval_data={few}", "--label_key=target", "--nomeasure", "--force")
+  forced = optimize(*strict, "--force")
   assert forced.returncode == 0, forced.stdout[-2000:] + forced.stderr[-2000:]
   assert (output / "saved_model.pb").exists()
-  assert "guard: forced; judged 40 examples" in forced.stdout
+  assert f"guard: forced; real examples: 40 from {few}; synthetic:" in forced.stdout
+
+
+def test_a_few_real_examples_pass_topped_up_with_synthetic_ones(regressor, tmp_path):
+  version_dir, few, _ = regressor
+  completed = optimize(f"--input_dir={version_dir}", f"--output_dir={tmp_path / '1'}",
+                       f"--eval_data={few}", "--label_key=target", "--nomeasure")
+  assert completed.returncode == 0, completed.stdout[-2000:] + completed.stderr[-2000:]
+  assert f"guard: passed; real examples: 40 from {few}; synthetic:" in completed.stdout
+  assert "real 1.0000 on 40, synthetic" in completed.stdout
 
 
 @pytest.mark.parametrize("flag, message", [
-    ("--min_agreement=1.5", "--min_agreement must be in [0, 1]"),
+    ("--min_agreement=1.5", "--min_agreement must be in [0, 1)"),
+    ("--min_agreement=1", "no count of examples vouches for 1.0"),
+    ("--near_tie_margin=2", "--near_tie_margin must be in [0, 1)"),
     ("--max_accuracy_drop=-1", "--max_accuracy_drop must be >= 0"),
-    ("--label_key=target", "--label_key needs --eval_data"),
+    ("--label_key=target", "--label_key needs eval_data, the file with the labels"),
     ("--fallback=maybe", "--fallback"),
 ])
 def test_impossible_settings_are_refused_before_any_work(regressor, tmp_path, flag, message):
@@ -83,3 +95,6 @@ def test_report_dir_overwrite_and_the_recorded_execution(regressor, tmp_path):
   assert run.properties["guard_labelled_examples"].int_value == 600
   assert run.properties["mean_absolute_error_before"].double_value > 0
   assert run.properties["label_key"].string_value == "target"
+  assert run.properties["guard_real_examples"].int_value == 600
+  rule = json.loads(run.properties["guard_rule"].string_value)
+  assert rule["confidence"] == 0.95 and rule["examples_needed_with_no_disagreement"] == 598

@@ -1,32 +1,62 @@
-"""The guard's comparison rule, its label scores and what its count of examples can prove."""
-
-import math
+"""The guard's comparison rule, its label scores, and how real and synthetic evidence decide."""
 
 import numpy as np
 import pytest
 
 from optimize import guard
+from optimize import proof
 
 
-def signature(name, agreement, examples=1000, labels=None):
-  return guard.SignatureAgreement(name, examples, agreement,
-                                  {"scores": guard.OutputAgreement(agreement)}, labels)
+def signature(name, real=(2000, 0), synthetic=(0, 0), near_ties=0, labels=None):
+  return guard.SignatureAgreement(name, guard.Tally(*real), guard.Tally(*synthetic), near_ties,
+                                  {"scores": guard.OutputAgreement(1.0)}, labels)
 
 
-def result(*signatures, min_agreement=0.995, max_drop=0.2, min_examples=0):
-  return guard.GuardResult(list(signatures), min_agreement, max_drop, min_examples)
+def result(*signatures, **settings):
+  return guard.GuardResult(list(signatures), guard.GuardSettings(**settings))
 
 
-def test_agreement_exactly_at_the_threshold_passes_and_just_below_fails():
-  assert result(signature("a", 0.995)).passed
-  assert not result(signature("a", 0.994)).passed
+def test_the_pass_decision_is_the_bound_on_the_counted_examples():
+  assert result(signature("a", real=(598, 0))).passed
+  (failure,) = result(signature("a", real=(597, 0))).failures()
+  assert "0 disagreements in 597 examples (597 real, 0 synthetic)" in failure
+  assert "598 examples would vouch for them" in failure
+  # 2 in 598 clears 0.995 as a rate, not as proof: the count needed follows from the bound.
+  (failure,) = result(signature("a", real=(598, 2))).failures()
+  assert "1258 examples would vouch" in failure
+  assert result(signature("a", real=(1258, 2))).passed
 
 
 def test_the_lowest_signature_decides():
-  verdict = result(signature("a", 1.0), signature("b", 0.99), signature("c", 0.999))
-  assert verdict.agreement == 0.99
-  assert not verdict.passed
-  assert verdict.failures() == ["b: agreement 0.9900 < 0.995"]
+  verdict = result(signature("a"), signature("b", real=(2000, 12)), signature("c"))
+  assert verdict.agreement == pytest.approx(0.994)
+  assert [f.split(":")[0] for f in verdict.failures()] == ["b", "b"]
+
+
+def test_real_disagreement_outranks_any_number_of_agreeing_synthetic_examples():
+  verdict = result(signature("a", real=(64, 1), synthetic=(4000, 0)))
+  (failure,) = verdict.failures()
+  assert "the real examples say the model changed: agreement 0.9844 < 0.995 on 64" in failure
+  assert verdict.unproven() == {}
+
+
+def test_synthetic_examples_top_up_real_ones_that_agree():
+  few_real = signature("a", real=(64, 0), synthetic=(534, 0), near_ties=30)
+  verdict = result(few_real)
+  assert verdict.passed and verdict.real_examples == 64
+  assert verdict.synthetic_examples == 564
+  # One synthetic disagreement is not a refusal: it asks for the count that vouches for it.
+  short = result(signature("a", real=(64, 0), synthetic=(534, 1)))
+  assert not short.passed and short.unproven() == {"a": 947}
+  assert result(signature("a", real=(64, 0), synthetic=(883, 1))).passed
+
+
+def test_strict_proof_demands_real_examples():
+  verdict = result(signature("a", real=(64, 0), synthetic=(534, 0)), require_real_examples=598)
+  assert verdict.real_evidence_missing
+  (failure,) = verdict.failures()
+  assert "judged 64 real examples; 598 are required" in failure
+  assert result(signature("a", real=(598, 0)), require_real_examples=598).passed
 
 
 def test_outputs_of_different_shapes_agree_nowhere():
@@ -54,43 +84,12 @@ def test_string_outputs_agree_where_whole_rows_are_equal():
   assert guard.compare_outputs(reference, candidate).agreement == 0.5
 
 
-def test_examples_needed_for_the_default_threshold_is_what_the_rule_of_three_gives():
-  needed = guard.examples_needed(0.995)
-  assert needed == 598
-  assert 0.995 ** needed <= 0.05 < 0.995 ** (needed - 1)
-  assert guard.examples_needed(0.0) == 1
-  with pytest.raises(ValueError):
-    guard.examples_needed(1.0)
-
-
-@pytest.mark.parametrize("examples", [18, 154, 598, 5000])
-def test_with_no_disagreement_the_bound_is_the_exact_one_sided_bound(examples):
-  assert guard.disagreement_bound(0, examples) == pytest.approx(
-      1 - 0.05 ** (1 / examples), rel=1e-6)
-
-
-def test_the_bound_is_the_clopper_pearson_one():
-  # 3 disagreements in 100: the binomial chance of <= 3 at the bound is 5 %.
-  bound = guard.disagreement_bound(3, 100)
-  chance = sum(math.comb(100, k) * bound ** k * (1 - bound) ** (100 - k) for k in range(4))
-  assert chance == pytest.approx(0.05, abs=1e-6)
-  assert 0.03 < bound < guard.disagreement_bound(4, 100) < guard.disagreement_bound(4, 50)
-
-
-def test_too_few_examples_are_refused_saying_how_many_are_needed():
-  verdict = result(signature("serving_default", 1.0, examples=18), min_examples=598)
-  assert not verdict.passed and not verdict.enough_examples
-  (failure,) = verdict.failures()
-  assert "judged 18 examples; 598 are needed" in failure
-  assert result(signature("serving_default", 1.0, examples=598), min_examples=598).passed
-
-
 def test_an_accuracy_drop_over_the_limit_fails_even_when_agreement_passes():
   small_drop = guard.LabelScore("accuracy", 1000, 0.913, 0.911)
   large_drop = guard.LabelScore("accuracy", 1000, 0.913, 0.908)
   assert small_drop.drop == pytest.approx(0.2)
-  assert result(signature("a", 0.996, labels=small_drop)).passed
-  verdict = result(signature("a", 0.996, labels=large_drop))
+  assert result(signature("a", labels=small_drop)).passed
+  verdict = result(signature("a", labels=large_drop))
   assert not verdict.passed
   assert "accuracy 0.9130 -> 0.9080 on 1000 labelled examples" in verdict.failures()[0]
 
@@ -110,9 +109,29 @@ def test_decisions_are_the_top_class_or_the_regression_value():
   assert guard.decisions({"logits": np.zeros((2, 3), np.float32)}) is None
 
 
-def test_to_dict_carries_the_bound_and_the_failures():
-  verdict = result(signature("a", 0.99, examples=100)).to_dict()
-  assert verdict["passed"] is False and verdict["examples"] == 100
-  assert verdict["signatures"][0]["disagreement_bound_95"] == pytest.approx(
-      guard.disagreement_bound(1, 100), rel=1e-5)
-  assert verdict["failures"] == ["a: agreement 0.9900 < 0.995"]
+def test_to_dict_carries_real_synthetic_and_counted_figures_and_the_rule():
+  verdict = result(signature("a", real=(100, 1), synthetic=(500, 0), near_ties=7)).to_dict()
+  assert verdict["passed"] is False and verdict["examples"] == 600
+  (figures,) = verdict["signatures"]
+  assert figures["real"]["examples"] == 100 and figures["real"]["disagreements"] == 1
+  assert figures["real"]["disagreement_bound"] == pytest.approx(proof.upper_bound(1, 100),
+                                                                 rel=1e-5)
+  assert figures["synthetic"]["examples"] == 500 and figures["near_ties_set_aside"] == 7
+  assert figures["counted"]["examples"] == 600 and figures["examples_needed"] == 947
+  assert verdict["settings"]["rule"]["examples_needed_with_no_disagreement"] == 598
+  assert verdict["settings"]["near_tie_margin"] == guard.DEFAULT_NEAR_TIE_MARGIN
+  assert verdict["failures"][0].startswith("a: the real examples say the model changed")
+
+
+def test_rows_agree_only_where_every_decision_output_agrees():
+  reference = np.array([[0.1, 0.9], [0.6, 0.4], [0.3, 0.7]], np.float32)
+  candidate = np.array([[0.2, 0.8], [0.4, 0.6], [0.3, 0.7]], np.float32)
+  rows, figures = guard.row_agreement(reference, candidate)
+  assert rows.tolist() == [True, False, True]
+  assert figures.agreement == pytest.approx(2 / 3)
+
+
+def test_impossible_settings_say_why():
+  problems = guard.GuardSettings(min_agreement=1.0, max_accuracy_drop=-1,
+                                 near_tie_margin=1.5, require_real_examples=-2).problems()
+  assert len(problems) == 4

@@ -3,6 +3,7 @@
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -12,12 +13,10 @@ import tensorflow as tf
 from tensorflow.python.framework import op_def_registry
 
 from export.servable import SessionServable
-from optimize import evaluation_inputs
 from optimize import optimizer
 from optimize import savedmodel_io
 from optimize import transforms
-from tests.helpers import PROJECT_ROOT, run_python, scramble_weights, small_config
-from trainer import pipeline
+from tests.helpers import PROJECT_ROOT, run_python, scramble_weights
 from tests.optimize import estimator_exports
 
 # Loads a version dir in a fresh interpreter and runs every signature on the inputs the
@@ -62,6 +61,10 @@ def exports(tmp_path_factory):
       eval_data
 
 
+def run(version_dir, output_dir, **settings):
+  return optimizer.optimize(version_dir, output_dir, optimizer.OptimizeSettings(**settings))
+
+
 def assert_same_signatures(original_dir, optimized_dir):
   original = savedmodel_io.read_servable(original_dir).meta_graph.signature_def
   optimized = savedmodel_io.read_servable(optimized_dir).meta_graph.signature_def
@@ -85,14 +88,13 @@ def assert_frozen_with_stock_ops(optimized_dir):
 
 
 def assert_same_answers_in_a_fresh_process(original_dir, optimized_dir, eval_data, tmp_path):
+  """The first batch of the guard's real evidence (the eval file's, else the export's own)
+  answered alike by the optimized model loaded in a fresh process."""
   with SessionServable(original_dir) as original:
-    graph_def = savedmodel_io.read_servable(original_dir).graph_def
-    batches, warmup_examples = evaluation_inputs.warmup_inputs(original_dir, original.signatures)
-    examples = (evaluation_inputs.read_eval_examples(eval_data, graph_def) if eval_data
-                else evaluation_inputs.Examples(warmup_examples))
-    inputs = evaluation_inputs.signature_inputs(original, graph_def, examples, batches)
-    feeds = {name: s.batches[0] for name, s in inputs.items()}
-    expected = {name: original.run(name, batch) for name, batch in feeds.items()}
+    evidence = optimizer.build_evidence(savedmodel_io.read_servable(original_dir), original,
+                                        optimizer.OptimizeSettings(eval_data=eval_data))
+    feeds = {name: s.batches[0].inputs for name, s in evidence.signatures.items()}
+    expected = {name: s.batches[0].expected for name, s in evidence.signatures.items()}
   import pickle
   inputs_file = tmp_path / "inputs.pickle"
   inputs_file.write_bytes(pickle.dumps(feeds))
@@ -107,14 +109,20 @@ def assert_same_answers_in_a_fresh_process(original_dir, optimized_dir, eval_dat
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("evidence", ["600 real", "64 real", "none"])
 @pytest.mark.parametrize("kind", estimator_exports.KINDS)
-def test_optimizes_each_canned_estimator_export(exports, kind, tmp_path):
+def test_optimizes_each_canned_estimator_export(exports, kind, evidence, tmp_path):
   version_dirs, eval_data = exports
+  if evidence == "64 real":
+    eval_data = estimator_exports.write_eval_tfrecord(str(tmp_path / "few.tfrecord"), count=64)
+  elif evidence == "none":
+    eval_data = None
   original_dir = version_dirs[kind]
   before = tree_digest(original_dir)
-  result = optimizer.optimize(original_dir, str(tmp_path / "optimized"), eval_data=eval_data,
-                              measure=False)
-  assert result.written and result.guard.passed
+  result = run(original_dir, str(tmp_path / "optimized"), eval_data=eval_data, measure=False)
+  # Real evidence, plenty or little, never refuses what no evidence would pass.
+  assert result.written and result.guard.passed and result.guard.agreement >= 0.995
+  assert result.guard.real_examples == {"600 real": 600, "64 real": 64, "none": 0}[evidence]
   assert {s.name for s in result.guard.signatures} == set(
       savedmodel_io.read_servable(original_dir).meta_graph.signature_def)
   assert tree_digest(original_dir) == before, "the input model was modified"
@@ -129,8 +137,7 @@ def test_optimizes_each_canned_estimator_export(exports, kind, tmp_path):
 def test_vocabulary_file_asset_survives_and_its_table_still_works(exports, tmp_path):
   version_dirs, eval_data = exports
   original_dir = version_dirs["linear_vocabulary_file"]
-  result = optimizer.optimize(original_dir, str(tmp_path / "optimized"), eval_data=eval_data,
-                              measure=False)
+  result = run(original_dir, str(tmp_path / "optimized"), eval_data=eval_data, measure=False)
   assert os.listdir(os.path.join(result.output_dir, "assets")) == ["words.txt"]
   assert savedmodel_io.read_servable(result.output_dir).meta_graph.asset_file_def
   examples = [tf.train.Example(features=tf.train.Features(feature={
@@ -146,20 +153,21 @@ def test_vocabulary_file_asset_survives_and_its_table_still_works(exports, tmp_p
 
 @pytest.mark.slow
 def test_optimizes_the_hub_text_model_smaller_with_warmup_kept(trained, tmp_path):
-  # Judged as the pipeline judges it: the bundled eval set with labels and the training texts.
-  config = small_config(tmp_path / "job")
-  train_examples, eval_examples = pipeline.load_data(config)
-  guard_examples = pipeline.write_guard_examples(config, eval_examples, train_examples)
-  result = optimizer.optimize(trained.export_dir, str(tmp_path / "optimized"),
-                              eval_data=guard_examples, label_key=pipeline.GUARD_LABEL_KEY,
-                              latency_repeats=3)
-  assert result.guard.passed and result.guard.examples == 770
+  # No evaluation file: the guard finds the real sample the exporter put in the version.
+  result = run(trained.export_dir, str(tmp_path / "optimized"), latency_repeats=3)
+  assert result.guard.passed and result.guard.real_examples == 770
+  assert result.guard.real_sources[0].startswith(
+      f"770 from the export's evaluation sample ({trained.export_dir}/assets.extra/")
+  scored = [s.labels for s in result.guard.signatures if s.labels is not None]
+  assert scored and all(labels.examples == 154 for labels in scored)
   assert_same_signatures(trained.export_dir, result.output_dir)
   assert_frozen_with_stock_ops(result.output_dir)
   warmup = "assets.extra/tf_serving_warmup_requests"
   with open(os.path.join(trained.export_dir, warmup), "rb") as a, \
       open(os.path.join(result.output_dir, warmup), "rb") as b:
     assert a.read() == b.read()
+  assert os.path.exists(os.path.join(result.output_dir, "assets.extra",
+                                     "evaluation_sample.json"))
   assert result.steps[-1].bytes_on_disk < 0.5 * result.steps[0].bytes_on_disk
   assert result.steps[-1].nodes < result.steps[0].nodes
   steps = [s.step for s in result.steps]
@@ -176,12 +184,12 @@ def test_guard_refuses_a_broken_transform_and_writes_nothing(trained, tmp_path):
   output = tmp_path / "optimized"
   with transforms.registry.registered("scramble_weights", scramble_weights):
     with pytest.raises(optimizer.OptimizeError, match=r"\[guard\] .*fails the guard") as error:
-      optimizer.optimize(trained.export_dir, str(output), "freeze scramble_weights",
-                         measure=False)
+      run(trained.export_dir, str(output), transforms="freeze scramble_weights",
+          measure=False)
     assert error.value.step == "guard"
     assert not output.exists() and not list(tmp_path.iterdir())
-    forced = optimizer.optimize(trained.export_dir, str(output), "freeze scramble_weights",
-                                measure=False, force=True)
+    forced = run(trained.export_dir, str(output), transforms="freeze scramble_weights",
+                 measure=False, force=True)
   assert forced.written and not forced.guard.passed
 
 
@@ -190,15 +198,15 @@ def test_refuses_a_non_empty_output_dir_and_the_input_dir(trained, tmp_path):
   occupied.mkdir()
   (occupied / "keep.txt").write_text("mine")
   with pytest.raises(optimizer.OptimizeError, match="not empty"):
-    optimizer.optimize(trained.export_dir, str(occupied), measure=False)
+    run(trained.export_dir, str(occupied), measure=False)
   assert (occupied / "keep.txt").read_text() == "mine"
   with pytest.raises(optimizer.OptimizeError, match="must differ"):
-    optimizer.optimize(trained.export_dir, trained.export_dir, measure=False)
+    run(trained.export_dir, trained.export_dir, measure=False)
 
 
 def test_a_directory_without_a_saved_model_gets_an_error_naming_it(tmp_path):
   with pytest.raises(optimizer.OptimizeError, match=r"\[input\] .*no saved_model.pb"):
-    optimizer.optimize(str(tmp_path), str(tmp_path / "out"), measure=False)
+    run(str(tmp_path), str(tmp_path / "out"), measure=False)
 
 
 def run_cli(*args):
@@ -215,6 +223,28 @@ def test_command_line_optimizes_and_reports(trained, tmp_path):
   assert f"optimized {output}" in completed.stdout
   assert (tmp_path / "model" / "2.report" / "report.md").exists()
   assert (output / "saved_model.pb").exists()
+
+
+@pytest.mark.slow
+def test_a_model_copied_away_from_its_job_dir_optimizes_saying_what_it_judged(trained,
+                                                                             tmp_path):
+  copied = tmp_path / "elsewhere" / "7"
+  shutil.copytree(trained.export_dir, copied)
+  completed = run_cli(f"--input_dir={copied}", f"--output_dir={tmp_path / 'out' / '7'}",
+                      "--nomeasure")
+  assert completed.returncode == 0, completed.stderr[-3000:]
+  assert (f"real examples: 770 from the export's evaluation sample "
+          f"({copied}/assets.extra/evaluation_sample.tfrecord.gz, 154 labelled)"
+          in completed.stdout)
+  # Without the sample it still optimizes, and says it judged made-up inputs alone.
+  for name in ("evaluation_sample.json", "evaluation_sample.tfrecord.gz",
+               "tf_serving_warmup_requests"):
+    (copied / "assets.extra" / name).unlink()
+  completed = run_cli(f"--input_dir={copied}", f"--output_dir={tmp_path / 'bare' / '7'}",
+                      "--nomeasure")
+  assert completed.returncode == 0, completed.stderr[-3000:]
+  assert "real examples: none; synthetic:" in completed.stdout
+  assert "no real examples" in completed.stderr
 
 
 @pytest.mark.slow
@@ -244,5 +274,5 @@ def test_large_constants_are_stored_as_read_only_variables_and_restored(trained,
     np.testing.assert_allclose(b.run("predict_text", texts)["probabilities"],
                                a.run("predict_text", texts)["probabilities"], rtol=1e-6)
   # Optimizing the result again reads the stored tensors back as constants.
-  again = optimizer.optimize(output, str(tmp_path / "2"), measure=False)
+  again = run(output, str(tmp_path / "2"), measure=False)
   assert again.guard.passed

@@ -4,6 +4,8 @@ import json
 
 import pytest
 
+from optimize import guard
+from optimize import proof
 from optimize import report
 from tests import tiny_models
 
@@ -16,11 +18,14 @@ def steps():
                              0.50, 2.0, 0.9975)]
 
 
-GUARD = {"min_agreement": 0.995, "passed": True, "agreement": 0.9975,
-         "signatures": [{"name": "serving_default", "examples": 400, "agreement": 0.9975,
-                         "disagreement_bound_95": 0.0149,
-                         "outputs": {"scores": {"agreement": 0.9975, "max_abs_diff": 0.01,
-                                                "mean_abs_diff": 0.001}}}]}
+def guard_figures(real=(400, 1), synthetic=(0, 0), near_ties=0):
+  return guard.GuardResult(
+      [guard.SignatureAgreement("serving_default", guard.Tally(*real), guard.Tally(*synthetic),
+                                near_ties, {"scores": guard.OutputAgreement(0.9975, 0.01, 0.001)})],
+      real_sources=["400 from /data/eval.tfrecord"]).to_dict()
+
+
+GUARD = guard_figures()
 
 
 def test_op_delta_lists_only_the_ops_whose_count_changed():
@@ -39,22 +44,25 @@ def test_the_markdown_names_every_step_with_its_ratios_and_the_slower_ones():
   assert ("Slower than the original at batch 1 (by more than 5 %): "
           "quantize_weights(dtype=int8).") in text
   assert "- **freeze**: VarHandleOp -3, Const +3" in text
-  assert "| serving_default | 400 | 0.9975 | 1.49% | 1.00e-02 |" in text
-  assert "passed (lowest 0.9975)" in text
+  bound = f"{proof.upper_bound(1, 400):.2%}"
+  assert f"| serving_default | 400, 0.9975, {bound} | 0, 1.0000, 100.00% (0) | {bound}, 947 |" \
+      f" 1.00e-02 |" in text
+  assert text.count("FAILED. The rule: pass when the one-sided 95% Clopper-Pearson upper") == 1
+  assert "Real examples: 400 from /data/eval.tfrecord." in text
 
 
 def test_the_markdown_shows_label_scores_synthetic_inputs_and_the_fallback():
-  guard = json.loads(json.dumps(GUARD))
-  guard["synthetic_examples"] = 300
-  guard["signatures"][0]["labels"] = {"metric": "accuracy", "examples": 100, "original": 0.91,
+  figures = guard_figures(real=(100, 0), synthetic=(500, 0), near_ties=20)
+  figures["signatures"][0]["labels"] = {"metric": "accuracy", "examples": 100, "original": 0.91,
                                       "optimized": 0.905, "drop": 0.5}
-  guard["failures"] = ["serving_default: accuracy 0.9100 -> 0.9050 on 100 labelled examples"]
+  figures["failures"] = ["serving_default: accuracy 0.9100 -> 0.9050 on 100 labelled examples"]
   fallback = {"spec": "quantize_weights(dtype=int8,keep_float16=dense/kernel)", "plans_tried": 4,
               "kept_in_float": [{"name": "dense/kernel", "stored_as": "float16",
                                  "agreement_when_int8_alone": 0.93}],
               "int8": ["embeddings", "logits/kernel"]}
-  text = report.to_markdown("/m/1", steps(), guard, fallback)
-  assert "300 of the examples are synthetic" in text
+  text = report.to_markdown("/m/1", steps(), figures, fallback)
+  assert "Up to 520 synthetic examples were made from the export" in text
+  assert "| 500, 1.0000, " in text and "(20) |" in text
   assert "| 100 | accuracy 0.9100 | 0.9050 |" in text
   assert "- serving_default: accuracy 0.9100 -> 0.9050 on 100 labelled examples" in text
   assert "- `dense/kernel` as float16 (0.9300)" in text
