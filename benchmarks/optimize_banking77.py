@@ -1,20 +1,33 @@
-"""Original vs optimized servable on Banking77, measured in one run.
+"""Original vs optimized servable on Banking77, measured in one interleaved run.
 
-    python benchmarks/optimize_banking77.py [--job-dir DIR] [--transforms '...'] [trainer flags]
+    python benchmarks/optimize_banking77.py [--job-dir DIR] [--paths no_flags,eval_data]
+        [--rounds 10] [--transforms '...'] [trainer flags]
 
 (--transforms is the trainer's flag, which names the optimizer's transforms.)
 
-Trains the default model on ../shared/datasets/banking77 (or reuses the newest export
-in --job-dir), optimizes it, then measures both models alternately in this process:
-size on disk, cold start (load + first answer), batch-1 p50 latency, batch-64
-throughput, test accuracy and top-1 agreement, and the cost of a session call that runs
-no model (the floor under batch-1 latency). Prints JSON with the ratios.
+Trains the default model on ../shared/datasets/banking77 (or reuses the newest export in
+--job-dir; one without an evaluation sample is exported again from its checkpoint), then
+optimizes it once per path:
+  no_flags   `python -m optimize --input_dir ... --output_dir ...` as a user runs it: the guard
+             judges the sample the export carries;
+  eval_data  the same with `--eval_data test.csv --label_key category`.
+It measures the original and every optimized model alternately over --rounds rounds, in this
+order each round: cold start (a fresh process: load + first answer, after TensorFlow's import),
+then batch-1 latency and batch-64 throughput of the classify signature fed serialized
+tf.Examples, on two feed paths: `feed` (Session.run with a feed dict, names resolved per call
+as TF Serving's Session::Run does) and `callable` (the project's cached runtime callable).
+Prints JSON: per model the five figures (size of all files of the version, cold start,
+batch-1 p50/p99, batch-64 examples/s, test accuracy), the ratios optimized / original from
+all samples and the spread of the per-round ratios, the guard's real and synthetic evidence
+per signature, the per-op profile at batch 1 and 64 (op type, share of summed op time), and
+issue 27's bars and goals.
 """
 
 import dataclasses
 import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -26,80 +39,124 @@ from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 
 import banking77  # noqa: E402  (beside this script)
+from export import evaluation_sample  # noqa: E402
+from export import examples as examples_lib  # noqa: E402
 from export import versions  # noqa: E402
-from export import warmup  # noqa: E402
 from export.servable import SessionServable  # noqa: E402
+from optimize import guard  # noqa: E402
 from optimize import optimizer  # noqa: E402
+from optimize import profile  # noqa: E402
 from optimize import savedmodel_io  # noqa: E402
 from trainer import command  # noqa: E402
 from trainer import pipeline  # noqa: E402
 
 banking77.define_trainer_flags()
-flags.DEFINE_string("signature", "serving_default", "Signature timed for latency.")
+flags.DEFINE_list("paths", ["no_flags", "eval_data"], "Optimizer runs to measure.")
 flags.DEFINE_integer("rounds", 10, "Alternating measurement rounds per model.")
+flags.DEFINE_integer("profile_runs", 30, "Traced runs per profile.")
 FLAGS = flags.FLAGS
 
+SIGNATURE = "serving_default"
+# Issue 27's table: (figure, bar, goal, lower is better).
+TARGETS = {"batch64_throughput": (2.0, 2.5, False), "batch1_p50_latency": (0.70, 0.60, True),
+           "cold_start": (0.35, 0.30, True), "size": (0.18, 0.15, True),
+           "accuracy_drop_points": (0.1, 0.0, True)}
+COLD_START = r"""
+import os, sys, time
+os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+import tensorflow as tf
+from export.servable import SessionServable
+from export import warmup
+batch = {"inputs": [warmup.text_example(sys.argv[2], "text").SerializeToString()]}
+started = time.perf_counter()
+with SessionServable(sys.argv[1]) as servable:
+  servable.run("serving_default", batch)
+  print(time.perf_counter() - started)
+"""
 
-def newest_export(job_dir):
-  return versions.latest_version_dir(os.path.join(job_dir, "export", FLAGS.model_name))
+
+def exported_with_sample(config):
+  """The newest export in the job dir that carries its evaluation sample, made if need be."""
+  export_base = os.path.join(config.job_dir, "export", FLAGS.model_name)
+  newest = versions.latest_version_dir(export_base)
+  if newest is None or evaluation_sample.read(newest) is None:
+    newest = pipeline.run(config).export_dir
+  return newest
 
 
-def signature_batch(signature, texts):
-  if signature == "predict_text":
-    return {"text": list(texts)}
-  serialized = [warmup.text_example(t, "text").SerializeToString() for t in texts]
-  return {"examples" if signature == "predict" else "inputs": serialized}
+def cold_start(version_dir, text):
+  completed = subprocess.run([sys.executable, "-c", COLD_START, version_dir, text],
+                             capture_output=True, text=True, check=True,
+                             env={**os.environ, "PYTHONPATH": os.path.dirname(
+                                 os.path.dirname(os.path.abspath(__file__)))})
+  return float(completed.stdout.strip().splitlines()[-1])
 
 
-def cold_start(version_dir, signature, batch):
-  started = time.perf_counter()
-  with SessionServable(version_dir) as servable:
-    servable.run(signature, batch)
-  return time.perf_counter() - started
+def batches(serialized, size, count):
+  return [serialized[(i * size) % (len(serialized) - size):][:size] for i in range(count)]
 
 
-def latencies(version_dir, signature, texts, batch_size, count):
-  """Seconds per call of a session callable, the closest Python gets to the graph's own time."""
-  with SessionServable(version_dir) as servable:
-    key = next(iter(signature_batch(signature, texts[:1])))
-    run = servable.callable(signature, [key])
-    batches = [signature_batch(signature, texts[s:s + batch_size])[key]
-               for s in ((i * batch_size) % (len(texts) - batch_size) for i in range(count))]
-    for batch in batches[:5]:
-      run(batch)
-    samples = []
-    for batch in batches:
-      started = time.perf_counter()
-      run(batch)
-      samples.append(time.perf_counter() - started)
+def timed(run, inputs):
+  for batch in inputs[:5]:
+    run(batch)
+  samples = []
+  for batch in inputs:
+    started = time.perf_counter()
+    run(batch)
+    samples.append(time.perf_counter() - started)
   return samples
 
 
-def session_call_floor(count=2000):
-  """Seconds per call of a session callable that only echoes its batch: the part of a
-  batch-1 latency that no graph rewrite can remove."""
-  graph = tf.Graph()
-  with graph.as_default():
-    inputs = tf.compat.v1.placeholder(tf.string, [None])
-    echoed = tf.identity(inputs)
-  with tf.compat.v1.Session(graph=graph) as session:
-    run = session.make_callable(echoed, feed_list=[inputs])
-    batch = [warmup.text_example("hello", "text").SerializeToString()]
-    samples = []
-    for _ in range(count):
-      started = time.perf_counter()
-      run(batch)
-      samples.append(time.perf_counter() - started)
-  return statistics.median(samples[count // 10:])
+def latencies(version_dir, serialized):
+  """{path: (batch-1 seconds, batch-64 seconds)} for both feed paths."""
+  with SessionServable(version_dir) as servable:
+    signature = servable.signature(SIGNATURE)
+    feed_name = signature.inputs["inputs"].name
+    fetches = [signature.outputs[k].name for k in sorted(signature.outputs)]
+    session = servable._session  # pylint: disable=protected-access  (the benchmark's own feed)
+    callables = {rows: servable.callable(SIGNATURE, ["inputs"], caller_thread=rows == 1)
+                 for rows in (1, 64)}
+    paths = {"feed": lambda batch: session.run(fetches, {feed_name: batch}),
+             "callable": lambda batch: callables[len(batch)](batch)}
+    return {path: (timed(run, batches(serialized, 1, 300)), timed(run, batches(serialized, 64, 40)))
+            for path, run in paths.items()}
 
 
-def predicted_classes(version_dir, texts):
+def predicted(version_dir, serialized):
   with SessionServable(version_dir) as servable:
     classes = []
-    for i in range(0, len(texts), 256):
-      out = servable.run("predict_text", {"text": texts[i:i + 256]}, ["classes"])
-      classes.extend(c[0].decode() for c in out["classes"])
+    for start in range(0, len(serialized), 256):
+      out = servable.run(SIGNATURE, {"inputs": serialized[start:start + 256]})
+      top = out["scores"].argmax(axis=1)
+      classes.extend(out["classes"][range(len(top)), top])
   return classes
+
+
+def profiles(version_dir, serialized):
+  with SessionServable(version_dir) as servable:
+    return {f"batch{rows}": profile.profile(servable, SIGNATURE, {"inputs": serialized[:rows]},
+                                            FLAGS.profile_runs).to_dict(10)
+            for rows in (1, 64)}
+
+
+def guard_figures(result):
+  verdict = result.guard
+  rule = verdict.rule
+  return {"passed": verdict.passed, "real_sources": verdict.real_sources,
+          "synthetic_examples": verdict.synthetic_examples,
+          "signatures": {s.name: {origin: {
+              "examples": t.examples, "agreement": round(t.agreement, 4),
+              "disagreement_bound_95": round(rule.bound(t.disagreements, t.examples), 4)}
+              for origin, t in (("real", s.real), ("synthetic", s.synthetic),
+                                ("counted", s.counted))} | (
+              {"accuracy": [round(s.labels.original, 4), round(s.labels.optimized, 4)]}
+              if s.labels else {}) for s in verdict.signatures},
+          "plan": result.fallback.to_dict() if result.fallback else "as transformed"}
+
+
+def spread(values):
+  return {"min": round(min(values), 4), "median": round(statistics.median(values), 4),
+          "max": round(max(values), 4)}
 
 
 def main(argv):
@@ -108,86 +165,92 @@ def main(argv):
     FLAGS["job-dir"].value = tempfile.mkdtemp(prefix="banking77-optimize-")
   # The benchmark optimizes and measures itself; the pipeline only trains and exports.
   config = dataclasses.replace(command.config_from_flags(), optimize=False, smoke_test=False)
-  train_examples, test_examples = pipeline.load_data(config)
-  original = newest_export(config.job_dir)
-  if original is None:
-    original = pipeline.run(config).export_dir
-  optimized = os.path.join(tempfile.mkdtemp(prefix="optimized-"), "1")
-  started = time.perf_counter()
-  # The guard judges what the pipeline gives it: the test set with labels, then training texts.
-  guard_examples = pipeline.write_guard_examples(config, test_examples, train_examples)
-  result = optimizer.optimize(original, optimized, FLAGS.transforms, eval_data=guard_examples,
-                              label_key=pipeline.GUARD_LABEL_KEY, latency_repeats=20)
-  optimize_seconds = time.perf_counter() - started
+  _, test_examples = pipeline.load_data(config)
+  original = exported_with_sample(config)
+  settings = {
+      "no_flags": optimizer.OptimizeSettings(transforms=FLAGS.transforms),
+      "eval_data": optimizer.OptimizeSettings(
+          transforms=FLAGS.transforms, eval_data=os.path.join(banking77.DATASET, "test.csv"),
+          label_key="category")}
+  models, results, optimize_seconds = {"original": original}, {}, {}
+  work = tempfile.mkdtemp(prefix="optimized-")
+  for path in FLAGS.paths:
+    started = time.perf_counter()
+    results[path] = optimizer.optimize(original, os.path.join(work, path, "1"), settings[path])
+    optimize_seconds[path] = round(time.perf_counter() - started, 1)
+    models[path] = results[path].output_dir
 
-  texts = [e.text for e in test_examples]
-  labels = [e.intent for e in test_examples]
-  signature = FLAGS.signature
-  figures = {"original": {}, "optimized": {}}
-  samples = {name: {"cold": [], "b1": [], "b64": []} for name in figures}
-  # Per round, optimized over original from that round alone: this VM's speed drifts
-  # between rounds, so the spread of these says how far one run's figure can be trusted.
-  round_ratios = {"batch1_p50_latency": [], "batch64_throughput": []}
+  serialized = [e.SerializeToString() for e in examples_lib.read_examples(
+      os.path.join(banking77.DATASET, "test.csv"), {"text": tf.string})]
+  labels = [e.intent.encode() for e in test_examples]
+  samples = {name: {"cold": [], "feed": ([], []), "callable": ([], [])} for name in models}
+  per_round = {name: [] for name in models}
   for _ in range(FLAGS.rounds):
-    this_round = {}
-    for name, path in (("original", original), ("optimized", optimized)):
-      samples[name]["cold"].append(cold_start(path, signature, signature_batch(signature, texts[:1])))
-      b1 = latencies(path, signature, texts, 1, 200)
-      b64 = latencies(path, signature, texts, 64, 40)
-      samples[name]["b1"].extend(b1)
-      samples[name]["b64"].extend(b64)
-      this_round[name] = (statistics.median(b1), statistics.median(b64))
-    round_ratios["batch1_p50_latency"].append(
-        this_round["optimized"][0] / this_round["original"][0])
-    round_ratios["batch64_throughput"].append(
-        this_round["original"][1] / this_round["optimized"][1])
-  predictions = {}
-  for name, path in (("original", original), ("optimized", optimized)):
-    predictions[name] = predicted_classes(path, texts)
-    b1 = sorted(samples[name]["b1"])
-    figures[name] = {
-        "bytes_on_disk": savedmodel_io.directory_bytes(path),
-        "graph_nodes": len(savedmodel_io.read_servable(path).graph_def.node),
-        "cold_start_s_median": round(statistics.median(samples[name]["cold"]), 4),
-        "batch1_p50_ms": round(1000 * b1[len(b1) // 2], 4),
-        "batch1_p99_ms": round(1000 * b1[int(len(b1) * 0.99)], 4),
-        "batch64_examples_per_s": round(64 / statistics.median(samples[name]["b64"]), 1),
-        "test_accuracy": round(sum(p == l for p, l in zip(predictions[name], labels))
-                               / len(labels), 4),
-    }
-  o, p = figures["original"], figures["optimized"]
-  figures["ratios_optimized_over_original"] = {
-      "size": round(p["bytes_on_disk"] / o["bytes_on_disk"], 4),
-      "cold_start": round(p["cold_start_s_median"] / o["cold_start_s_median"], 4),
-      "batch1_p50_latency": round(p["batch1_p50_ms"] / o["batch1_p50_ms"], 4),
-      "batch64_throughput": round(p["batch64_examples_per_s"] / o["batch64_examples_per_s"], 4),
-  }
-  figures["per_round_ratio_spread"] = {
-      key: {"min": round(min(values), 4), "median": round(statistics.median(values), 4),
-            "max": round(max(values), 4)} for key, values in round_ratios.items()}
-  figures["accuracy_drop_points"] = round(100 * (o["test_accuracy"] - p["test_accuracy"]), 3)
-  figures["top1_agreement_test_set"] = round(
-      sum(a == b for a, b in zip(predictions["original"], predictions["optimized"])) / len(texts), 4)
-  figures["guard_lowest_agreement"] = round(result.guard.agreement, 4)
-  figures["guard"] = {
-      "examples": result.guard.examples, "synthetic": result.guard.synthetic_examples,
-      "passed": result.guard.passed,
-      "signatures": {s.name: {"agreement": round(s.agreement, 4),
-                              "disagreement_bound_95": round(s.disagreement_bound, 4),
-                              **({"labelled": s.labels.examples,
-                                  s.labels.metric: [round(s.labels.original, 4),
-                                                    round(s.labels.optimized, 4)]}
-                                 if s.labels else {})}
-                     for s in result.guard.signatures},
-      "kept_in_float": [f"{k.name} ({k.stored_as})" for k in result.fallback.kept]
-                       if result.fallback else []}
-  figures["session_call_floor_ms"] = round(1000 * session_call_floor(), 4)
-  figures["transforms"] = [s.step for s in result.steps[1:]]
-  figures["latency_signature"] = signature
-  figures["optimize_seconds"] = round(optimize_seconds, 1)
-  figures["original_dir"], figures["optimized_dir"] = original, optimized
-  figures["report"] = result.report_paths.get("markdown")
-  print(json.dumps(figures, indent=2))
+    for name, version_dir in models.items():
+      samples[name]["cold"].append(cold_start(version_dir, test_examples[0].text))
+      measured = latencies(version_dir, serialized)
+      this_round = {"cold": samples[name]["cold"][-1]}
+      for path, (one, sixty_four) in measured.items():
+        samples[name][path][0].extend(one)
+        samples[name][path][1].extend(sixty_four)
+        this_round[path] = (statistics.median(one), statistics.median(sixty_four))
+      per_round[name].append(this_round)
+
+  answers = {name: predicted(version_dir, serialized) for name, version_dir in models.items()}
+  figures = {}
+  for name, version_dir in models.items():
+    model = {"bytes_on_disk": savedmodel_io.directory_bytes(version_dir),
+             "graph_nodes": len(savedmodel_io.read_servable(version_dir).graph_def.node),
+             "cold_start_s_median": round(statistics.median(samples[name]["cold"]), 4),
+             "test_accuracy": round(sum(a == b for a, b in zip(answers[name], labels))
+                                    / len(labels), 4)}
+    for path in ("feed", "callable"):
+      one, sixty_four = (sorted(s) for s in samples[name][path])
+      model[path] = {"batch1_p50_ms": round(1000 * one[len(one) // 2], 4),
+                     "batch1_p99_ms": round(1000 * one[int(len(one) * 0.99)], 4),
+                     "batch64_examples_per_s": round(64 / sixty_four[len(sixty_four) // 2], 1)}
+    model["profile"] = profiles(version_dir, serialized)
+    figures[name] = model
+
+  base = figures["original"]
+  report = {"models": figures, "optimize_seconds": optimize_seconds, "rounds": FLAGS.rounds,
+            "signature": SIGNATURE, "test_examples": len(labels)}
+  for path in FLAGS.paths:
+    model = figures[path]
+    ratios = {"size": model["bytes_on_disk"] / base["bytes_on_disk"],
+              "cold_start": model["cold_start_s_median"] / base["cold_start_s_median"],
+              "accuracy_drop_points": 100 * (base["test_accuracy"] - model["test_accuracy"])}
+    rounds = {"cold_start": [r["cold"] / o["cold"]
+                             for r, o in zip(per_round[path], per_round["original"])]}
+    for feed in ("feed", "callable"):
+      ratios[f"{feed}_batch1_p50_latency"] = (model[feed]["batch1_p50_ms"]
+                                              / base[feed]["batch1_p50_ms"])
+      ratios[f"{feed}_batch64_throughput"] = (model[feed]["batch64_examples_per_s"]
+                                              / base[feed]["batch64_examples_per_s"])
+      rounds[f"{feed}_batch1_p50_latency"] = [r[feed][0] / o[feed][0] for r, o in zip(
+          per_round[path], per_round["original"])]
+      rounds[f"{feed}_batch64_throughput"] = [o[feed][1] / r[feed][1] for r, o in zip(
+          per_round[path], per_round["original"])]
+    targets = {}
+    for key, (bar, goal, lower) in TARGETS.items():
+      for feed in (("feed", "callable") if key.startswith("batch") else ("",)):
+        name = f"{feed}_{key}" if feed else key
+        value = ratios[name]
+        targets[name] = {"value": round(value, 4), "bar": bar, "goal": goal,
+                         "bar_met": value <= bar if lower else value >= bar,
+                         "goal_met": value <= goal if lower else value >= goal}
+    report[path] = {
+        "ratios_optimized_over_original": {k: round(v, 4) for k, v in ratios.items()},
+        "per_round_ratio_spread": {k: spread(v) for k, v in rounds.items()},
+        "targets": targets,
+        "top1_agreement_test_set": round(sum(
+            a == b for a, b in zip(answers["original"], answers[path])) / len(labels), 4),
+        "guard": guard_figures(results[path]),
+        "steps": [s.step for s in results[path].steps[1:]],
+        "report": results[path].report_paths.get("markdown")}
+  report["original_dir"] = original
+  report["near_tie_margin"] = guard.DEFAULT_NEAR_TIE_MARGIN
+  print(json.dumps(report, indent=2))
 
 
 if __name__ == "__main__":

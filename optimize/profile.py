@@ -1,0 +1,60 @@
+"""Where a servable's time goes: the runtime's own per-op timings, summed by op type.
+
+Each traced run's step stats time every op the executor ran (RunOptions FULL_TRACE); their
+durations are summed per op type and averaged over the runs. Ops overlap on a multi-core
+machine, so the sum is op time, not wall time; the shares say what is left to attack.
+"""
+
+import collections
+import dataclasses
+from typing import Dict, List, Mapping
+
+from export.servable import SessionServable
+
+# Executor bookkeeping the trace lists beside the graph's ops.
+_NOT_OPS = frozenset({"_SOURCE", "_SINK", "RecvTensor", "_Recv", "_Send", "_Arg", "_Retval"})
+
+
+@dataclasses.dataclass
+class OpProfile:
+  """Mean microseconds per run by op type, over `runs` traced runs of `rows` rows."""
+  rows: int
+  runs: int
+  micros: Dict[str, float]
+
+  @property
+  def total_micros(self) -> float:
+    return sum(self.micros.values())
+
+  def top(self, count: int = 8) -> List[Dict]:
+    """The `count` costliest op types with their share of the summed op time."""
+    total = self.total_micros or 1.0
+    return [{"op": op, "micros": round(micros, 1), "share": round(micros / total, 4)}
+            for op, micros in sorted(self.micros.items(), key=lambda kv: -kv[1])[:count]]
+
+  def to_dict(self, count: int = 8) -> Dict:
+    return {"rows": self.rows, "runs": self.runs,
+            "total_op_micros": round(self.total_micros, 1), "top": self.top(count)}
+
+
+def op_types(graph_def) -> Dict[str, str]:
+  return {node.name: node.op for node in graph_def.node}
+
+
+def profile(servable: SessionServable, signature: str, inputs: Mapping[str, object],
+            runs: int = 20) -> OpProfile:
+  """The signature's op time by type on `inputs`, after one untraced warm-up run."""
+  types = op_types(servable.graph_def)
+  servable.run(signature, inputs)
+  totals: Dict[str, float] = collections.defaultdict(float)
+  for _ in range(runs):
+    metadata = servable.run_traced(signature, inputs)
+    for device in metadata.step_stats.dev_stats:
+      for node in device.node_stats:
+        name = node.node_name.split(":")[0]
+        op = types.get(name, node.timeline_label.split(" = ")[-1].split("(")[0] or name)
+        if op in _NOT_OPS or name in _NOT_OPS:
+          continue
+        totals[op] += (node.op_end_rel_micros - node.op_start_rel_micros)
+  rows = len(next(iter(inputs.values())))
+  return OpProfile(rows, runs, {op: micros / runs for op, micros in totals.items()})
