@@ -17,6 +17,7 @@ from export.warmup import DEFAULT_SIGNATURE
 from optimize import evaluation_inputs
 from optimize import fallback as fallback_lib
 from optimize import guard as guard_lib
+from optimize import profile as profile_lib
 from optimize import report
 from optimize import savedmodel_io
 from optimize import synthetic
@@ -279,13 +280,15 @@ def _rewrite_and_judge(source, output_dir, specs, settings: OptimizeSettings,
                             savedmodel_io.write_servable(source, graph_def,
                                                          f"{scratch}/fallback"),
                             result_guard.agreement))
-    steps = []
+    steps, profiles = [], None
     if settings.measure:
       figures = report.measure_steps([step.version_dir for step in made], signature, batch1,
                                      batch64, settings.latency_repeats, settings.latency_rounds)
       steps = [report.StepFigures(step.label, step.nodes, step.op_delta,
                                   agreement=step.agreement, **measured)
                for step, measured in zip(made, figures)]
+      profiles = profile_lib.compare(made[0].version_dir, made[-1].version_dir, signature,
+                                     {1: batch1, 64: batch64})
     written = result_guard.passed or settings.force
     if written:
       savedmodel_io.write_servable(source, graph_def, output_dir, overwrite=settings.overwrite)
@@ -298,7 +301,7 @@ def _rewrite_and_judge(source, output_dir, specs, settings: OptimizeSettings,
           {"transforms": [s.label for s in specs], "output_dir": output_dir if written else None,
            "forced": settings.force and not result_guard.passed,
            "fallback": plan.to_dict() if plan else None,
-           "latency_signature": signature})
+           "latency_signature": signature, "op_profile": profiles})
   finally:
     tf.io.gfile.rmtree(scratch)
   if not written:

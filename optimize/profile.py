@@ -3,11 +3,13 @@
 Each traced run's step stats time every op the executor ran (RunOptions FULL_TRACE); their
 durations are summed per op type and averaged over the runs. Ops overlap on a multi-core
 machine, so the sum is op time, not wall time; the shares say what is left to attack.
+`compare` puts the original and the optimized servable side by side, as the optimizer's
+report shows them.
 """
 
 import collections
 import dataclasses
-from typing import Dict, List, Mapping
+from typing import Dict, List, Mapping, Optional
 
 from export.servable import SessionServable
 
@@ -58,3 +60,34 @@ def profile(servable: SessionServable, signature: str, inputs: Mapping[str, obje
         totals[op] += (node.op_end_rel_micros - node.op_start_rel_micros)
   rows = len(next(iter(inputs.values())))
   return OpProfile(rows, runs, {op: micros / runs for op, micros in totals.items()})
+
+
+def compare(original_dir: str, optimized_dir: str, signature: str,
+            batches: Mapping[int, Mapping[str, object]], runs: int = 20,
+            count: int = 10) -> Dict[str, Dict]:
+  """Per batch size, both servables' op time and the `count` op types costliest in either,
+  each with its microseconds and share before and after (None where a side has no such op)."""
+  profiles = {}
+  for label, version_dir in (("original", original_dir), ("optimized", optimized_dir)):
+    with SessionServable(version_dir) as servable:
+      profiles[label] = {rows: profile(servable, signature, inputs, runs)
+                         for rows, inputs in batches.items()}
+  compared = {}
+  for rows in batches:
+    before, after = profiles["original"][rows], profiles["optimized"][rows]
+    ops = sorted(set(before.micros) | set(after.micros),
+                 key=lambda op: -max(before.micros.get(op, 0.0), after.micros.get(op, 0.0)))
+    compared[f"batch_{rows}"] = {
+        "rows": rows, "runs": runs,
+        "total_op_micros": {"original": round(before.total_micros, 1),
+                            "optimized": round(after.total_micros, 1)},
+        "ops": [{"op": op, "original": _entry(before, op), "optimized": _entry(after, op)}
+                for op in ops[:count]]}
+  return compared
+
+
+def _entry(measured: OpProfile, op: str) -> Optional[Dict]:
+  if op not in measured.micros:
+    return None
+  micros = measured.micros[op]
+  return {"micros": round(micros, 1), "share": round(micros / (measured.total_micros or 1.0), 4)}

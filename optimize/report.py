@@ -84,7 +84,8 @@ def slower_at_batch1(base: StepFigures, step: StepFigures) -> bool:
 
 
 def to_markdown(model: str, steps: List[StepFigures], guard: Mapping,
-                fallback: Optional[Mapping] = None) -> str:
+                fallback: Optional[Mapping] = None,
+                op_profile: Optional[Mapping] = None) -> str:
   base = steps[0]
   lines = [f"# Optimization report: {model}", "",
            "| step | nodes | size | size x | cold start s | batch-1 p50 ms | x | "
@@ -110,6 +111,8 @@ def to_markdown(model: str, steps: List[StepFigures], guard: Mapping,
   for s in steps[1:]:
     delta = ", ".join(f"{op} {n:+d}" for op, n in s.op_delta.items()) or "none"
     lines.append(f"- **{s.step}**: {delta}")
+  if op_profile:
+    lines += _op_profile_lines(op_profile)
   settings = guard["settings"]
   rule = settings["rule"]
   lines += ["", "## Accuracy guard", "",
@@ -152,6 +155,28 @@ def to_markdown(model: str, steps: List[StepFigures], guard: Mapping,
   return "\n".join(lines) + "\n"
 
 
+def _op_profile_lines(op_profile: Mapping) -> List[str]:
+  """The per-op tables: what the run bought per op type and what is left."""
+  lines = ["", "## Where the time goes", "",
+           "Op time summed by op type from the runtime's step stats (ops overlap across "
+           "cores, so op time is not wall time), mean over traced runs, original and "
+           "optimized."]
+  for batch in op_profile.values():
+    totals = batch["total_op_micros"]
+    lines += ["", f"Batch {batch['rows']}: {totals['original']:.0f} us of op time before, "
+              f"{totals['optimized']:.0f} us after ({batch['runs']} runs each).", "",
+              "| op | original us | share | optimized us | share |",
+              "| --- | ---: | ---: | ---: | ---: |"]
+    for row in batch["ops"]:
+      cells = []
+      for side in ("original", "optimized"):
+        entry = row[side]
+        cells += ["-", "-"] if entry is None else [f"{entry['micros']:.1f}",
+                                                   f"{entry['share']:.1%}"]
+      lines.append(f"| {row['op']} | " + " | ".join(cells) + " |")
+  return lines
+
+
 def write_chart(path: str, steps: List[StepFigures]) -> None:
   import matplotlib
   matplotlib.use("Agg")
@@ -184,6 +209,7 @@ def write_report(report_dir: str, model: str, steps: List[StepFigures], guard: M
            "chart": artifact_io.join(report_dir, "report.png")}
   artifact_io.write_atomic(paths["json"], json.dumps(payload, indent=2) + "\n")
   artifact_io.write_atomic(paths["markdown"], to_markdown(model, steps, guard,
-                                                         extra.get("fallback")))
+                                                         extra.get("fallback"),
+                                                         extra.get("op_profile")))
   write_chart(paths["chart"], steps)
   return paths

@@ -85,6 +85,8 @@ def test_report_dir_overwrite_and_the_recorded_execution(regressor, tmp_path):
   figures = json.loads((report / "report.json").read_text())
   assert figures["guard"]["examples"] == 600 and figures["guard"]["passed"]
   assert "mean_absolute_error" in completed.stdout
+  assert set(figures["op_profile"]) == {"batch_1", "batch_64"}
+  assert "## Where the time goes" in (report / "report.md").read_text()
 
   store = lineage_store.open_store(lineage_store.store_config(metadata_db=str(db)))
   executions = [e for e in store.mlmd.get_executions()

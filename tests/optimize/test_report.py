@@ -132,3 +132,20 @@ def test_a_step_is_slower_only_when_its_spread_clears_the_originals():
   assert report.slower_at_batch1(base, clear)
   text = report.to_markdown("/m/1", [base, overlapping, clear], GUARD)
   assert "(every round slower than the original's slowest): slow." in text
+
+
+OP_PROFILE = {"batch_64": {
+    "rows": 64, "runs": 30, "total_op_micros": {"original": 1180.0, "optimized": 640.0},
+    "ops": [{"op": "SparseMatMul", "original": {"micros": 156.0, "share": 0.1322},
+             "optimized": None},
+            {"op": "Tile", "original": {"micros": 142.0, "share": 0.1203},
+             "optimized": {"micros": 20.5, "share": 0.032}}]}}
+
+
+def test_the_markdown_says_where_the_time_goes_before_and_after():
+  text = report.to_markdown("/m/1", steps(), GUARD, op_profile=OP_PROFILE)
+  section = text.split("## Where the time goes")[1].split("## Accuracy guard")[0]
+  assert "Batch 64: 1180 us of op time before, 640 us after (30 runs each)." in section
+  assert "| SparseMatMul | 156.0 | 13.2% | - | - |" in section
+  assert "| Tile | 142.0 | 12.0% | 20.5 | 3.2% |" in section
+  assert "## Where the time goes" not in report.to_markdown("/m/1", steps(), GUARD)
