@@ -1,10 +1,11 @@
 """quantize_weights: large float weights stored as int8 with scales, or as float16."""
 
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 import numpy as np
 import tensorflow as tf
 from tensorflow.core.framework import graph_pb2
+from tensorflow.core.framework import node_def_pb2
 
 from optimize.transforms.contract import GraphContext
 from optimize.transforms.freeze_and_cleanup import strip_unused_nodes
@@ -26,23 +27,34 @@ QUANTIZED_SUFFIXES = ("/int8", "/float16")
 # Separates weight names in keep_float16 / keep_float32 (a spec's values cannot hold commas).
 NAME_SEPARATOR = "|"
 DEFAULT_MIN_ELEMENTS = 1024
+# Reductions linear in each column of their data: a per-column scale can follow them.
+_COMBINERS = frozenset({"SparseSegmentSum", "SparseSegmentMean", "SparseSegmentSqrtN",
+                        "SparseSegmentSumWithNumSegments", "SparseSegmentMeanWithNumSegments",
+                        "SparseSegmentSqrtNWithNumSegments"})
+EMBEDDING_SCALES = ("auto", "per_row")
 
 
 @register("quantize_weights", params=[Param("dtype", str, "int8", choices=("int8", "float16")),
                                       Param("min_elements", int, DEFAULT_MIN_ELEMENTS, minimum=1),
                                       Param("keep_float16", str, ""),
-                                      Param("keep_float32", str, "")],
+                                      Param("keep_float32", str, ""),
+                                      Param("embedding_scales", str, "auto",
+                                            choices=EMBEDDING_SCALES)],
           default_position=130, default_args={"dtype": "int8"})
 def quantize_weights(graph_def: graph_pb2.GraphDef, context: GraphContext,
                      dtype: str = "int8", min_elements: int = DEFAULT_MIN_ELEMENTS,
-                     keep_float16: str = "",
-                     keep_float32: str = "") -> graph_pb2.GraphDef:
+                     keep_float16: str = "", keep_float32: str = "",
+                     embedding_scales: str = "auto") -> graph_pb2.GraphDef:
   """Stores large float weights as int8 (per-channel scale) or float16.
 
   MatMul weights get one scale per output column and are dequantized before the
-  MatMul. Embedding tables (GatherV2 params on axis 0) get one scale per row and are
-  dequantized after the gather, so only the gathered rows are ever float: no full
-  float table is rebuilt at load or per request. Weights with other consumers stay.
+  MatMul. Embedding tables (GatherV2 params on axis 0) are gathered as int8, so only the
+  gathered rows are ever float: no full float table is rebuilt at load or per request.
+  With `embedding_scales=auto`, a table whose every gather is combined by a sparse segment
+  reduction (sum, mean, sqrt-n: linear in each column) gets one scale per column, applied
+  to the combined rows after the reduction: one multiply per example and column instead of
+  one per gathered row and column. Other tables, and all with `per_row`, get one scale per
+  row, gathered beside the rows. Weights with other consumers stay.
   Weights named in `keep_float16` are stored as float16 whatever `dtype` says, and those in
   `keep_float32` stay as they are (names separated by '|'): the plan the optimizer's
   accuracy-aware fallback chooses.
@@ -57,6 +69,11 @@ def quantize_weights(graph_def: graph_pb2.GraphDef, context: GraphContext,
     if name in as_float32:
       continue
     node = by_name[name]
+    combiners = _sole_combiners(users[name], users) if per_row else None
+    if embedding_scales == "auto" and combiners and name not in as_float16:
+      new_nodes.extend(_quantized_before_combiners(node, const_value(node), users[name],
+                                                   combiners))
+      continue
     new_nodes.extend(_quantized(node, const_value(node), users[name],
                                 "float16" if name in as_float16 else dtype, per_row))
   graph.node.extend(new_nodes)
@@ -168,4 +185,49 @@ def _quantized(node, value, use, dtype, per_row):
       if attr != "_class":
         del gather.attr[attr]
     gather.attr["T"].type = float_type.as_datatype_enum
+  return nodes
+
+
+def _sole_combiners(use, users) -> Optional[List]:
+  """Each gather's only consumer when that is a segment reduction reading it as data,
+  in the order of `use`; None when any gather has another consumer."""
+  combiners = []
+  for gather, _ in use:
+    gather_users = users.get(gather.name, [])
+    if len(gather_users) != 1:
+      return None
+    combiner, position = gather_users[0]
+    if combiner.op not in _COMBINERS or position != 0:
+      return None
+    combiners.append(combiner)
+  return combiners
+
+
+def _quantized_before_combiners(node, value, use, combiners):
+  """int8 rows with one scale per column, multiplied into each combiner's result."""
+  base, device = node.name, node.device
+  scale = np.max(np.abs(value), axis=0, keepdims=True) / 127.0
+  scale[scale == 0] = 1.0
+  stored = const_node(f"{base}/int8", np.clip(np.round(value / scale), -127, 127)
+                      .astype(np.int8), device)
+  column_scale = const_node(f"{base}/column_scale", scale.astype(np.float32), device)
+  nodes = [stored, column_scale]
+  for index, ((gather, _), combiner) in enumerate(zip(use, combiners)):
+    prefix = f"{base}/gather_{index}"
+    gathered = op_node(f"{prefix}/rows", "GatherV2", [stored.name, *gather.input[1:3]], device,
+                       Tparams=tf.int8, Tindices=tf.as_dtype(gather.attr["Tindices"].type),
+                       Taxis=tf.as_dtype(gather.attr["Taxis"].type), batch_dims=0)
+    cast = op_node(f"{prefix}/cast", "Cast", [gathered.name], device, SrcT=tf.int8,
+                   DstT=tf.float32, Truncate=False)
+    unscaled = node_def_pb2.NodeDef()
+    unscaled.CopyFrom(combiner)
+    unscaled.name = f"{combiner.name}/unscaled"
+    unscaled.input[0] = cast.name
+    # The combiner keeps its name (others read it) and becomes the scaling multiply.
+    combiner.op = "Mul"
+    del combiner.input[:]
+    combiner.input.extend([unscaled.name, column_scale.name])
+    combiner.attr.clear()
+    combiner.attr["T"].type = tf.float32.as_datatype_enum
+    nodes += [gathered, cast, unscaled]
   return nodes

@@ -5,6 +5,7 @@ import pytest
 import tensorflow as tf
 
 from optimize.transforms import constant_folding
+from optimize.transforms import embedding_lookups
 from optimize.transforms import quantize
 
 from . import graphs
@@ -42,3 +43,35 @@ def test_quantize_weights_leaves_weights_smaller_than_min_elements():
   names = {n.name for n in result.node}
   assert "table/int8" in names  # 8000 values
   assert "weights/int8" not in names and "weights" in names  # 128 values
+
+
+@pytest.mark.parametrize("combiner", ["sum", "mean", "sqrtn"])
+def test_a_table_combined_by_segment_reductions_is_scaled_per_column_after_the_reduction(
+    combiner):
+  graph_def = embedding_lookups.lean_embedding_lookups(graphs.sparse_lookup_model(combiner),
+                                                       context("values", "splits", "y"))
+  protected = context("values", "splits", "y")
+  quantized = quantize.quantize_weights(graph_def, protected, min_elements=64)
+  by_name = {n.name: n for n in quantized.node}
+  scales = [n for n in quantized.node if n.name.endswith("/column_scale")]
+  assert len(scales) == 1 and tf.make_ndarray(scales[0].attr["value"].tensor).shape == (1, 4)
+  multiplies = [n for n in quantized.node if n.op == "Mul" and scales[0].name in n.input]
+  assert multiplies and all(by_name[m.input[0]].op in quantize._COMBINERS for m in multiplies)
+  assert not [n for n in quantized.node if n.name.endswith("/scale")]  # no per-row scales
+  feeds = {"values:0": [3, 3, 7, 49], "splits:0": [0, 3, 3, 4, 4]}
+  expected = run(graph_def, "y:0", feeds)
+  actual = run(quantized, "y:0", feeds)
+  np.testing.assert_allclose(actual, expected, atol=0.02 * np.max(np.abs(expected)))
+  np.testing.assert_array_equal(actual[1], np.zeros(4))  # an empty row stays zero
+  per_row = quantize.quantize_weights(graph_def, protected, min_elements=64,
+                                      embedding_scales="per_row")
+  assert not [n for n in per_row.node if n.name.endswith("/column_scale")]
+  np.testing.assert_allclose(run(per_row, "y:0", feeds), expected,
+                             atol=0.02 * np.max(np.abs(expected)))
+
+
+def test_a_gather_with_a_consumer_other_than_a_reduction_keeps_per_row_scales():
+  graph_def, _ = graphs.embedding_model()
+  quantized = quantize.quantize_weights(graph_def, context("ids", "y"), min_elements=64)
+  assert "table/scale" in {n.name for n in quantized.node}
+  assert not [n for n in quantized.node if n.name.endswith("/column_scale")]
