@@ -1,8 +1,10 @@
-"""prefer_eigen_kernels: small float MatMuls and Softmax in forms oneDNN leaves alone."""
+"""prefer_eigen_kernels: small float MatMuls of small batches, and Softmax, in forms oneDNN
+leaves alone."""
 
 import numpy as np
 import tensorflow as tf
 from tensorflow.core.framework import graph_pb2
+from tensorflow.core.framework import node_def_pb2
 
 from optimize.transforms.contract import GraphContext
 from optimize.transforms.graph import const_node
@@ -14,34 +16,79 @@ from optimize.transforms.registry import Param
 from optimize.transforms.registry import register
 
 
-@register("prefer_eigen_kernels", params=[Param("max_elements", int, 1 << 20, minimum=0)],
+DEFAULT_MAX_ROWS = 8
+
+
+@register("prefer_eigen_kernels", params=[Param("max_elements", int, 1 << 20, minimum=0),
+                                          Param("max_rows", int, DEFAULT_MAX_ROWS, minimum=1)],
           default_position=140)
 def prefer_eigen_kernels(graph_def: graph_pb2.GraphDef, context: GraphContext,
-                         max_elements: int = 1 << 20) -> graph_pb2.GraphDef:
-  """Keeps small float MatMuls and Softmax on Eigen kernels.
+                         max_elements: int = 1 << 20,
+                         max_rows: int = DEFAULT_MAX_ROWS) -> graph_pb2.GraphDef:
+  """Keeps small float MatMuls of small batches, and Softmax, on Eigen kernels.
 
   TensorFlow's oneDNN build (the x86 default since 2.9) rewrites every float MatMul and
   Softmax into a oneDNN op at load, whose fixed cost per call outweighs the arithmetic of
-  a dense layer of a few hundred units or a softmax over a few dozen classes. Stock forms
-  that no load-time pass rewrites compute the same on Eigen: SparseMatMul with both
-  sparsity hints off (Eigen's dense contraction) for MatMuls whose constant weights have
-  at most `max_elements` values, and Softmax spelled as Eigen computes it (subtract the
-  row max, Exp, multiply by the reciprocal of the row sum). Results can differ in the
-  last float bits. Run it last: the other transforms look for MatMul.
+  a dense layer of a few hundred units or a softmax over a few dozen classes at a batch of
+  a few rows; at larger batches oneDNN's kernel is the faster one. Stock forms that no
+  load-time pass rewrites compute the same on Eigen: SparseMatMul with both sparsity hints
+  off (Eigen's dense contraction), and Softmax spelled as Eigen computes it (subtract the
+  row max, Exp, multiply by the reciprocal of the row sum). A MatMul whose constant weights
+  have at most `max_elements` values becomes a choice made per call on its batch's rows
+  (Switch and Merge, as tf.cond builds them): at most `max_rows` rows take SparseMatMul,
+  more keep the MatMul oneDNN takes over (a large `max_rows` gives Eigen at every batch
+  size). Results can differ in the last float bits. Run it last: the other transforms look
+  for MatMul.
   """
   del context  # Nodes change op in place and keep their names, so protected ones qualify.
   graph = copy_graph(graph_def)
   by_name = {n.name: n for n in graph.node}
   additions = []
-  for node in graph.node:
+  for node in list(graph.node):
     if node.op == "MatMul" and node.attr["T"].type == tf.float32.as_datatype_enum:
       weights = _constant_source(node.input[1], by_name)
       if weights is not None and const_value(weights).size <= max_elements:
-        _to_sparse_matmul(node)
+        additions += _matmul_by_batch_rows(node, max_rows)
     elif node.op == "Softmax" and node.attr["T"].type == tf.float32.as_datatype_enum:
       additions += _spell_out_softmax(node)
   graph.node.extend(additions)
   return graph
+
+
+def _matmul_by_batch_rows(node, max_rows: int):
+  """Turns `node` into Merge(MatMul of large batches, SparseMatMul of small ones), keeping
+  its name; returns the nodes it adds."""
+  prefix, device = node.name + "/by_rows", node.device
+  inputs, row_axis = list(node.input), 1 if node.attr["transpose_a"].b else 0
+  shape = op_node(f"{prefix}/shape", "Shape", [inputs[0]], device, T=tf.float32,
+                  out_type=tf.int32)
+  begin = const_node(f"{prefix}/row_axis", np.array([row_axis], np.int32), device)
+  end = const_node(f"{prefix}/row_axis_end", np.array([row_axis + 1], np.int32), device)
+  stride = const_node(f"{prefix}/stride", np.array([1], np.int32), device)
+  rows = op_node(f"{prefix}/rows", "StridedSlice", [shape.name, begin.name, end.name,
+                                                    stride.name], device,
+                 T=tf.int32, Index=tf.int32, begin_mask=0, end_mask=0, ellipsis_mask=0,
+                 new_axis_mask=0, shrink_axis_mask=1)
+  limit = const_node(f"{prefix}/max_rows", np.array(max_rows, np.int32), device)
+  few = op_node(f"{prefix}/few_rows", "LessEqual", [rows.name, limit.name], device,
+                T=tf.int32)
+  switch = op_node(f"{prefix}/switch", "Switch", [inputs[0], few.name], device, T=tf.float32)
+  onednn = node_def_pb2.NodeDef()
+  onednn.CopyFrom(node)
+  onednn.name = f"{prefix}/many_rows_matmul"
+  onednn.input[0] = f"{switch.name}:0"
+  eigen = node_def_pb2.NodeDef()
+  eigen.CopyFrom(onednn)
+  eigen.name = f"{prefix}/few_rows_matmul"
+  eigen.input[0] = f"{switch.name}:1"
+  _to_sparse_matmul(eigen)
+  node.op = "Merge"
+  del node.input[:]
+  node.input.extend([onednn.name, eigen.name])
+  node.attr.clear()
+  node.attr["T"].type = tf.float32.as_datatype_enum
+  node.attr["N"].i = 2
+  return [shape, begin, end, stride, rows, limit, few, switch, onednn, eigen]
 
 
 def _to_sparse_matmul(node) -> None:

@@ -47,7 +47,7 @@ def test_parse_transforms_reads_gtt_style_specs():
     ("freeze(op=Identity)", r"freeze: unknown argument\(s\) \['op'\]; accepted: none"),
     ("quantize_weights(bits=4)",
      r"unknown argument\(s\) \['bits'\]; accepted: "
-     r"\['dtype', 'min_elements', 'keep_float16', 'keep_float32'\]"),
+     r"\['dtype', 'min_elements', 'keep_float16', 'keep_float32', 'embedding_scales'\]"),
 ])
 def test_parse_transforms_names_what_it_cannot_read(text, message):
   with pytest.raises(transforms.TransformError, match=message):
