@@ -18,18 +18,21 @@ their own shape. TF Serving puts them in one batch and then fails every request 
 ("...have different shapes and padding is turned off"), so one odd request costs its
 neighbours their answers.
 
-Where a version's batching parameters come from: the server's --batching_parameters_file, or,
-with --enable_per_model_batching_parameters, the version dir's `batching_params.pbtxt`, which
-replaces them whole (a version without that file runs unbatched). Batching metrics are TF
-Serving's `/tensorflow/serving/batching_session/*`.
+The choice is made once, when a version loads (`Batching`): its parameters are the server's
+--batching_parameters_file, or, with --enable_per_model_batching_parameters, the version dir's
+`batching_params.pbtxt`, which replaces them whole (a version without that file runs
+unbatched), and a version that batches gets a `BatchingSession` around its session. That
+session owns the version's queues, so they go away with it. Batching metrics are TF Serving's
+`/tensorflow/serving/batching_session/*`.
 """
 
+import asyncio
 import collections
 import dataclasses
-import math
+import functools
+import os
 import threading
 import time
-import weakref
 from concurrent import futures
 from typing import Callable, Deque, Dict, Hashable, List, Mapping, Optional, Sequence, Tuple
 
@@ -39,6 +42,8 @@ import tensorflow as tf
 
 from serving.model_server import config_files
 from serving.model_server import monitoring
+from serving.model_server.servable import Offload, Outputs, Session, SessionRun
+from serving.model_server.servable import session_timeout_ms
 from serving.model_server.status import ServingError, invalid_argument
 
 PER_MODEL_FILE = "batching_params.pbtxt"
@@ -124,17 +129,6 @@ def num_batch_threads(params, default: int) -> int:
   return threads
 
 
-def version_options(version_dir: str, params, per_model: bool) -> Optional[QueueOptions]:
-  """The batching a version gets: the server's parameters, or with per-model parameters its
-  own `batching_params.pbtxt` (None, unbatched, when it has none)."""
-  if not per_model:
-    return QueueOptions.from_params(params)
-  path = version_dir.rstrip("/") + "/" + PER_MODEL_FILE
-  if not tf.io.gfile.exists(path):
-    return None
-  return QueueOptions.from_params(config_files.read_batching_parameters(path))
-
-
 class _Task:
   """One request (or, with large-batch splitting, one piece of one) waiting for its rows."""
   __slots__ = ("inputs", "size", "deadline", "enqueued", "future")
@@ -205,32 +199,31 @@ def task_size(inputs: Mapping[str, np.ndarray]) -> int:
 
 
 class BatchScheduler:
-  """The server's batch scheduler: queues per loaded version (kept only while the version is
-  alive) and `num_threads` threads that run their batches."""
+  """The server's batch scheduler: `num_threads` threads that run the batches of every queue,
+  round robin; each queue belongs to the `BatchingSession` of one version."""
 
   def __init__(self, num_threads: int, metrics: monitoring.Metrics):
     self._metrics = metrics
     self._cond = threading.Condition()
     self._closing = False
-    # version (its servable) -> batch key -> queue; a version that unloads takes its queues.
-    self._queues: "weakref.WeakKeyDictionary[object, Dict[Hashable, _Queue]]" = \
-        weakref.WeakKeyDictionary()
     self._pending: Deque[_Queue] = collections.deque()  # queues holding batches, round robin
     self._threads = [threading.Thread(target=self._work, name=f"batch_threads_{i}", daemon=True)
                      for i in range(num_threads)]
     for thread in self._threads:
       thread.start()
 
-  def run(self, version: object, key: Hashable, options: QueueOptions, run: RunBatch,
-          inputs: Mapping[str, np.ndarray], timeout_ms: Optional[int]) -> Dict[str, np.ndarray]:
+  def run(self, queues: Dict[Hashable, _Queue], key: Hashable, options: QueueOptions,
+          run: RunBatch, inputs: Mapping[str, np.ndarray], timeout_ms: Optional[int]
+          ) -> Dict[str, np.ndarray]:
     """`submit`, then wait for the answer on this thread."""
-    return self.submit(version, key, options, run, inputs, timeout_ms).result()
+    return self.submit(queues, key, options, run, inputs, timeout_ms).result()
 
-  def submit(self, version: object, key: Hashable, options: QueueOptions, run: RunBatch,
-             inputs: Mapping[str, np.ndarray], timeout_ms: Optional[int]
+  def submit(self, queues: Dict[Hashable, _Queue], key: Hashable, options: QueueOptions,
+             run: RunBatch, inputs: Mapping[str, np.ndarray], timeout_ms: Optional[int]
              ) -> "futures.Future[Dict[str, np.ndarray]]":
-    """Queues `inputs` in a batch of `version`'s queue `key`; the future holds this request's
-    rows of the outputs, or the batch's error. Raises the scheduler's refusals at once."""
+    """Queues `inputs` in a batch of the queue `key` of `queues` (one version's, made here
+    when missing); the future holds this request's rows of the outputs, or the batch's
+    error. Raises the scheduler's refusals at once."""
     size = task_size(inputs)
     deadline = time.monotonic() + timeout_ms / 1e3 if timeout_ms else None
     if size > options.max_batch_size:
@@ -239,9 +232,9 @@ class BatchScheduler:
     with self._cond:
       if self._closing:
         raise ServingError(grpc.StatusCode.UNAVAILABLE, "The batch scheduler is shutting down")
-      queue = self._queues.setdefault(version, {}).get(key)
+      queue = queues.get(key)
       if queue is None:
-        queue = self._queues[version][key] = _Queue(options)
+        queue = queues[key] = _Queue(options)
       tasks = self._enqueue(queue, run, inputs, size, deadline)
       self._cond.notify_all()
     if len(tasks) == 1:
@@ -334,10 +327,7 @@ class BatchScheduler:
                            "Run() timeout exceeded while waiting in batching queue")
       timeout_ms = None
       if all(t.deadline is not None for t in tasks):
-        # The latest deadline, rounded up to a power of two milliseconds as gRPC deadlines
-        # are (grpc_api.py): each distinct timeout is a session callable of its own.
-        remaining = max((max(t.deadline for t in tasks) - now) * 1e3, 1.0)
-        timeout_ms = 1 << math.ceil(math.log2(remaining))
+        timeout_ms = session_timeout_ms((max(t.deadline for t in tasks) - now) * 1e3)
       inputs, padding = _merge(tasks, options, self._metrics)
       self._metrics.add(monitoring.BATCHING_WRAPPED_RUN_COUNT)
       outputs = batch.run(inputs, timeout_ms)
@@ -356,6 +346,63 @@ class BatchScheduler:
       self._cond.notify_all()
     for thread in self._threads:
       thread.join(timeout=60)
+
+
+class BatchingSession:
+  """A version's session under batching: each run joins a batch of the version's queue for its
+  `batch_key`, and the batch runs as one run of the wrapped session."""
+
+  def __init__(self, session: Session, scheduler: BatchScheduler, options: QueueOptions):
+    self.options = options
+    self._session = session
+    self._scheduler = scheduler
+    self._queues: Dict[Hashable, _Queue] = {}
+
+  def submit(self, run: SessionRun, timeout_ms: Optional[int]) -> "futures.Future[Outputs]":
+    return self._scheduler.submit(
+        self._queues, batch_key(run.signature, run.inputs, run.output_keys, self.options),
+        self.options, functools.partial(self._run_batch, run), run.inputs, timeout_ms)
+
+  def _run_batch(self, first: SessionRun, inputs: Mapping[str, np.ndarray],
+                 timeout_ms: Optional[int]) -> Outputs:
+    """The batch's run: its first request's signature and outputs, on every request's rows."""
+    return self._session.run(dataclasses.replace(first, inputs=inputs), timeout_ms)
+
+  def run(self, run: SessionRun, timeout_ms: Optional[int]) -> Outputs:
+    return self.submit(run, timeout_ms).result()
+
+  async def run_async(self, run: SessionRun, timeout_ms: Optional[int],
+                      offload: Offload) -> Outputs:
+    return await asyncio.wrap_future(self.submit(run, timeout_ms))
+
+
+class Batching:
+  """--enable_batching: the server's scheduler, and the batching each version gets when it
+  loads."""
+
+  def __init__(self, params, per_model: bool, metrics: monitoring.Metrics):
+    self._params = params
+    self._per_model = per_model
+    self._scheduler = BatchScheduler(num_batch_threads(params, os.cpu_count() or 1), metrics)
+
+  def options(self, version_dir: str) -> Optional[QueueOptions]:
+    """The version's parameters, checked: the server's, or with per-model parameters its own
+    `batching_params.pbtxt` (None, unbatched, when it has none)."""
+    if not self._per_model:
+      return QueueOptions.from_params(self._params)
+    path = version_dir.rstrip("/") + "/" + PER_MODEL_FILE
+    if not tf.io.gfile.exists(path):
+      return None
+    return QueueOptions.from_params(config_files.read_batching_parameters(path))
+
+  def session(self, session: Session, options: Optional[QueueOptions]) -> Session:
+    """The version's session: `session` itself, or batched as `options` say."""
+    if options is None:
+      return session
+    return BatchingSession(session, self._scheduler, options)
+
+  def close(self) -> None:
+    self._scheduler.close()
 
 
 def _merge(tasks: Sequence[_Task], options: QueueOptions, metrics: monitoring.Metrics

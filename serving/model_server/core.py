@@ -16,16 +16,11 @@ one to appear, so a bad model dir gives an error, never a hang.
 """
 
 import dataclasses
-import functools
-import os
 import threading
-import time
-from concurrent import futures
 from typing import ContextManager, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import grpc
 import numpy as np
-import tensorflow as tf
 from absl import logging
 from tensorflow.core.protobuf import config_pb2
 from tensorflow.core.protobuf import meta_graph_pb2
@@ -35,7 +30,7 @@ from tensorflow_serving.apis import inference_pb2
 from tensorflow_serving.apis import model_pb2
 from tensorflow_serving.config import model_server_config_pb2
 
-from export.servable import SERVE_TAG, ServableError, runs_on_caller_thread
+from export.servable import SERVE_TAG
 from export.warmup import DEFAULT_SIGNATURE
 from serving.model_server import batching
 from serving.model_server import config_files
@@ -43,9 +38,10 @@ from serving.model_server import inference
 from serving.model_server import loading
 from serving.model_server import memory
 from serving.model_server import tensors
-from serving.model_server.manager import Handle, State, VersionManager, load_failure
+from serving.model_server.manager import State, VersionManager, load_failure
 from serving.model_server.monitoring import Metrics
-from serving.model_server.status import ServingError, from_tf_error, invalid_argument, not_found
+from serving.model_server.servable import Servable
+from serving.model_server.status import ServingError, invalid_argument, not_found
 
 SIGNATURE_DEF_FIELD = "signature_def"
 ModelConfig = model_server_config_pb2.ModelConfig
@@ -88,12 +84,11 @@ class ServerCore:
     self._config_lock = threading.RLock()
     self._stopped = threading.Event()
     self._pollers: List[threading.Thread] = []
-    self._scheduler = None
-    self._version_batching: Dict[str, Optional[batching.QueueOptions]] = {}
+    self._batching = None
     if options.batching_parameters is not None:
-      self._scheduler = batching.BatchScheduler(
-          batching.num_batch_threads(options.batching_parameters, os.cpu_count() or 1),
-          self.metrics)
+      self._batching = batching.Batching(options.batching_parameters,
+                                         options.enable_per_model_batching_parameters,
+                                         self.metrics)
     self._checks = inference.Checks(options.enable_signature_method_name_check, options.limits)
     loader = loading.VersionLoader(
         loading.LoadOptions(
@@ -103,21 +98,9 @@ class ServerCore:
             warmup_timeouts_ms=options.warmup_timeouts_ms,
             max_num_load_retries=options.max_num_load_retries,
             load_retry_interval_secs=options.load_retry_interval_secs),
-        self._checks, self.run_session, self.metrics)
-
-    def load_version(name: str, version: int, path: str):
-      if self._scheduler is not None:
-        self._version_batching[path] = batching.version_options(
-            path, options.batching_parameters, options.enable_per_model_batching_parameters)
-      return loader(name, version, path)
-
-    self._manager = VersionManager(load_version, options.num_load_threads,
+        self._checks, self.metrics, self._batching)
+    self._manager = VersionManager(loader, options.num_load_threads,
                                    changed=memory.freeze_loaded)
-
-  @property
-  def batching(self) -> bool:
-    """Whether requests run through the batch scheduler (--enable_batching)."""
-    return self._scheduler is not None
 
   @property
   def model_names(self) -> List[str]:
@@ -254,12 +237,12 @@ class ServerCore:
     for thread in self._pollers:
       thread.join(timeout=60)
     self._manager.close()
-    if self._scheduler is not None:
-      self._scheduler.close()
+    if self._batching is not None:
+      self._batching.close()
 
   # -- lookup ----------------------------------------------------------------------------------
 
-  def handle(self, spec: model_pb2.ModelSpec) -> ContextManager[Handle]:
+  def handle(self, spec: model_pb2.ModelSpec) -> ContextManager[Servable]:
     """The loaded version a ModelSpec asks for (ServerCore::GetServableHandle), held until
     the block ends, so it cannot unload under the request."""
     if not spec.name:
@@ -281,7 +264,7 @@ class ServerCore:
                        ) -> Mapping[str, meta_graph_pb2.TensorInfo]:
     """The REST handler's GetInfoMap: the inputs of a signature, for decoding JSON."""
     with self.handle(spec) as handle:
-      signatures = handle.servable.signatures
+      signatures = handle.signatures
     name = signature_name or DEFAULT_SIGNATURE
     if name not in signatures:
       raise invalid_argument(f'Serving signature name: "{name}" not found in signature def')
@@ -327,55 +310,16 @@ class ServerCore:
       response.model_spec.name = handle.name
       response.model_spec.version.value = handle.version
       signature_map = get_model_metadata_pb2.SignatureDefMap()
-      for name, signature in handle.servable.signatures.items():
+      for name, signature in handle.signatures.items():
         signature_map.signature_def[name].CopyFrom(signature)
     response.metadata[SIGNATURE_DEF_FIELD].Pack(signature_map)
     return response
 
   # -- inference -------------------------------------------------------------------------------
 
-  def run_session(self, run: inference.SessionRun, timeout_ms: Optional[int] = None
-                  ) -> inference.Outputs:
-    """Runs what an API needs on this thread: in a batch when its version batches."""
-    future = self.submit(run, timeout_ms)
-    if future is not None:
-      return future.result()
-    started = time.perf_counter()
-    outputs = _run_signature(run.handle.servable, run.signature, run.output_keys, run.inputs,
-                             timeout_ms)
-    self._count_runtime(run, started)
-    return outputs
-
-  def submit(self, run: inference.SessionRun, timeout_ms: Optional[int] = None
-             ) -> Optional["futures.Future[inference.Outputs]"]:
-    """Queues the run in its version's batch queue; None when that version runs unbatched
-    (then `run_session` runs it)."""
-    servable = run.handle.servable
-    options = (self._version_batching.get(servable.version_dir)
-               if self._scheduler is not None else None)
-    if options is None:
-      return None
-    started = time.perf_counter()
-    future = self._scheduler.submit(
-        servable, batching.batch_key(run.signature, run.inputs, run.output_keys, options),
-        options, functools.partial(_run_signature, servable, run.signature, run.output_keys),
-        run.inputs, timeout_ms)
-    future.add_done_callback(functools.partial(self._count_answered_batch, run, started))
-    return future
-
-  def _count_answered_batch(self, run: inference.SessionRun, started: float,
-                            done: "futures.Future[inference.Outputs]") -> None:
-    if not done.cancelled() and done.exception() is None:
-      self._count_runtime(run, started)
-
-  def _count_runtime(self, run: inference.SessionRun, started: float) -> None:
-    """TF Serving's runtime latency of a successful run (batched: queuing included)."""
-    if run.api:
-      self.metrics.runtime(run.handle.name, run.api, (time.perf_counter() - started) * 1e6)
-
   def answer(self, steps: inference.Steps, timeout_ms: Optional[int] = None):
     """Drives an API's steps (the `*_steps` methods) on this thread."""
-    return inference.run_steps(steps, lambda run: self.run_session(run, timeout_ms))
+    return inference.run_steps(steps, lambda run: run.servable.run(run, timeout_ms))
 
   # Each API as steps (inference.py), holding its version until the answer is built.
 
@@ -427,18 +371,3 @@ class ServerCore:
                       timeout_ms: Optional[int] = None) -> inference_pb2.MultiInferenceResponse:
     return self.answer(self.multi_inference_steps(request), timeout_ms)
 
-
-def _run_signature(servable, signature_name: str, output_keys: Sequence[str],
-                   inputs: Mapping[str, np.ndarray], timeout_ms: Optional[int]
-                   ) -> Dict[str, np.ndarray]:
-  """One session run of a signature, with the runtime's errors as TF Serving's statuses."""
-  input_keys = sorted(inputs)
-  fed = [inputs[k] for k in input_keys]
-  try:
-    run = servable.callable(signature_name, input_keys, output_keys, timeout_ms,
-                            caller_thread=runs_on_caller_thread(fed))
-    return dict(zip(output_keys, run(*fed)))
-  except (tf.errors.OpError, ServableError) as e:
-    raise from_tf_error(e) from None
-  except (TypeError, ValueError) as e:  # a feed that numpy/TensorFlow cannot convert
-    raise invalid_argument(f"signature {signature_name}: {e}") from None

@@ -4,32 +4,27 @@ around `rest.RestApi`, in a thread of its own.
 An asyncio server holds thousands of connections without a thread each, so a slow client
 (slowloris, a body trickling in) costs a socket, not a worker. A request's body is refused with
 413 as soon as its Content-Length (or the bytes received so far) passes the limit, before it is
-read or buffered. Where a request is answered (chosen by measuring the Banking77 model on two
-cores; benchmarks/serving_latency.py gives the resulting figures):
+read or buffered. Where a request is answered (chosen by measuring on two cores;
+benchmarks/serving_latency.py reports the figures, `server_busiest_thread_core_share` among
+them):
 
-- With batching on, a small request (the usual one: a few examples) is answered in the event
-  loop, its JSON in microseconds, and waits for its batch without holding a thread, so the
-  batch can fill from every connection, not only from as many as there are threads.
-- Without batching, a request that is the only one in flight is answered in the loop: handing
-  it to a thread and back costs about as much as the run of a small model. Under load from
-  many connections that is almost always so, since the others wait in their sockets until it
-  is answered: unbatched requests then run one after another on the loop's thread (the
-  benchmark's `server_busiest_thread_core_share`, about 0.99 at 32 connections). Letting
-  them count themselves first (one turn of the loop) sent them to the pool of
-  `--rest_api_num_threads` threads instead, which answered fewer requests a second for more
-  CPU each on two cores: the hand-overs and the contention for Python's lock cost more than
-  overlapping the runs gains. The pool takes the requests that arrive while a large one is
-  answered there.
+- A small request (the usual one: a few examples) is answered in the event loop, its JSON in
+  microseconds. A session run that batches is awaited there without holding a thread, so a
+  batch fills from every connection, not only from as many as there are threads.
+- A run that does not batch is made on the loop's thread when its request is the only one in
+  flight: handing it to a thread and back costs about as much as the run of a small model.
+  Under load from many connections that is almost always so, since the others wait in their
+  sockets until it is answered. Sending such runs to the pool of `--rest_api_num_threads`
+  threads answered fewer requests a second for more CPU each on two cores: the hand-overs and
+  the contention for Python's lock cost more than overlapping the runs gains. The pool takes
+  the runs of requests that arrive while another is being answered.
 - A large body is always answered on the pool, so it never stops the loop from taking and
   answering the others. After it the process gives the memory it used back to the system
   (`memory.release`).
-
-uvicorn replaced waitress, the WSGI server used before, which on loopback with a trivial
-application and wrk answered about 6x fewer requests a second at 32 connections; the
-benchmark's `client_ceilings` gives uvicorn's own figures on a trivial application.
 """
 
 import asyncio
+import functools
 import socket
 import threading
 from concurrent import futures
@@ -89,22 +84,21 @@ class AsgiApp:
     self._in_flight += 1
     try:
       if len(body) > _INLINE_BODY_BYTES:
-        answer = loop.run_in_executor(self._pool, self._handle, method, path, body, origin)
-      elif self._api.batching:
-        answer = self._api.handle_async(
-            method, path, body, origin,
-            lambda function, *args: loop.run_in_executor(self._pool, function, *args),
-            lambda: self._in_flight == 1)
-      elif self._in_flight == 1:
-        answer = None
-        status, content_type, output = self._api.handle(method, path, body, origin)
+        answer = await loop.run_in_executor(self._pool, self._handle, method, path, body,
+                                            origin)
       else:
-        answer = loop.run_in_executor(self._pool, self._api.handle, method, path, body, origin)
-      if answer is not None:
-        status, content_type, output = await answer
+        answer = await self._api.handle_async(method, path, body, origin,
+                                              functools.partial(self._offload, loop))
     finally:
       self._in_flight -= 1
-    await self._send(send, status, content_type, output)
+    await self._send(send, *answer)
+
+  async def _offload(self, loop, function, *args):
+    """A blocking call of a small request: made here when the request is the only one in
+    flight (a hand-over to a thread would cost more than the run), else on the pool."""
+    if self._in_flight == 1:
+      return function(*args)
+    return await loop.run_in_executor(self._pool, function, *args)
 
   def _handle(self, method, path, body, origin):
     try:

@@ -24,7 +24,7 @@ from tensorflow_serving.apis import model_pb2
 from tensorflow_serving.apis import regression_pb2
 
 from export.warmup import DEFAULT_SIGNATURE, serialized_input
-from serving.model_server.manager import Handle
+from serving.model_server.servable import Outputs, Servable as Handle, SessionRun
 from serving.model_server.status import ServingError, invalid_argument
 from serving.model_server import tensors
 from serving.model_server.tensors import type_name
@@ -33,20 +33,8 @@ CLASSIFY_METHOD = tf.saved_model.CLASSIFY_METHOD_NAME
 REGRESS_METHOD = tf.saved_model.REGRESS_METHOD_NAME
 PREDICT_METHOD = tf.saved_model.PREDICT_METHOD_NAME
 
-Outputs = Dict[str, np.ndarray]
 Answer = TypeVar("Answer")
 Template = TypeVar("Template")
-
-
-@dataclasses.dataclass(frozen=True)
-class SessionRun:
-  """One run an API needs: a signature of a loaded version, on these inputs, these outputs;
-  `api` is what the run's latency is counted under (None: not counted)."""
-  handle: Handle
-  signature: str
-  inputs: Mapping[str, np.ndarray]
-  output_keys: Sequence[str]
-  api: Optional[str] = None
 
 
 Steps = Generator[SessionRun, Outputs, Answer]
@@ -239,7 +227,7 @@ def predict(handle: Handle, signature_name: str, inputs: Mapping[str, np.ndarray
             output_filter: Sequence[str], checks: Checks
             ) -> Steps[Tuple[model_pb2.ModelSpec, Outputs]]:
   name = signature_name or DEFAULT_SIGNATURE
-  signatures = handle.servable.signatures
+  signatures = handle.signatures
   if name not in signatures:
     raise ServingError(grpc.StatusCode.FAILED_PRECONDITION,
                        f'Serving signature key "{name}" not found.')
@@ -297,7 +285,7 @@ def multi_inference(handle: Handle, request: inference_pb2.MultiInferenceRequest
     if signature_name in seen:
       raise invalid_argument(f"Duplicate evaluation of signature: {signature_name}")
     seen.add(signature_name)
-    if signature_name not in handle.servable.signatures:
+    if signature_name not in handle.signatures:
       raise invalid_argument(
           f"Requested signature not found in model graph: {signature_name}")
   examples = serialized_input(request.input)
@@ -367,7 +355,7 @@ def _output_keys(signature: meta_graph_pb2.SignatureDef, output_filter: Sequence
 
 
 def _find_signature(handle: Handle, name: str) -> meta_graph_pb2.SignatureDef:
-  signatures = handle.servable.signatures
+  signatures = handle.signatures
   if name not in signatures:
     raise invalid_argument(f"No signature was found with the name: {name}")
   return signatures[name]

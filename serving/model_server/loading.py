@@ -10,7 +10,7 @@ counted in the metrics. A warmup record that fails fails the load.
 
 import dataclasses
 import time
-from typing import Callable, Dict, Optional, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import grpc
 import tenacity
@@ -24,8 +24,9 @@ from export import versions as versions_lib
 from export import warmup
 from export.servable import SERVE_TAG, ServableError, SessionServable
 from serving.model_server import inference
-from serving.model_server.manager import Handle
+from serving.model_server.batching import Batching
 from serving.model_server.monitoring import Metrics
+from serving.model_server.servable import DirectSession, Servable
 from serving.model_server.status import ServingError, from_tf_error, invalid_argument
 
 
@@ -80,16 +81,18 @@ class LoadOptions:
 
 
 class VersionLoader:
-  """Loads one version (a `manager.Loader`); `run` runs a signature, as requests do."""
+  """Loads one version (a `manager.Loader`), its session batched when `batching` says so."""
 
-  def __init__(self, options: LoadOptions, checks: inference.Checks,
-               run: Callable[[inference.SessionRun], inference.Outputs], metrics: Metrics):
+  def __init__(self, options: LoadOptions, checks: inference.Checks, metrics: Metrics,
+               batching: Optional[Batching] = None):
     self.options = options
     self._checks = checks
-    self._run = run
     self._metrics = metrics
+    self._batching = batching
 
-  def __call__(self, name: str, version: int, path: str) -> SessionServable:
+  def __call__(self, name: str, version: int, path: str) -> Servable:
+    # Read and checked before the first attempt: a bad batching file is not worth a retry.
+    batching_options = self._batching.options(path) if self._batching is not None else None
     attempts = self.options.max_num_load_retries + 1
 
     def log_failure(state: tenacity.RetryCallState) -> None:
@@ -103,21 +106,26 @@ class VersionLoader:
         retry=tenacity.retry_if_exception_type(ServingError),
         stop=tenacity.stop_after_attempt(attempts),
         wait=tenacity.wait_fixed(max(self.options.load_retry_interval_secs, 0.0)),
-        after=log_failure, reraise=True)(self._load_once, name, version, path)
+        after=log_failure, reraise=True)(self._load_once, name, version, path,
+                                         batching_options)
     logging.info("Successfully loaded servable version {name: %s version: %d}", name, version)
     return servable
 
-  def _load_once(self, name: str, version: int, path: str) -> SessionServable:
+  def _load_once(self, name: str, version: int, path: str, batching_options) -> Servable:
     started = time.perf_counter()
     try:
-      servable = SessionServable(path, self.options.tags, self.options.session_config)
+      loaded = SessionServable(path, self.options.tags, self.options.session_config)
     except ServableError as e:
       self._metrics.load(path, False, (time.perf_counter() - started) * 1e6)
       raise self._load_error(e, path) from None
     self._metrics.load(path, True, (time.perf_counter() - started) * 1e6)
+    session = DirectSession(loaded)
+    if self._batching is not None:
+      session = self._batching.session(session, batching_options)
+    servable = Servable(name, version, loaded, session, self._metrics)
     try:
       if self.options.enable_model_warmup:
-        self._warm_up(Handle(name, version, servable))
+        self._warm_up(servable)
     except ServingError:
       servable.close()
       raise
@@ -138,8 +146,8 @@ class VersionLoader:
                           f"right permissions for accessing it.")
     return from_tf_error(error)
 
-  def _warm_up(self, handle: Handle) -> None:
-    path = warmup.warmup_file(handle.servable.version_dir)
+  def _warm_up(self, handle: Servable) -> None:
+    path = warmup.warmup_file(handle.version_dir)
     if not tf.io.gfile.exists(path):
       logging.info("No warmup data file found at %s", path)
       return
@@ -160,7 +168,7 @@ class VersionLoader:
     logging.info("Finished reading warmup data for model at %s. Number of warmup records "
                  "read: %d.", path, count)
 
-  def _replay(self, handle: Handle, log: prediction_log_pb2.PredictionLog,
+  def _replay(self, handle: Servable, log: prediction_log_pb2.PredictionLog,
               timeout_ms: Optional[int]) -> None:
     kind = log.WhichOneof("log_type")
     if kind == "predict_log":
@@ -179,4 +187,4 @@ class VersionLoader:
                          f"Unsupported log_type for warmup: {kind}")
     else:
       return
-    inference.run_steps(steps, lambda run: self._run(run, timeout_ms))
+    inference.run_steps(steps, lambda run: run.servable.run(run, timeout_ms))

@@ -21,11 +21,11 @@ import grpc
 from absl import logging
 from tensorflow_serving.apis import get_model_status_pb2
 
-from export.servable import SessionServable
+from serving.model_server.servable import Servable
 from serving.model_server.status import ServingError, not_found
 
 State = get_model_status_pb2.ModelVersionStatus.State
-Loader = Callable[[str, int, str], SessionServable]  # (model name, version, dir) -> loaded
+Loader = Callable[[str, int, str], Servable]  # (model name, version, dir) -> loaded
 
 
 @dataclasses.dataclass
@@ -34,17 +34,9 @@ class Version:
   path: str
   state: int = State.START
   error: Optional[ServingError] = None
-  servable: Optional[SessionServable] = None
+  servable: Optional[Servable] = None
   in_flight: int = 0
   aspired: bool = True
-
-
-@dataclasses.dataclass(frozen=True)
-class Handle:
-  """A resolved request: which version of which model answers it."""
-  name: str
-  version: int
-  servable: SessionServable
 
 
 class VersionManager:
@@ -163,7 +155,7 @@ class VersionManager:
   # -- lookup ----------------------------------------------------------------------------------
 
   @contextlib.contextmanager
-  def acquire(self, name: str, number: Optional[int], described: str) -> Iterator[Handle]:
+  def acquire(self, name: str, number: Optional[int], described: str) -> Iterator[Servable]:
     """The available version `number` (the highest when None) of `name`, held until the
     block ends; NOT_FOUND `Servable not found for request: <described>` otherwise."""
     with self._lock:
@@ -178,7 +170,7 @@ class VersionManager:
       version.in_flight += 1
       servable = version.servable
     try:
-      yield Handle(name, version.version, servable)
+      yield servable
     finally:
       with self._lock:
         version.in_flight -= 1

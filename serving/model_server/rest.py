@@ -7,12 +7,11 @@ on a worker thread (`handle`) or in its event loop (`handle_async`), where a req
 for its batch holds no thread.
 """
 
-import asyncio
 import json
 import re
 import time
 import traceback
-from typing import Awaitable, Callable, List, Optional, Tuple
+from typing import List, Optional, Tuple
 from urllib.parse import unquote_to_bytes
 
 import grpc
@@ -26,6 +25,7 @@ from serving.model_server import inference
 from serving.model_server import json_answers
 from serving.model_server import json_requests
 from serving.model_server.core import SIGNATURE_DEF_FIELD, ServerCore
+from serving.model_server.servable import Offload
 from serving.model_server.status import ServingError, invalid_argument, not_found
 
 # TF Serving's http_rest_api_util.h patterns, matched against the raw (undecoded) path.
@@ -102,32 +102,19 @@ class RestApi:
                  error.message[:200])
     return json_answers.error_body(error.message)
 
-  @property
-  def batching(self) -> bool:
-    """Whether the server batches requests (then `handle_async` is the way to answer)."""
-    return self._core.batching
-
   def handle(self, method: str, path: str, body: bytes, origin: str = ""
              ) -> Tuple[int, str, bytes]:
     """(HTTP status, content type, body) of one request, answered on this thread."""
-    return self._core.answer(self.respond(method, path, body, origin), self._timeout_ms)
+    return inference.run_steps(self.respond(method, path, body, origin),
+                               lambda run: run.servable.run(run, self._timeout_ms))
 
   async def handle_async(self, method: str, path: str, body: bytes, origin: str,
-                         offload: Callable[..., Awaitable], alone: Callable[[], bool]
-                         ) -> Tuple[int, str, bytes]:
-    """`handle` in the event loop: a batched session run is awaited; an unbatched one runs
-    here when the request is `alone()` (a hand-over to a thread would cost more than the
-    run), else on a worker through `offload(function, *args)`."""
-
-    async def run(needed: inference.SessionRun) -> inference.Outputs:
-      future = self._core.submit(needed, self._timeout_ms)
-      if future is not None:
-        return await asyncio.wrap_future(future)
-      if alone():
-        return self._core.run_session(needed, self._timeout_ms)
-      return await offload(self._core.run_session, needed, self._timeout_ms)
-
-    return await inference.run_steps_async(self.respond(method, path, body, origin), run)
+                         offload: Offload) -> Tuple[int, str, bytes]:
+    """`handle` in the event loop: a batched session run is awaited without holding a
+    thread; an unbatched one is made through `offload(function, *args)`."""
+    return await inference.run_steps_async(
+        self.respond(method, path, body, origin),
+        lambda run: run.servable.run_async(run, self._timeout_ms, offload))
 
   def respond(self, method: str, path: str, body: bytes, origin: str = ""
               ) -> inference.Steps[Tuple[int, str, bytes]]:

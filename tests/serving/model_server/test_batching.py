@@ -250,12 +250,12 @@ class Scheduled:
   def __init__(self, threads=1):
     self.metrics = monitoring.Metrics()
     self.scheduler = batching.BatchScheduler(threads, self.metrics)
-    self.version = type("Version", (), {})()
+    self.queues = {}  # one version's, as its BatchingSession holds them
     self.pool = futures.ThreadPoolExecutor(16)
 
   def submit(self, options, run, rows, key="k", timeout_ms=None):
     inputs = {"x": np.array(rows, np.float32)}
-    return self.pool.submit(self.scheduler.run, self.version, key, options, run, inputs,
+    return self.pool.submit(self.scheduler.run, self.queues, key, options, run, inputs,
                             timeout_ms)
 
   def close(self):
@@ -359,10 +359,10 @@ def test_inputs_the_batching_session_cannot_batch_are_refused_before_queueing(sc
   options = batching.QueueOptions()
   with pytest.raises(ServingError, match="Batching Run\\(\\) input tensors must have equal "
                                          "0th-dimension size"):
-    scheduled.scheduler.run(scheduled.version, "k", options, Gate(),
+    scheduled.scheduler.run(scheduled.queues, "k", options, Gate(),
                             {"a": np.zeros([2]), "b": np.zeros([3])}, None)
   with pytest.raises(ServingError, match="must have at least one dimension"):
-    scheduled.scheduler.run(scheduled.version, "k", options, Gate(), {"a": np.float32(1)}, None)
+    scheduled.scheduler.run(scheduled.queues, "k", options, Gate(), {"a": np.float32(1)}, None)
 
 
 def test_unset_parameters_take_tensorflows_defaults():

@@ -56,7 +56,7 @@ def test_warmup_makes_the_session_callables_of_every_timeout_the_apis_use(tmp_pa
   tiny_models.half_plus_two(str(tmp_path / "m" / "1"), warmup_logs=logs)
   core = core_for(tmp_path / "m", warmup_timeouts_ms=(None, 1200))
   with core.handle(predict_request("", {}, name="m").model_spec) as handle:
-    made = set(handle.servable._callables)  # pylint: disable=protected-access
+    made = set(handle._loaded._callables)  # pylint: disable=protected-access
   core.close()
   assert {key[3] for key in made if key[0] == "serving_default"} == {None, 1200}
 

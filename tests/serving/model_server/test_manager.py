@@ -11,7 +11,8 @@ from serving.model_server.status import ServingError
 
 
 class _Servable:
-  def __init__(self, version):
+  def __init__(self, name, version):
+    self.name = name
     self.version = version
     self.closed = threading.Event()
 
@@ -20,17 +21,17 @@ class _Servable:
 
 
 def _manager(*numbers):
-  manager = VersionManager(lambda name, version, path: _Servable(version))
+  manager = VersionManager(lambda name, version, path: _Servable(name, version))
   assert manager.sync("m", {n: f"/models/m/{n}" for n in numbers}) == []
   return manager
 
 
 def test_latest_is_the_highest_available_version_and_a_specific_one_is_that_one():
   manager = _manager(3, 7, 5)
-  with manager.acquire("m", None, "Latest(m)") as handle:
-    assert (handle.name, handle.version, handle.servable.version) == ("m", 7, 7)
-  with manager.acquire("m", 5, "Specific(m, 5)") as handle:
-    assert handle.servable.version == 5
+  with manager.acquire("m", None, "Latest(m)") as servable:
+    assert (servable.name, servable.version) == ("m", 7)
+  with manager.acquire("m", 5, "Specific(m, 5)") as servable:
+    assert servable.version == 5
 
 
 @pytest.mark.parametrize("name, number, described", [
@@ -46,18 +47,18 @@ def test_a_version_or_model_not_served_is_not_found(name, number, described):
 
 def test_unloading_waits_for_the_request_holding_the_version_then_closes_it():
   manager = _manager(1)
-  with manager.acquire("m", 1, "Specific(m, 1)") as handle:
+  with manager.acquire("m", 1, "Specific(m, 1)") as servable:
     unloading = threading.Thread(target=manager.unload_model, args=("m",), daemon=True)
     unloading.start()
     while manager.versions("m")[1].state != State.UNLOADING:
       unloading.join(0.01)
-    assert not handle.servable.closed.wait(0.2)  # held: not closed under the request
+    assert not servable.closed.wait(0.2)  # held: not closed under the request
     with pytest.raises(ServingError):  # and no new request gets it
       with manager.acquire("m", 1, "Specific(m, 1)"):
         pass
   unloading.join(10)
   assert not unloading.is_alive()
-  assert handle.servable.closed.is_set()
+  assert servable.closed.is_set()
   assert manager.versions("m")[1].state == State.END
 
 
