@@ -3,15 +3,15 @@
     python benchmarks/classify_answers.py --version_dir <a classifier's version dir>
 
 The embedded server writes the labels of a Classify answer once per row of labels (from the
-row's second answer on, `inference.LabelTemplates`) and fills in the scores: the REST answer's
-JSON (json_answers.py) and the gRPC answer's ClassificationResult (inference.py). This runs
+row's second answer on, `results.LabelTemplates`) and fills in the scores: the REST answer's
+JSON (json_answers.py) and the gRPC answer's ClassificationResult (results.py). This runs
 the model's default signature on evaluation examples (one a request) and prints, in one
 process, with the templates on and off (every row then written value by value, as a row seen
 for the first time is), the p50 microseconds of:
 
 - the answer alone (JSON, proto), from the same outputs;
 - a whole REST Classify answered in-process (`RestApi.handle`: parse, session run, answer),
-  and the same for gRPC's path (`ServerCore.classify`, then the ClassificationResponse), where
+  and the same for gRPC's path (Classify on the version the core holds, then the ClassificationResponse), where
   what the answer writing costs the session run that follows it shows too.
 
 Rounds alternate on and off; the medians of the rounds and their ratios (off / on) are printed
@@ -38,9 +38,11 @@ from export.warmup import DEFAULT_SIGNATURE  # noqa: E402
 from serving import clients  # noqa: E402
 from serving import probes  # noqa: E402
 from serving.model_server import config_files  # noqa: E402
-from serving.model_server import inference  # noqa: E402
 from serving.model_server import json_answers  # noqa: E402
+from serving.model_server import results as results_lib  # noqa: E402
+from serving.model_server.classify import classify  # noqa: E402
 from serving.model_server.core import ServerCore  # noqa: E402
+from serving.model_server.inference import answer  # noqa: E402
 from serving.model_server.rest import RestApi  # noqa: E402
 
 flags.DEFINE_string("version_dir", None, "A classifier's SavedModel version dir.")
@@ -82,11 +84,15 @@ def main(argv):
   api = RestApi(core)
   path = f"/v1/models/{MODEL_NAME}:classify"
   spec = model_pb2.ModelSpec(name=MODEL_NAME)
-  results = [core.classify(spec, [example])[1] for example in serialized]
+  def classified(example):
+    with core.servable(spec) as servable:
+      return answer(classify(servable, spec.signature_name, [example], core.checks))
+
+  results = [classified(example)[1] for example in serialized]
   count = results[0].scores.shape[1]
 
   def grpc_answer(example):
-    answer_spec, result = core.classify(spec, [example])
+    answer_spec, result = classified(example)
     return classification_pb2.ClassificationResponse(model_spec=answer_spec,
                                                      result=result.to_proto())
 
@@ -95,7 +101,7 @@ def main(argv):
              "rest_classify_in_process": lambda: p50_us(
                  lambda body: api.handle("POST", path, body), bodies),
              "grpc_classify_in_process": lambda: p50_us(grpc_answer, serialized)}
-  templates = (json_answers._ROW_TEMPLATES, inference._WIRE_TEMPLATES)
+  templates = (json_answers._ROW_TEMPLATES, results_lib._WIRE_TEMPLATES)
   rounds = {"templates": {name: [] for name in figures},
             "value_by_value": {name: [] for name in figures}}
   try:
@@ -103,14 +109,14 @@ def main(argv):
       for way in rounds:
         # The benchmark swaps the server's own template stores (private) to measure both ways.
         if way == "templates":
-          json_answers._ROW_TEMPLATES, inference._WIRE_TEMPLATES = templates
+          json_answers._ROW_TEMPLATES, results_lib._WIRE_TEMPLATES = templates
         else:
-          json_answers._ROW_TEMPLATES = inference._WIRE_TEMPLATES = NoTemplates()
+          json_answers._ROW_TEMPLATES = results_lib._WIRE_TEMPLATES = NoTemplates()
         for name, measure in figures.items():
           measure()  # the first answers build the templates; a warm start for both ways
           rounds[way][name].append(measure())
   finally:
-    json_answers._ROW_TEMPLATES, inference._WIRE_TEMPLATES = templates
+    json_answers._ROW_TEMPLATES, results_lib._WIRE_TEMPLATES = templates
     core.close()
   medians = {way: {name: round(statistics.median(values), 1) for name, values in by.items()}
              for way, by in rounds.items()}

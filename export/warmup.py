@@ -6,10 +6,11 @@ see the same records and the same limit.
 """
 
 import dataclasses
-from typing import Dict, Iterator, List, Sequence, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import tensorflow as tf
+from google.protobuf.message import Message
 from tensorflow_serving.apis import classification_pb2
 from tensorflow_serving.apis import predict_pb2
 from tensorflow_serving.apis import prediction_log_pb2
@@ -39,6 +40,13 @@ class BadWarmupRecord(WarmupError):
 
 class TooManyWarmupRecords(WarmupError):
   """More records than TF Serving replays (INVALID_ARGUMENT)."""
+
+
+class UnsupportedWarmupRecord(WarmupError):
+  """A record of a log type TF Serving does not replay (UNIMPLEMENTED)."""
+
+  def __init__(self, log_type: str):
+    super().__init__(f"Unsupported log_type for warmup: {log_type}")
 
 
 # ------------------------------------------------------------------------------------ writing
@@ -158,20 +166,36 @@ def serialized_input(request_input) -> List[bytes]:
   return []
 
 
+# The log types TF Serving replays, and the kind of request each holds.
+_REPLAYED_LOG_TYPES = {"predict_log": PREDICT, "classify_log": CLASSIFY, "regress_log": REGRESS,
+                       "multi_inference_log": MULTI_INFERENCE}
+
+
+def logged_request(log: prediction_log_pb2.PredictionLog) -> Tuple[str, Optional[Message]]:
+  """(kind, request) of a warmup record: PREDICT and its PredictRequest, CLASSIFY, REGRESS or
+  MULTI_INFERENCE and theirs; ("", None) when the record holds none. Raises
+  UnsupportedWarmupRecord for a log type TF Serving does not replay."""
+  log_type = log.WhichOneof("log_type")
+  if log_type is None:
+    return "", None
+  if log_type not in _REPLAYED_LOG_TYPES:
+    raise UnsupportedWarmupRecord(log_type)
+  return _REPLAYED_LOG_TYPES[log_type], getattr(log, log_type).request
+
+
 def as_request(log: prediction_log_pb2.PredictionLog) -> WarmupRequest:
   """The request a warmup record holds; its kind is '' for a log type TF Serving cannot replay."""
-  kind = log.WhichOneof("log_type")
-  if kind == "predict_log":
-    request = log.predict_log.request
+  try:
+    kind, request = logged_request(log)
+  except UnsupportedWarmupRecord:
+    return WarmupRequest("", (), {}, ())
+  if kind == PREDICT:
     return WarmupRequest(PREDICT, (request.model_spec.signature_name or DEFAULT_SIGNATURE,),
                          {k: tf.make_ndarray(v) for k, v in request.inputs.items()}, ())
-  if kind in ("classify_log", "regress_log"):
-    request = getattr(log, kind).request
-    return WarmupRequest(CLASSIFY if kind == "classify_log" else REGRESS,
-                         (request.model_spec.signature_name or DEFAULT_SIGNATURE,), {},
+  if kind in (CLASSIFY, REGRESS):
+    return WarmupRequest(kind, (request.model_spec.signature_name or DEFAULT_SIGNATURE,), {},
                          tuple(serialized_input(request.input)))
-  if kind == "multi_inference_log":
-    request = log.multi_inference_log.request
+  if kind == MULTI_INFERENCE:
     return WarmupRequest(MULTI_INFERENCE,
                          tuple(t.model_spec.signature_name or DEFAULT_SIGNATURE
                                for t in request.tasks), {},

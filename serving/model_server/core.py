@@ -1,14 +1,14 @@
-"""The models a server serves, and TF Serving's APIs over them, with its statuses and messages.
+"""The models a server serves, as TF Serving's ServerCore manages them: config, loading,
+polling, reloading, version lookup, status and metadata. The APIs run on the versions it hands
+out are predict.py, classify.py, regress.py and multi_inference.py.
 
 Models come from a ModelServerConfig, checked as TF Serving's ServerCore checks it. Each is a
 base path of numeric version dirs (`export.versions`) of which the version policy picks the
 ones to serve (`loading.aspired_versions`); `manager.VersionManager` loads them (with
-`loading.VersionLoader`: retries, warmup) and unloads them. After start-up the base paths are
-polled every --file_system_poll_wait_seconds, so new versions load and removed ones unload,
-and a new config (HandleReloadConfigRequest, or the config file polled every
---model_config_file_poll_wait_seconds) is applied in full: models missing from it unload. The
-APIs themselves are in `inference.py`; this module resolves which loaded version answers,
-and runs its signatures, through the batch scheduler (`batching.py`) when batching is on.
+`loading.VersionLoader`: retries, batching, warmup) and unloads them. After start-up the base
+paths are polled every --file_system_poll_wait_seconds, so new versions load and removed ones
+unload, and a new config (HandleReloadConfigRequest, or the config file polled every
+--model_config_file_poll_wait_seconds) is applied in full: models missing from it unload.
 
 As the real server does at start-up, `load()` fails when any version fails to load. Unlike the
 real server, a base path with no version to load fails at once instead of waiting forever for
@@ -17,21 +17,17 @@ one to appear, so a bad model dir gives an error, never a hang.
 
 import dataclasses
 import threading
-from typing import ContextManager, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import ContextManager, Dict, List, Optional, Sequence, Tuple
 
 import grpc
-import numpy as np
 from absl import logging
 from tensorflow.core.protobuf import config_pb2
-from tensorflow.core.protobuf import meta_graph_pb2
 from tensorflow_serving.apis import get_model_metadata_pb2
 from tensorflow_serving.apis import get_model_status_pb2
-from tensorflow_serving.apis import inference_pb2
 from tensorflow_serving.apis import model_pb2
 from tensorflow_serving.config import model_server_config_pb2
 
 from export.servable import SERVE_TAG
-from export.warmup import DEFAULT_SIGNATURE
 from serving.model_server import batching
 from serving.model_server import config_files
 from serving.model_server import inference
@@ -71,8 +67,8 @@ class CoreOptions:
 
 
 class ServerCore:
-  """Loads the configured models, keeps them current, and answers TF Serving's APIs on them
-  (thread-safe)."""
+  """Loads the configured models, keeps them current, and hands out their loaded versions
+  (thread-safe). `checks` are the settings of the APIs run on them."""
 
   def __init__(self, config: model_server_config_pb2.ModelServerConfig,
                options: CoreOptions = CoreOptions(), metrics: Optional[Metrics] = None):
@@ -89,7 +85,7 @@ class ServerCore:
       self._batching = batching.Batching(options.batching_parameters,
                                          options.enable_per_model_batching_parameters,
                                          self.metrics)
-    self._checks = inference.Checks(options.enable_signature_method_name_check, options.limits)
+    self.checks = inference.Checks(options.enable_signature_method_name_check, options.limits)
     loader = loading.VersionLoader(
         loading.LoadOptions(
             tags=options.saved_model_tags, session_config=options.session_config,
@@ -98,7 +94,7 @@ class ServerCore:
             warmup_timeouts_ms=options.warmup_timeouts_ms,
             max_num_load_retries=options.max_num_load_retries,
             load_retry_interval_secs=options.load_retry_interval_secs),
-        self._checks, self.metrics, self._batching)
+        self.checks, self.metrics, self._batching)
     self._manager = VersionManager(loader, options.num_load_threads,
                                    changed=memory.freeze_loaded)
 
@@ -242,7 +238,7 @@ class ServerCore:
 
   # -- lookup ----------------------------------------------------------------------------------
 
-  def handle(self, spec: model_pb2.ModelSpec) -> ContextManager[Servable]:
+  def servable(self, spec: model_pb2.ModelSpec) -> ContextManager[Servable]:
     """The loaded version a ModelSpec asks for (ServerCore::GetServableHandle), held until
     the block ends, so it cannot unload under the request."""
     if not spec.name:
@@ -259,16 +255,6 @@ class ServerCore:
     else:
       number, described = None, f"Latest({spec.name})"
     return self._manager.acquire(spec.name, number, described)
-
-  def signature_inputs(self, spec: model_pb2.ModelSpec, signature_name: str
-                       ) -> Mapping[str, meta_graph_pb2.TensorInfo]:
-    """The REST handler's GetInfoMap: the inputs of a signature, for decoding JSON."""
-    with self.handle(spec) as handle:
-      signatures = handle.signatures
-    name = signature_name or DEFAULT_SIGNATURE
-    if name not in signatures:
-      raise invalid_argument(f'Serving signature name: "{name}" not found in signature def')
-    return signatures[name].inputs
 
   # -- status and metadata ---------------------------------------------------------------------
 
@@ -305,69 +291,12 @@ class ServerCore:
     for field in request.metadata_field:
       if field != SIGNATURE_DEF_FIELD:
         raise invalid_argument(f"Metadata field {field} is not supported")
-    with self.handle(request.model_spec) as handle:
+    with self.servable(request.model_spec) as servable:
       response = get_model_metadata_pb2.GetModelMetadataResponse()
-      response.model_spec.name = handle.name
-      response.model_spec.version.value = handle.version
+      response.model_spec.name = servable.name
+      response.model_spec.version.value = servable.version
       signature_map = get_model_metadata_pb2.SignatureDefMap()
-      for name, signature in handle.signatures.items():
+      for name, signature in servable.signatures.items():
         signature_map.signature_def[name].CopyFrom(signature)
     response.metadata[SIGNATURE_DEF_FIELD].Pack(signature_map)
     return response
-
-  # -- inference -------------------------------------------------------------------------------
-
-  def answer(self, steps: inference.Steps, timeout_ms: Optional[int] = None):
-    """Drives an API's steps (the `*_steps` methods) on this thread."""
-    return inference.run_steps(steps, lambda run: run.servable.run(run, timeout_ms))
-
-  # Each API as steps (inference.py), holding its version until the answer is built.
-
-  def predict_steps(self, spec: model_pb2.ModelSpec, inputs: Mapping[str, np.ndarray],
-                    output_filter: Sequence[str] = ()
-                    ) -> inference.Steps[Tuple[model_pb2.ModelSpec, inference.Outputs]]:
-    with self.handle(spec) as handle:
-      return (yield from inference.predict(handle, spec.signature_name, inputs, output_filter,
-                                           self._checks))
-
-  def classify_steps(self, spec: model_pb2.ModelSpec, examples: Sequence[bytes]
-                     ) -> inference.Steps[Tuple[model_pb2.ModelSpec,
-                                                inference.Classifications]]:
-    with self.handle(spec) as handle:
-      return (yield from inference.classify(handle, spec.signature_name, examples,
-                                            self._checks))
-
-  def regress_steps(self, spec: model_pb2.ModelSpec, examples: Sequence[bytes]
-                    ) -> inference.Steps[Tuple[model_pb2.ModelSpec, inference.Regressions]]:
-    with self.handle(spec) as handle:
-      return (yield from inference.regress(handle, spec.signature_name, examples,
-                                           self._checks))
-
-  def multi_inference_steps(self, request: inference_pb2.MultiInferenceRequest
-                            ) -> inference.Steps[inference_pb2.MultiInferenceResponse]:
-    if not request.tasks:
-      raise invalid_argument("MultiInferenceRequest has no tasks")
-    with self.handle(request.tasks[0].model_spec) as handle:
-      return (yield from inference.multi_inference(handle, request, self._checks))
-
-  # The same APIs answered on the calling thread.
-
-  def predict(self, spec: model_pb2.ModelSpec, inputs: Mapping[str, np.ndarray],
-              output_filter: Sequence[str] = (), timeout_ms: Optional[int] = None
-              ) -> Tuple[model_pb2.ModelSpec, inference.Outputs]:
-    return self.answer(self.predict_steps(spec, inputs, output_filter), timeout_ms)
-
-  def classify(self, spec: model_pb2.ModelSpec, examples: Sequence[bytes],
-               timeout_ms: Optional[int] = None
-               ) -> Tuple[model_pb2.ModelSpec, inference.Classifications]:
-    return self.answer(self.classify_steps(spec, examples), timeout_ms)
-
-  def regress(self, spec: model_pb2.ModelSpec, examples: Sequence[bytes],
-              timeout_ms: Optional[int] = None
-              ) -> Tuple[model_pb2.ModelSpec, inference.Regressions]:
-    return self.answer(self.regress_steps(spec, examples), timeout_ms)
-
-  def multi_inference(self, request: inference_pb2.MultiInferenceRequest,
-                      timeout_ms: Optional[int] = None) -> inference_pb2.MultiInferenceResponse:
-    return self.answer(self.multi_inference_steps(request), timeout_ms)
-

@@ -19,7 +19,12 @@ from tensorflow_serving.apis import status_pb2
 
 from export.warmup import serialized_input
 from serving.model_server import memory
+from serving.model_server.classify import classify
 from serving.model_server.core import ServerCore
+from serving.model_server.inference import answer
+from serving.model_server.multi_inference import multi_inference, servable_spec
+from serving.model_server.predict import predict
+from serving.model_server.regress import regress
 from serving.model_server.status import ServingError, invalid_argument
 from serving.model_server.tensors import array_to_tensor_proto
 
@@ -75,6 +80,7 @@ def _grpc_errors(api: Optional[str] = None):
 
 
 class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
+  """Each API on the version its ModelSpec asks for, held until the answer is built."""
 
   def __init__(self, core: ServerCore):
     self._core = core
@@ -83,8 +89,10 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
   def Predict(self, request, context):
     # The TensorProtos are decoded only once the request passed TF Serving's checks (model,
     # version, signature, aliases, dtypes) and the size limits.
-    spec, outputs = self._core.predict(request.model_spec, dict(request.inputs),
-                                       request.output_filter, _timeout_ms(context))
+    with self._core.servable(request.model_spec) as servable:
+      spec, outputs = answer(predict(servable, request.model_spec.signature_name,
+                                     dict(request.inputs), request.output_filter,
+                                     self._core.checks), _timeout_ms(context))
     response = predict_pb2.PredictResponse(model_spec=spec)
     for alias, array in outputs.items():
       response.outputs[alias].CopyFrom(array_to_tensor_proto(array))
@@ -92,19 +100,25 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
 
   @_grpc_errors("Classify")
   def Classify(self, request, context):
-    spec, result = self._core.classify(request.model_spec, serialized_input(request.input),
-                                       _timeout_ms(context))
+    with self._core.servable(request.model_spec) as servable:
+      spec, result = answer(classify(servable, request.model_spec.signature_name,
+                                     serialized_input(request.input), self._core.checks),
+                            _timeout_ms(context))
     return classification_pb2.ClassificationResponse(model_spec=spec, result=result.to_proto())
 
   @_grpc_errors("Regress")
   def Regress(self, request, context):
-    spec, result = self._core.regress(request.model_spec, serialized_input(request.input),
-                                      _timeout_ms(context))
+    with self._core.servable(request.model_spec) as servable:
+      spec, result = answer(regress(servable, request.model_spec.signature_name,
+                                    serialized_input(request.input), self._core.checks),
+                            _timeout_ms(context))
     return regression_pb2.RegressionResponse(model_spec=spec, result=result.to_proto())
 
   @_grpc_errors()
   def MultiInference(self, request, context):
-    return self._core.multi_inference(request, _timeout_ms(context))
+    with self._core.servable(servable_spec(request)) as servable:
+      return answer(multi_inference(servable, request, self._core.checks),
+                    _timeout_ms(context))
 
   @_grpc_errors()
   def GetModelMetadata(self, request, context):

@@ -19,7 +19,7 @@ import numpy as np
 import orjson
 import tensorflow as tf
 
-from serving.model_server import inference
+from serving.model_server.results import Classifications, LabelTemplates, Regressions
 from serving.model_server.json_requests import INT_RANGES
 from serving.model_server.tensors import type_name
 from serving.model_server.status import invalid_argument
@@ -158,7 +158,7 @@ def _predict_response_by_value(outputs, row_format: bool, batch) -> bytes:
   return _encode('{"predictions":[' + ",".join(rows) + "]}")
 
 
-def classify_response(result) -> bytes:
+def classify_response(result: Classifications) -> bytes:
   """Classifications as `{"results": [[[label, score], ...], ...]}`."""
   reference = result.classes if result.classes is not None else result.scores
   if reference is None or not reference.shape[0]:
@@ -184,7 +184,7 @@ def classify_response(result) -> bytes:
 
 def _classify_response_from_templates(classes: np.ndarray, scores: np.ndarray):
   """The answer from one orjson call on the scores and a template per row of labels, kept
-  from the row's second answer on (`inference.LabelTemplates`). None when a row has no
+  from the row's second answer on (`results.LabelTemplates`). None when a row has no
   template yet, a score is not finite (orjson writes it as null, TF Serving as NaN /
   Infinity) or a label is not UTF-8: the value-by-value path then writes or refuses it.
 
@@ -214,10 +214,10 @@ def _row_template(labels: tuple) -> bytes:
   return b"[" + b",".join(pairs) + b"]"
 
 
-_ROW_TEMPLATES = inference.LabelTemplates(_row_template)
+_ROW_TEMPLATES = LabelTemplates(_row_template)
 
 
-def regress_response(result) -> bytes:
+def regress_response(result: Regressions) -> bytes:
   if not result.values.size:
     raise invalid_argument("Cannot convert empty RegressionResults to JSON")
   values = result.values.astype(np.float32)

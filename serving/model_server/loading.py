@@ -25,6 +25,10 @@ from export import warmup
 from export.servable import SERVE_TAG, ServableError, SessionServable
 from serving.model_server import inference
 from serving.model_server.batching import Batching
+from serving.model_server.classify import classify
+from serving.model_server.multi_inference import multi_inference
+from serving.model_server.predict import predict
+from serving.model_server.regress import regress
 from serving.model_server.monitoring import Metrics
 from serving.model_server.servable import DirectSession, Servable
 from serving.model_server.status import ServingError, from_tf_error, invalid_argument
@@ -146,8 +150,8 @@ class VersionLoader:
                           f"right permissions for accessing it.")
     return from_tf_error(error)
 
-  def _warm_up(self, handle: Servable) -> None:
-    path = warmup.warmup_file(handle.version_dir)
+  def _warm_up(self, servable: Servable) -> None:
+    path = warmup.warmup_file(servable.version_dir)
     if not tf.io.gfile.exists(path):
       logging.info("No warmup data file found at %s", path)
       return
@@ -157,7 +161,7 @@ class VersionLoader:
         for _ in range(self.options.warmup_iterations):
           try:
             for timeout_ms in self.options.warmup_timeouts_ms:
-              self._replay(handle, log, timeout_ms)
+              self._replay(servable, log, timeout_ms)
           except ServingError as e:
             raise ServingError(e.code, f"warmup record {count} of {path} failed: "
                                        f"{e.message}") from None
@@ -168,23 +172,23 @@ class VersionLoader:
     logging.info("Finished reading warmup data for model at %s. Number of warmup records "
                  "read: %d.", path, count)
 
-  def _replay(self, handle: Servable, log: prediction_log_pb2.PredictionLog,
+  def _replay(self, servable: Servable, log: prediction_log_pb2.PredictionLog,
               timeout_ms: Optional[int]) -> None:
-    kind = log.WhichOneof("log_type")
-    if kind == "predict_log":
-      request = log.predict_log.request
-      steps = inference.predict(handle, request.model_spec.signature_name, dict(request.inputs),
-                                request.output_filter, self._checks)
-    elif kind in ("classify_log", "regress_log"):
-      request = getattr(log, kind).request
-      api = inference.classify if kind == "classify_log" else inference.regress
-      steps = api(handle, request.model_spec.signature_name,
-                  warmup.serialized_input(request.input), self._checks)
-    elif kind == "multi_inference_log":
-      steps = inference.multi_inference(handle, log.multi_inference_log.request, self._checks)
-    elif kind is not None:
-      raise ServingError(grpc.StatusCode.UNIMPLEMENTED,
-                         f"Unsupported log_type for warmup: {kind}")
+    try:
+      kind, request = warmup.logged_request(log)
+    except warmup.UnsupportedWarmupRecord as e:
+      raise ServingError(grpc.StatusCode.UNIMPLEMENTED, str(e)) from None
+    if kind == warmup.PREDICT:
+      steps = predict(servable, request.model_spec.signature_name, dict(request.inputs),
+                      request.output_filter, self._checks)
+    elif kind == warmup.CLASSIFY:
+      steps = classify(servable, request.model_spec.signature_name,
+                       warmup.serialized_input(request.input), self._checks)
+    elif kind == warmup.REGRESS:
+      steps = regress(servable, request.model_spec.signature_name,
+                      warmup.serialized_input(request.input), self._checks)
+    elif kind == warmup.MULTI_INFERENCE:
+      steps = multi_inference(servable, request, self._checks)
     else:
       return
-    inference.run_steps(steps, lambda run: run.servable.run(run, timeout_ms))
+    inference.answer(steps, timeout_ms)

@@ -11,21 +11,26 @@ import json
 import re
 import time
 import traceback
-from typing import List, Optional, Tuple
+from typing import List, Mapping, Optional, Tuple
 from urllib.parse import unquote_to_bytes
 
 import grpc
 from absl import logging
 from google.protobuf import json_format
+from tensorflow.core.protobuf import meta_graph_pb2
 from tensorflow_serving.apis import get_model_metadata_pb2
 from tensorflow_serving.apis import get_model_status_pb2
 from tensorflow_serving.apis import model_pb2
 
+from export.warmup import DEFAULT_SIGNATURE
 from serving.model_server import inference
 from serving.model_server import json_answers
 from serving.model_server import json_requests
+from serving.model_server.classify import classify
 from serving.model_server.core import SIGNATURE_DEF_FIELD, ServerCore
-from serving.model_server.servable import Offload
+from serving.model_server.predict import predict
+from serving.model_server.regress import regress
+from serving.model_server.servable import Offload, Servable
 from serving.model_server.status import ServingError, invalid_argument, not_found
 
 # TF Serving's http_rest_api_util.h patterns, matched against the raw (undecoded) path.
@@ -67,6 +72,15 @@ def _model_spec(name: str, version: Optional[str], label: Optional[str]) -> mode
   return spec
 
 
+def _signature_inputs(servable: Servable, signature_name: str
+                      ) -> Mapping[str, meta_graph_pb2.TensorInfo]:
+  """The REST handler's GetInfoMap: the inputs of a signature, for decoding JSON."""
+  name = signature_name or DEFAULT_SIGNATURE
+  if name not in servable.signatures:
+    raise invalid_argument(f'Serving signature name: "{name}" not found in signature def')
+  return servable.signatures[name].inputs
+
+
 def _labels(method: str, match: Optional[re.Match]) -> Tuple[str, str]:
   """(model name, API) of a request, as TF Serving labels its REST metrics."""
   if not match or not match.group(1):
@@ -105,16 +119,14 @@ class RestApi:
   def handle(self, method: str, path: str, body: bytes, origin: str = ""
              ) -> Tuple[int, str, bytes]:
     """(HTTP status, content type, body) of one request, answered on this thread."""
-    return inference.run_steps(self.respond(method, path, body, origin),
-                               lambda run: run.servable.run(run, self._timeout_ms))
+    return inference.answer(self.respond(method, path, body, origin), self._timeout_ms)
 
   async def handle_async(self, method: str, path: str, body: bytes, origin: str,
                          offload: Offload) -> Tuple[int, str, bytes]:
     """`handle` in the event loop: a batched session run is awaited without holding a
     thread; an unbatched one is made through `offload(function, *args)`."""
-    return await inference.run_steps_async(
-        self.respond(method, path, body, origin),
-        lambda run: run.servable.run_async(run, self._timeout_ms, offload))
+    return await inference.answer_async(self.respond(method, path, body, origin),
+                                        self._timeout_ms, offload)
 
   def respond(self, method: str, path: str, body: bytes, origin: str = ""
               ) -> inference.Steps[Tuple[int, str, bytes]]:
@@ -188,24 +200,30 @@ class RestApi:
   def _predict(self, spec: model_pb2.ModelSpec, body: bytes) -> inference.Steps[bytes]:
     document = self._parse(body)
     spec.signature_name = json_requests.signature_name(document)
-    specs = self._core.signature_inputs(spec, spec.signature_name)
-    inputs, row_format = json_requests.predict_inputs(
-        document, specs, spec.signature_name, not json_requests.may_hold_booleans(body))
-    _, outputs = yield from self._core.predict_steps(spec, inputs)
+    with self._core.servable(spec) as servable:
+      inputs, row_format = json_requests.predict_inputs(
+          document, _signature_inputs(servable, spec.signature_name), spec.signature_name,
+          not json_requests.may_hold_booleans(body))
+      _, outputs = yield from predict(servable, spec.signature_name, inputs, (),
+                                      self._core.checks)
     return json_answers.predict_response(outputs, row_format)
 
   def _classify(self, spec: model_pb2.ModelSpec, body: bytes) -> inference.Steps[bytes]:
     document = self._parse(body)
     spec.signature_name = json_requests.signature_name(document)
     examples = json_requests.serialized_examples(document)
-    _, result = yield from self._core.classify_steps(spec, examples)
+    with self._core.servable(spec) as servable:
+      _, result = yield from classify(servable, spec.signature_name, examples,
+                                      self._core.checks)
     return json_answers.classify_response(result)
 
   def _regress(self, spec: model_pb2.ModelSpec, body: bytes) -> inference.Steps[bytes]:
     document = self._parse(body)
     spec.signature_name = json_requests.signature_name(document)
     examples = json_requests.serialized_examples(document)
-    _, result = yield from self._core.regress_steps(spec, examples)
+    with self._core.servable(spec) as servable:
+      _, result = yield from regress(servable, spec.signature_name, examples,
+                                     self._core.checks)
     return json_answers.regress_response(result)
 
   def _status(self, spec: model_pb2.ModelSpec) -> bytes:

@@ -1,7 +1,7 @@
 """TensorProtos <-> numpy arrays, as TF Serving reads Predict inputs and writes its outputs."""
 
 import dataclasses
-from typing import Dict, Mapping
+from typing import Dict, Mapping, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -16,6 +16,11 @@ _TF_TYPE_NAMES = {tf.float32: "float", tf.float64: "double", tf.float16: "half"}
 def type_name(dtype: tf.DType) -> str:
   """A dtype as TensorFlow's C++ runtime names it in its messages."""
   return _TF_TYPE_NAMES.get(dtype, dtype.name)
+
+
+def shape_text(dims: Sequence[int]) -> str:
+  """A shape as TensorShape::DebugString writes it in messages: `[2,3]`."""
+  return "[" + ",".join(str(d) for d in dims) + "]"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,7 +79,7 @@ def decode_inputs(inputs: Mapping[str, object], limits: Limits) -> Dict[str, np.
       numeric_bytes += count * dtype.size
     if elements > limits.max_elements or numeric_bytes > limits.max_bytes:
       raise invalid_argument(
-          f"tensor parsing error: {alias}: shape [{','.join(map(str, dims))}] makes the request "
+          f"tensor parsing error: {alias}: shape {shape_text(dims)} makes the request "
           f"{elements} elements, {numeric_bytes} bytes; the server's limit is "
           f"{limits.max_elements} elements, {limits.max_bytes} bytes (--max_request_elements)")
   arrays = {}

@@ -17,6 +17,7 @@ from serving.model_server.core import CoreOptions, ServerCore
 from serving.model_server.server import ModelServer, ServerOptions
 from serving.model_server.status import ServingError
 from tests import tiny_models
+from tests.serving.model_server import apis
 from tests.serving.helpers import rest
 
 LONG_TIMEOUT_MICROS = 30_000_000  # a batch that runs only once full
@@ -58,7 +59,7 @@ def session_runs(core):
 
 
 def predict_x(core, values, signature="predict_x"):
-  _, outputs = core.predict(spec(signature), {"x": np.array(values, np.float32)})
+  _, outputs = apis.predict(core, spec(signature), {"x": np.array(values, np.float32)})
   return outputs["y"].tolist()
 
 
@@ -86,7 +87,7 @@ def test_classify_and_regress_batch_too(core_with, api):
   examples = [tiny_models.x_example(float(i)).SerializeToString() for i in range(4)]
 
   def ask(example):
-    _, result = getattr(core, api)(spec(signature), [example])
+    _, result = getattr(apis, api)(core, spec(signature), [example])
     return (result.scores if api == "classify" else result.values).reshape(-1).tolist()
 
   answers, errors = at_once([lambda e=e: ask(e) for e in examples])
@@ -124,7 +125,7 @@ def test_a_failing_merged_batch_fails_each_request_and_the_bad_one_fails_alone(c
   requests = good + [b"not a tf.Example"]
 
   def ask(core, example, name):
-    _, result = core.regress(spec("regress_x_to_y", name), [example])
+    _, result = apis.regress(core, spec("regress_x_to_y", name), [example])
     return result.values.tolist()
 
   _, errors = at_once([lambda e=e: ask(batched, e, "half_plus_two") for e in requests])
@@ -174,9 +175,9 @@ def test_per_model_parameters_come_from_each_version_dir(tmp_path):
   try:
     with pytest.raises(ServingError, match="Task size 5 is larger than maximum input batch "
                                            "size 4"):
-      core.predict(spec("predict_x", "own"), {"x": np.ones([5, 1], np.float32)})
+      apis.predict(core, spec("predict_x", "own"), {"x": np.ones([5, 1], np.float32)})
     # Without a file of its own a version runs unbatched, whatever the server's parameters.
-    _, outputs = core.predict(spec("predict_x", "none"), {"x": np.ones([5, 1], np.float32)})
+    _, outputs = apis.predict(core, spec("predict_x", "none"), {"x": np.ones([5, 1], np.float32)})
     assert outputs["y"].shape == (5, 1) and session_runs(core) == 0
   finally:
     core.close()

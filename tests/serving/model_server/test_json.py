@@ -11,7 +11,7 @@ from tensorflow.core.protobuf import meta_graph_pb2
 from tensorflow_serving.apis import classification_pb2
 
 from serving import clients
-from serving.model_server import inference
+from serving.model_server import results
 from serving.model_server import json_answers
 from serving.model_server import json_requests
 from serving.model_server.status import ServingError
@@ -159,30 +159,30 @@ def test_bad_examples_get_tf_serving_messages(document, message):
 
 
 def test_classify_and_regress_results_are_written_under_results():
-  classified = inference.Classifications(
+  classified = results.Classifications(
       classes=np.array([[b"book_flight", b"cancel"], [b"cancel", b"book_flight"]], dtype=object),
       scores=np.array([[0.75, 0.25], [0.5, 0.125]], dtype=np.float32))
   assert json.loads(json_answers.classify_response(classified)) == {
       "results": [[["book_flight", 0.75], ["cancel", 0.25]],
                   [["cancel", 0.5], ["book_flight", 0.125]]]}
-  scores_only = inference.Classifications(classes=None,
+  scores_only = results.Classifications(classes=None,
                                           scores=np.array([[0.5, float("nan")]], np.float32))
   assert json_answers.classify_response(scores_only) == b'{"results":[[["",0.5],["",NaN]]]}'
-  regressed = inference.Regressions(np.array([1.0, 0.1], dtype=np.float32))
+  regressed = results.Regressions(np.array([1.0, 0.1], dtype=np.float32))
   assert json_answers.regress_response(regressed) == b'{"results":[1.0,0.1]}'
   with pytest.raises(ServingError, match="Cannot convert empty RegressionResults to JSON"):
-    json_answers.regress_response(inference.Regressions(np.zeros([0], np.float32)))
+    json_answers.regress_response(results.Regressions(np.zeros([0], np.float32)))
   with pytest.raises(ServingError, match="Cannot convert empty ClassificationResults to JSON"):
-    json_answers.classify_response(inference.Classifications(None, np.zeros([0, 2], np.float32)))
+    json_answers.classify_response(results.Classifications(None, np.zeros([0, 2], np.float32)))
 
 
 def test_classifications_become_the_proto_grpc_answers_with():
-  proto = inference.Classifications(classes=np.array([[b"a", b"b"]], dtype=object),
+  proto = results.Classifications(classes=np.array([[b"a", b"b"]], dtype=object),
                                     scores=np.array([[0.5, 0.25]], np.float32)).to_proto()
   assert [(c.label, c.score) for c in proto.classifications[0].classes] == [("a", 0.5),
                                                                               ("b", 0.25)]
   with pytest.raises(ServingError, match="not UTF-8"):
-    inference.Classifications(classes=np.array([[b"\xff"]], dtype=object), scores=None).to_proto()
+    results.Classifications(classes=np.array([[b"\xff"]], dtype=object), scores=None).to_proto()
 
 
 def assert_reads_back_as(answer, classes, scores):
@@ -204,7 +204,7 @@ def test_classify_answers_from_cached_label_templates_equal_the_answer_written_p
   scores = np.stack([rng.random(len(labels)), rng.random(len(labels)) * 1e-30,
                      rng.standard_normal(len(labels)) * 1e30]).astype(np.float32)
   scores[0, 0], scores[0, 1] = 1.0, -0.0
-  result = inference.Classifications(classes=classes, scores=scores)
+  result = results.Classifications(classes=classes, scores=scores)
 
   def written_pair_by_pair(classes, scores):
     # Each score is the shortest text of its float32, as orjson writes a float32.
@@ -220,7 +220,7 @@ def test_classify_answers_from_cached_label_templates_equal_the_answer_written_p
   for factor in (0.5, 0.25):
     again = np.array([[bytes(bytearray(l)) for l in row] for row in classes], dtype=object)
     other = (scores * factor).astype(np.float32)
-    answer = json_answers.classify_response(inference.Classifications(classes=again,
+    answer = json_answers.classify_response(results.Classifications(classes=again,
                                                                       scores=other))
     assert answer == written_pair_by_pair(again, other)
     assert_reads_back_as(answer, again, other)
@@ -228,10 +228,10 @@ def test_classify_answers_from_cached_label_templates_equal_the_answer_written_p
 
 def test_classify_answers_with_a_score_that_is_not_finite_or_a_label_not_utf8_skip_templates():
   classes = np.array([[b"a", b"b"]], dtype=object)
-  nan = inference.Classifications(classes=classes,
+  nan = results.Classifications(classes=classes,
                                   scores=np.array([[float("nan"), float("-inf")]], np.float32))
   assert json_answers.classify_response(nan) == b'{"results":[[["a",NaN],["b",-Infinity]]]}'
-  not_utf8 = inference.Classifications(classes=np.array([[b"ok", b"\xff"]], dtype=object),
+  not_utf8 = results.Classifications(classes=np.array([[b"ok", b"\xff"]], dtype=object),
                                        scores=np.array([[0.5, 0.5]], np.float32))
   for _ in range(2):  # the second time, the template's build meets the label
     with pytest.raises(ServingError, match="class label of example 0 is not UTF-8"):
@@ -250,18 +250,18 @@ def test_classifications_written_from_wire_templates_equal_the_proto_built_class
     for label, score in zip(row_labels, row_scores):
       row.add(label=label.decode("utf-8"), score=score)
   for _ in range(3):  # from the second answer on, from the templates
-    proto = inference.Classifications(classes=classes, scores=scores).to_proto()
+    proto = results.Classifications(classes=classes, scores=scores).to_proto()
     assert proto.SerializeToString(deterministic=True) == \
         expected.SerializeToString(deterministic=True)
   for _ in range(2):  # the second time, the template's build meets the label
     with pytest.raises(ServingError, match="class label of example 1 is not UTF-8"):
-      inference.Classifications(classes=np.array([[b"ok"], [b"\xff"]], dtype=object),
+      results.Classifications(classes=np.array([[b"ok"], [b"\xff"]], dtype=object),
                                 scores=np.array([[0.5], [0.5]], np.float32)).to_proto()
 
 
 def test_label_templates_are_built_the_second_time_a_row_is_seen_and_kept_bounded():
   built = []
-  templates = inference.LabelTemplates(lambda labels: built.append(labels) or b"|".join(labels),
+  templates = results.LabelTemplates(lambda labels: built.append(labels) or b"|".join(labels),
                                        size=2)
   assert templates.get((b"a", b"b")) is None
   assert built == []
@@ -271,7 +271,7 @@ def test_label_templates_are_built_the_second_time_a_row_is_seen_and_kept_bounde
   for row in [(b"c",), (b"c",), (b"d",), (b"d",)]:
     templates.get(row)
   assert templates.get((b"a", b"b")) is None  # the oldest went when the third was kept
-  failing = inference.LabelTemplates(lambda labels: labels[0].decode("utf-8"))
+  failing = results.LabelTemplates(lambda labels: labels[0].decode("utf-8"))
   assert failing.get((b"\xff",)) is None
   for _ in range(2):
     with pytest.raises(UnicodeDecodeError):

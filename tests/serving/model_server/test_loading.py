@@ -6,11 +6,11 @@ from tensorflow_serving.apis import regression_pb2
 
 from export import warmup
 from serving.model_server import config_files
-from serving.model_server import inference
 from serving.model_server import loading
 from serving.model_server.core import CoreOptions, ServerCore
 from serving.model_server.status import ServingError
 from tests import tiny_models
+from tests.serving.model_server import apis
 from tests.serving.helpers import predict_request
 
 
@@ -28,7 +28,7 @@ def test_the_meta_graph_is_found_by_the_saved_model_tags(tmp_path):
                                          "def matching supplied tags: { serve }"):
     core_for(tmp_path / "m")
   core = core_for(tmp_path / "m", saved_model_tags=("serve", "custom"))
-  spec, outputs = core.predict(predict_request("", {"x": [[2.0]]}, name="m").model_spec,
+  spec, outputs = apis.predict(core, predict_request("", {"x": [[2.0]]}, name="m").model_spec,
                                {"x": np.array([[2.0]], np.float32)})
   assert spec.version.value == 1 and outputs["y"].tolist() == [[3.0]]
   core.close()
@@ -40,13 +40,13 @@ def test_each_warmup_record_is_replayed_as_often_as_asked(tmp_path, monkeypatch,
   logs = [warmup.predict_log("serving_default", {"x": np.array([[1.0]], np.float32)})] * 2
   tiny_models.half_plus_two(str(tmp_path / "m" / "1"), warmup_logs=logs)
   seen = []
-  original = inference.predict
+  original = loading.predict
 
   def counting(handle, signature, *args):
     seen.append(signature)
     return original(handle, signature, *args)
 
-  monkeypatch.setattr(loading.inference, "predict", counting)
+  monkeypatch.setattr(loading, "predict", counting)
   core_for(tmp_path / "m", num_request_iterations_for_warmup=iterations).close()
   assert seen == ["serving_default"] * replays
 
@@ -55,8 +55,8 @@ def test_warmup_makes_the_session_callables_of_every_timeout_the_apis_use(tmp_pa
   logs = [warmup.predict_log("serving_default", {"x": np.array([[1.0]], np.float32)})]
   tiny_models.half_plus_two(str(tmp_path / "m" / "1"), warmup_logs=logs)
   core = core_for(tmp_path / "m", warmup_timeouts_ms=(None, 1200))
-  with core.handle(predict_request("", {}, name="m").model_spec) as handle:
-    made = set(handle._loaded._callables)  # pylint: disable=protected-access
+  with core.servable(predict_request("", {}, name="m").model_spec) as servable:
+    made = set(servable._loaded._callables)  # pylint: disable=protected-access
   core.close()
   assert {key[3] for key in made if key[0] == "serving_default"} == {None, 1200}
 
@@ -65,12 +65,12 @@ def test_the_method_name_check_holds_signatures_to_their_api_when_asked(tmp_path
   tiny_models.half_plus_two(str(tmp_path / "m" / "1"), extras=True)
   x = {"x": np.array([[2.0]], np.float32)}
   unchecked = core_for(tmp_path / "m")
-  assert unchecked.predict(predict_request("odd_method", {}, name="m").model_spec, x)[1][
+  assert apis.predict(unchecked, predict_request("odd_method", {}, name="m").model_spec, x)[1][
       "y"].tolist() == [[3.0]]
   unchecked.close()
   checked = core_for(tmp_path / "m", enable_signature_method_name_check=True)
   with pytest.raises(ServingError) as raised:
-    checked.predict(predict_request("odd_method", {}, name="m").model_spec, x)
+    apis.predict(checked, predict_request("odd_method", {}, name="m").model_spec, x)
   assert raised.value.code.name == "INTERNAL"
   assert raised.value.message == (
       "Expected prediction signature method_name to be one of {tensorflow/serving/predict, "
@@ -81,7 +81,7 @@ def test_the_method_name_check_holds_signatures_to_their_api_when_asked(tmp_path
   with pytest.raises(ServingError, match="Expected regression signature method_name to be "
                                          "tensorflow/serving/regress. Was: "
                                          "tensorflow/serving/classify"):
-    checked.regress(request.model_spec, [tiny_models.x_example(1.0).SerializeToString()])
+    apis.regress(checked, request.model_spec, [tiny_models.x_example(1.0).SerializeToString()])
   checked.close()
 
 

@@ -16,6 +16,7 @@ from tensorflow_serving.apis import prediction_log_pb2
 from serving.model_server import config_files
 from serving.model_server.status import ServingError
 from tests import tiny_models
+from tests.serving.model_server import apis
 
 _RUNTIME_COUNT = re.compile(r':tensorflow:serving:runtime_latency_count\{model_name="([^"]*)",'
                             r'API="([^"]*)",runtime="TF1"\} (\d+)')
@@ -38,10 +39,10 @@ def examples(*values):
 def test_each_successful_run_is_counted_under_its_model_and_api(core_with):
   core = core_with()
   for _ in range(2):
-    core.predict(spec("predict_x"), {"x": np.array([[1.0]], np.float32)})
-  core.classify(spec("classify_x_to_y"), examples(1.0))
+    apis.predict(core, spec("predict_x"), {"x": np.array([[1.0]], np.float32)})
+  apis.classify(core, spec("classify_x_to_y"), examples(1.0))
   for _ in range(3):
-    core.regress(spec("regress_x_to_y"), examples(1.0, 2.0))
+    apis.regress(core, spec("regress_x_to_y"), examples(1.0, 2.0))
   assert runtime_counts(core) == {("half_plus_two", "Predict"): 2,
                                   ("half_plus_two", "Classify"): 1,
                                   ("half_plus_two", "Regress"): 3}
@@ -55,16 +56,16 @@ def test_each_successful_run_is_counted_under_its_model_and_api(core_with):
 def test_failed_runs_and_multi_inference_runs_are_not_counted(core_with):
   core = core_with()
   with pytest.raises(ServingError):  # refused before the run: no such signature
-    core.predict(spec("nope"), {"x": np.array([[1.0]], np.float32)})
+    apis.predict(core, spec("nope"), {"x": np.array([[1.0]], np.float32)})
   with pytest.raises(ServingError):  # fails in the runtime: not a tf.Example
-    core.regress(spec("regress_x_to_y"), [b"not a tf.Example"])
+    apis.regress(core, spec("regress_x_to_y"), [b"not a tf.Example"])
   request = inference_pb2.MultiInferenceRequest()
   for signature, method in (("classify_x_to_y", "tensorflow/serving/classify"),
                             ("regress_x_to_y", "tensorflow/serving/regress")):
     task = request.tasks.add(method_name=method)
     task.model_spec.CopyFrom(spec(signature))
   request.input.example_list.examples.add().CopyFrom(tiny_models.x_example(1.0))
-  response = core.multi_inference(request)
+  response = apis.multi_inference(core, request)
   assert len(response.results) == 2
   assert runtime_counts(core) == {}
 
@@ -76,7 +77,7 @@ def test_batched_requests_are_each_counted_once_with_their_wait_for_the_batch(co
 
   def ask(value):
     started.wait()
-    return core.predict(spec("predict_x"), {"x": np.array([[value]], np.float32)})
+    return apis.predict(core, spec("predict_x"), {"x": np.array([[value]], np.float32)})
 
   with futures.ThreadPoolExecutor(4) as pool:
     answers = list(pool.map(ask, [1.0, 2.0, 3.0, 4.0]))
