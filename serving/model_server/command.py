@@ -140,8 +140,8 @@ def options_from_flags(values) -> Tuple[model_server_config_pb2.ModelServerConfi
       allow_version_labels_for_unavailable_models=(
           values.allow_version_labels_for_unavailable_models),
       num_load_threads=values.num_load_threads,
-      limits=tensors.Limits(max_elements=values.max_request_elements,
-                            max_bytes=4 * values.max_request_body_bytes))
+      limits=tensors.Limits.from_flags(values.max_request_elements,
+                                       values.max_request_body_bytes))
   return config, options, core_options
 
 

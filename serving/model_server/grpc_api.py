@@ -4,7 +4,6 @@ as the generated tensorflow-serving-api servicers, answering errors with TF Serv
 codes and the client's deadline as the session's timeout."""
 
 import functools
-import math
 import time
 from typing import Optional
 
@@ -25,32 +24,19 @@ from serving.model_server.inference import answer
 from serving.model_server.multi_inference import multi_inference, servable_spec
 from serving.model_server.predict import predict
 from serving.model_server.regress import regress
-from serving.model_server.status import ServingError, invalid_argument
+from serving.model_server.servable import session_timeout_ms
+from serving.model_server.status import ServingError, invalid_argument, truncated
 from serving.model_server.tensors import array_to_tensor_proto
 
-
-# TF Serving cuts longer messages (grpc_status_util.cc), so one bad request cannot make an
-# error the size of the request.
-_MAX_MESSAGE_CHARS = 1024
 _MAX_TIMEOUT_MS = 2**31
-# Requests above this are followed by giving freed memory back to the system.
-_LARGE_REQUEST_BYTES = 1 << 20
-
-
-def grpc_message(message: str) -> str:
-  if len(message) > _MAX_MESSAGE_CHARS:
-    return message[:_MAX_MESSAGE_CHARS] + "...TRUNCATED"
-  return message
 
 
 def _timeout_ms(context) -> Optional[int]:
-  """The client's deadline as a session timeout, as TF Serving turns it into RunOptions,
-  rounded up to a power of two milliseconds: each distinct timeout is a session callable of
-  its own, and the client's own deadline already ends the call for it on time."""
+  """The client's deadline as the session's timeout, as TF Serving turns it into RunOptions."""
   remaining = context.time_remaining()
   if remaining is None or remaining * 1000 >= _MAX_TIMEOUT_MS:
     return None
-  return 1 << max(math.ceil(math.log2(max(remaining * 1000, 1))), 0)
+  return session_timeout_ms(remaining * 1000)
 
 
 def _grpc_errors(api: Optional[str] = None):
@@ -66,13 +52,12 @@ def _grpc_errors(api: Optional[str] = None):
         return method(self, request, context)
       except ServingError as e:
         status = e.code.name
-        context.abort(e.code, grpc_message(e.message))
+        context.abort(e.code, truncated(e.message))
       finally:
         if api:
           self._core.metrics.request(request.model_spec.name, status, api, "GRPC",
                                      (time.perf_counter() - started) * 1e6)
-          if request.ByteSize() > _LARGE_REQUEST_BYTES:
-            memory.release()
+          memory.release_after(request.ByteSize())
 
     return wrapper
 

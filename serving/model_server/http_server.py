@@ -37,8 +37,6 @@ from serving.model_server import memory
 from serving.model_server.rest import RestApi
 from serving.model_server.status import ServingError, invalid_argument
 
-# Bodies above this are followed by giving freed memory back to the system.
-_LARGE_BODY_BYTES = 1 << 20
 # Bodies up to this are parsed and answered in the event loop (at most ~0.1 ms of JSON).
 _INLINE_BODY_BYTES = 16 << 10
 
@@ -104,8 +102,7 @@ class AsgiApp:
     try:
       return self._api.handle(method, path, body, origin)
     finally:
-      if len(body) > _LARGE_BODY_BYTES:
-        memory.release()
+      memory.release_after(len(body))
 
   async def _too_large(self, send, method, path, length):
     return await self._refuse(send, method, path, 413, ServingError(

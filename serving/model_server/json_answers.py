@@ -20,9 +20,8 @@ import orjson
 import tensorflow as tf
 
 from serving.model_server.results import Classifications, LabelTemplates, Regressions
-from serving.model_server.json_requests import INT_RANGES
-from serving.model_server.tensors import type_name
-from serving.model_server.status import invalid_argument
+from serving.model_server.tensors import INT_RANGES, type_name
+from serving.model_server.status import invalid_argument, truncated
 
 _BYTES_SUFFIX = "_bytes"
 
@@ -226,16 +225,10 @@ def regress_response(result: Regressions) -> bytes:
   return orjson.dumps({"results": values}, option=_NUMPY)
 
 
-# As gRPC's messages are cut (grpc_api.py), so an error never outgrows the request.
-_MAX_ERROR_CHARS = 1024
-
-
 def error_body(message: str) -> bytes:
   """`{"error": message}`, always valid UTF-8 JSON: what cannot be encoded (a lone surrogate,
   bytes of the request that were not UTF-8) is written as a \\u escape."""
-  if len(message) > _MAX_ERROR_CHARS:
-    message = message[:_MAX_ERROR_CHARS] + "...TRUNCATED"
-  return json.dumps({"error": message}, ensure_ascii=False).encode("utf-8", "backslashreplace")
+  return json.dumps({"error": truncated(message)}, ensure_ascii=False).encode("utf-8", "backslashreplace")
 
 
 def _encode(text: str) -> bytes:

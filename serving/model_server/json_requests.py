@@ -22,16 +22,9 @@ import tensorflow as tf
 from tensorflow.core.protobuf import meta_graph_pb2
 
 from serving.model_server.status import ServingError, invalid_argument
-from serving.model_server.tensors import type_name
+from serving.model_server.tensors import INT_RANGES, shape_text, type_name
 
 _B64 = "b64"
-INT_RANGES = {
-    tf.int8: (-2**31, 2**31 - 1), tf.int16: (-2**31, 2**31 - 1), tf.uint8: (-2**31, 2**31 - 1),
-    tf.int32: (-2**31, 2**31 - 1), tf.int64: (-2**63, 2**63 - 1),
-    tf.uint32: (0, 2**32 - 1), tf.uint64: (0, 2**64 - 1),
-}
-
-
 MAX_RANK = 32  # numpy's limit on dimensions
 _DUMP_CHARS = 256
 # A \uD800-\uDFFF escape: the only way a JSON text can ask for an unpaired surrogate.
@@ -290,10 +283,6 @@ def json_to_array(value, dtype: tf.DType, fast: bool = True) -> np.ndarray:
   return _to_array(flat, shape, dtype)
 
 
-def _shape_text(shape: Sequence[int]) -> str:
-  return "[" + ",".join(str(d) for d in shape) + "]"
-
-
 class _Rows:
   """Accumulates one named input across `instances`, checking every row has one shape."""
 
@@ -312,8 +301,8 @@ class _Rows:
       raise invalid_argument(f"Expecting tensor size: {int(np.prod(self.shape))} but got: "
                              f"{len(flat)}")
     elif shape != self.shape:
-      raise invalid_argument(f"Expecting shape {_shape_text(self.shape)} but got: "
-                             f"{_shape_text(shape)}")
+      raise invalid_argument(f"Expecting shape {shape_text(self.shape)} but got: "
+                             f"{shape_text(shape)}")
     self.flat.extend(flat)
 
   def array(self, rows: int) -> np.ndarray:

@@ -31,6 +31,8 @@ import functools
 import gc
 from typing import Dict, Mapping, Optional
 
+# Requests larger than this are followed by giving freed memory back to the system.
+LARGE_REQUEST_BYTES = 1 << 20
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
 _MMAP_THRESHOLD_BYTES = 128 * 1024
@@ -109,6 +111,12 @@ def release() -> None:
     tcmalloc_release()
   elif _LIBC is not None:
     _LIBC.malloc_trim(0)
+
+
+def release_after(request_bytes: int) -> None:
+  """`release` after a request of `request_bytes` when it was a large one."""
+  if request_bytes > LARGE_REQUEST_BYTES:
+    release()
 
 
 def freeze_loaded(unloaded: bool) -> None:

@@ -24,6 +24,9 @@ _HTTP_STATUS = {
     grpc.StatusCode.UNAUTHENTICATED: 401,
 }
 _BY_NUMBER = {code.value[0]: code for code in grpc.StatusCode}
+# TF Serving cuts longer messages (grpc_status_util.cc), so one bad request cannot make an
+# error the size of the request.
+_MAX_MESSAGE_CHARS = 1024
 
 
 class ServingError(Exception):
@@ -46,6 +49,13 @@ class ServingError(Exception):
   def from_code_number(cls, number: int, message: str) -> "ServingError":
     """From a numeric canonical code, as `tf.errors.OpError.error_code` carries."""
     return cls(_BY_NUMBER.get(number, grpc.StatusCode.UNKNOWN), message)
+
+
+def truncated(message: str) -> str:
+  """A message as it goes on the wire, gRPC's status or REST's `{"error": ...}`."""
+  if len(message) > _MAX_MESSAGE_CHARS:
+    return message[:_MAX_MESSAGE_CHARS] + "...TRUNCATED"
+  return message
 
 
 def invalid_argument(message: str) -> ServingError:

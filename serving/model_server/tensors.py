@@ -1,4 +1,6 @@
-"""TensorProtos <-> numpy arrays, as TF Serving reads Predict inputs and writes its outputs."""
+"""Tensors as TF Serving reads and writes them: TensorProtos <-> numpy arrays (Predict's inputs
+and outputs), dtype and shape names in messages, the integer dtypes of its JSON, and the
+limits on what one request may decode to."""
 
 import dataclasses
 from typing import Dict, Mapping, Sequence
@@ -7,7 +9,18 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.core.framework import tensor_pb2
 
+from serving.model_server.flags import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_ELEMENTS
 from serving.model_server.status import invalid_argument
+
+# The integer dtypes TF Serving's JSON reads and writes, and the values it takes for each
+# (json_tensor.cc reads the narrow ones as int32).
+INT_RANGES = {
+    tf.int8: (-2**31, 2**31 - 1), tf.int16: (-2**31, 2**31 - 1), tf.uint8: (-2**31, 2**31 - 1),
+    tf.int32: (-2**31, 2**31 - 1), tf.int64: (-2**63, 2**63 - 1),
+    tf.uint32: (0, 2**32 - 1), tf.uint64: (0, 2**64 - 1),
+}
+# Numeric tensors may decode to this many times the largest body (--max_request_body_bytes).
+_NUMERIC_BYTES_PER_BODY_BYTE = 4
 
 # DataTypeString() names where they differ from tf.DType.name.
 _TF_TYPE_NAMES = {tf.float32: "float", tf.float64: "double", tf.float16: "half"}
@@ -27,8 +40,12 @@ def shape_text(dims: Sequence[int]) -> str:
 class Limits:
   """The most one request may decode to: tensor elements, and bytes of numeric tensors (a
   small TensorProto can claim any shape; TF Serving's FromProto fills it from one value)."""
-  max_elements: int = 1 << 24
-  max_bytes: int = 1 << 28
+  max_elements: int = DEFAULT_MAX_ELEMENTS
+  max_bytes: int = _NUMERIC_BYTES_PER_BODY_BYTE * DEFAULT_MAX_BODY_BYTES
+
+  @classmethod
+  def from_flags(cls, max_request_elements: int, max_request_body_bytes: int) -> "Limits":
+    return cls(max_request_elements, _NUMERIC_BYTES_PER_BODY_BYTE * max_request_body_bytes)
 
 
 def input_dtype(value) -> tf.DType:
