@@ -1,4 +1,5 @@
-"""The shape of the code: layers import only downward, and no product module outgrows one idea."""
+"""The shape of the code: layers import only downward, and no product module or class outgrows
+one idea."""
 
 import ast
 import os
@@ -13,6 +14,7 @@ from tests.helpers import PROJECT_ROOT
 
 PACKAGES = ("trainer", "optimize", "serving", "lineage", "export")
 MAX_MODULE_LINES = 500
+MAX_CLASS_METHODS = 15
 
 
 def test_the_import_linter_contracts_in_pyproject_hold():
@@ -35,6 +37,43 @@ def test_no_product_module_is_over_500_lines():
           if lines > MAX_MODULE_LINES:
             too_long[os.path.relpath(path, PROJECT_ROOT)] = lines
   assert not too_long, too_long
+
+
+def _product_modules():
+  for package in PACKAGES:
+    for parent, _, names in os.walk(os.path.join(PROJECT_ROOT, package)):
+      for name in names:
+        if name.endswith(".py"):
+          yield os.path.join(parent, name)
+
+
+def classes_over_the_method_limit(source: str):
+  """{class name: methods} of the classes in `source` defining more than MAX_CLASS_METHODS."""
+  over = {}
+  for node in ast.walk(ast.parse(source)):
+    if isinstance(node, ast.ClassDef):
+      methods = sum(isinstance(item, (ast.FunctionDef, ast.AsyncFunctionDef))
+                    for item in node.body)
+      if methods > MAX_CLASS_METHODS:
+        over[node.name] = methods
+  return over
+
+
+def test_the_class_check_counts_every_method_a_class_defines():
+  methods = "".join(f"  def m{i}(self):\n    pass\n" for i in range(MAX_CLASS_METHODS))
+  assert classes_over_the_method_limit(f"class Fits:\n{methods}") == {}
+  one_more = methods + "  async def last(self):\n    pass\n"
+  assert classes_over_the_method_limit(f"class Big:\n{one_more}") == {
+      "Big": MAX_CLASS_METHODS + 1}
+
+
+def test_no_product_class_has_more_than_15_methods():
+  too_big = {}
+  for path in _product_modules():
+    with open(path) as f:
+      for name, methods in classes_over_the_method_limit(f.read()).items():
+        too_big[f"{os.path.relpath(path, PROJECT_ROOT)}:{name}"] = methods
+  assert not too_big, too_big
 
 
 def test_importing_the_command_modules_changes_nothing_in_the_environment():

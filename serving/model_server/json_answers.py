@@ -2,8 +2,8 @@
 (a lone output loses its name), `results` (`[label, score]` pairs, or values), outputs named
 `*_bytes` as `{"b64": ...}`, NaN / Infinity; errors as `{"error": message}`.
 
-orjson writes the tensors straight from numpy, 20 times faster than formatting each value in
-Python (a batch of 64 rows of 77 probabilities: 0.48 ms against 10.4 ms). A float is written
+orjson writes the tensors straight from numpy, many times faster than formatting each value in
+Python (benchmarks/classify_answers.py measures answers both ways). A float is written
 as the shortest text that reads back as the same float32 (or float64): the value TF Serving
 writes, whose text can be longer (it takes `%g` when that round-trips, else `%.9g`). Answers
 orjson cannot write as TF Serving does (NaN or Infinity, text that is not UTF-8, `*_bytes`

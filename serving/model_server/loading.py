@@ -3,9 +3,10 @@
 `aspired_versions`: the version dirs under a base path that its version policy asks for
 (latest N, all, specific), with TF Serving's warnings and errors. `VersionLoader`: one
 version loaded with the SavedModel loader (tags and session config as the flags say),
-retried as --max_num_load_retries and --load_retry_interval_micros say, and warmed up by
-replaying its warmup records (--num_request_iterations_for_warmup times each), the load
-counted in the metrics. A warmup record that fails fails the load.
+retried as --max_num_load_retries and --load_retry_interval_micros say, its session batched
+when batching is on (batching.py), and warmed up by replaying its warmup records through the
+APIs (--num_request_iterations_for_warmup times each), the load counted in the metrics. A
+warmup record that fails fails the load.
 """
 
 import dataclasses
@@ -77,7 +78,7 @@ class LoadOptions:
   enable_model_warmup: bool = True
   warmup_iterations: int = 1
   # A session callable is made per timeout (export/servable.py), and making one runs
-  # Grappler, ~100 ms for the Banking77 model: warmup makes those of every timeout the APIs
+  # Grappler, which costs more than a request: warmup makes those of every timeout the APIs
   # use (none, and the REST API's), so no first request pays for it.
   warmup_timeouts_ms: Tuple[Optional[int], ...] = (None,)
   max_num_load_retries: int = 5

@@ -4,25 +4,25 @@ and keeping Python's garbage collector off the loaded models.
 TF Serving's binary is built with tcmalloc. `python -m serving.model_server` runs with it too
 when the system has it (Debian: libtcmalloc-minimal4), re-executing itself with LD_PRELOAD
 before anything is loaded (`tcmalloc_environment`); SERVING_MALLOC=system keeps the system's
-malloc. On the Banking77 model (two cores) a one-row session run costs about a sixth less
-under tcmalloc (benchmarks/serving_latency.py: `in_process_tcmalloc` beside `in_process`,
-and the servers' figures with the allocator they ran on).
+malloc. A one-row session run costs less under tcmalloc (benchmarks/serving_latency.py reports
+`in_process_tcmalloc` beside `in_process`, and the servers' figures with the allocator they
+ran on).
 
 The server's entry point makes TensorFlow's oneDNN kernels allocate from the process's
 allocator (TF_ONEDNN_USE_SYSTEM_ALLOCATOR, see __main__.py), whose pool otherwise keeps what
 the largest request needed. Under glibc's malloc, the mmap threshold rises after a large block
 is freed, so the next large blocks come from the heap, and a heap rarely shrinks: one large
-request (a 64 MB string, a million short ones) left the server holding gigabytes. `configure`
+request (a long string, a million short ones) left the server holding gigabytes. `configure`
 fixes the threshold, so blocks of 128 KiB and more (tensors, large bodies) are mapped on their
 own and unmapped when freed; `release` trims what the heap can return, or under tcmalloc
 returns its free pages (MallocExtension_ReleaseFreeMemory). Elsewhere both do nothing.
 
-A loaded model is some 300,000 Python objects (its graph), and a full garbage collection
-walks them all: 230 ms for the Banking77 model. Requests make enough short-lived garbage to
-set one off every few seconds under load, which stalled every request in flight (p99 180 ms
-against 13 ms at 32 connections). `freeze_loaded` moves what is alive into the collector's
-permanent generation after versions load or unload, so collections walk only what requests
-make.
+A loaded model is hundreds of thousands of Python objects (its graph), and a full garbage
+collection walks them all, for far longer than a request takes. Requests make enough
+short-lived garbage to set one off every few seconds under load, which stalled every request
+in flight (benchmarks/serving_latency.py's tail latencies show it). `freeze_loaded` moves what
+is alive into the collector's permanent generation after versions load or unload, so
+collections walk only what requests make.
 """
 
 import ctypes
