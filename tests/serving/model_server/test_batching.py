@@ -1,14 +1,17 @@
 """Request batching as TF Serving's batching session does it: concurrent requests merged into
 fewer session runs, each answer its own rows, the binary's limits and refusals."""
 
+import gc
 import threading
 import time
+import weakref
 from concurrent import futures
 
 import grpc
 import numpy as np
 import pytest
 from tensorflow_serving.apis import model_pb2
+from tensorflow_serving.config import model_server_config_pb2
 
 from serving.model_server import batching
 from serving.model_server import config_files
@@ -205,6 +208,19 @@ def test_a_bad_per_model_file_fails_that_versions_load(tmp_path, contents, messa
     assert message in failed.value.message and "{name: m version: 1}" in failed.value.message
   finally:
     core.close()
+
+
+def test_a_versions_batching_goes_away_with_the_version(core_with):
+  core = core_with(params(8, batch_timeout_micros=0))
+  assert predict_x(core, [[1.0]]) == [[2.5]]
+  with core.servable(spec("predict_x")) as servable:
+    gone = weakref.ref(servable)
+  del servable
+  empty = model_server_config_pb2.ModelServerConfig()
+  empty.model_config_list.SetInParent()
+  core.reload_config(empty)  # the model is no longer configured: its version unloads
+  gc.collect()
+  assert gone() is None  # and its BatchingSession, queues and options with it
 
 
 def test_too_few_batch_threads_are_refused_at_start(tmp_path):
