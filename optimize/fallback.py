@@ -1,10 +1,12 @@
 """Accuracy-aware quantization: when the full int8 plan fails the guard, the smallest plan
 that passes, instead of a refusal.
 
-Each weight `quantize_weights` would store as int8 is measured alone (only it int8, every
-other weight float32), and its effect on the guard's figures ranks it. Plans then keep the
-most sensitive weights out of int8, one more at a time, first as float16 and then as
-float32, until one passes the guard; the weights kept and why are the plan's report.
+When the failed plan stored OOV-bucket rows in 4 bits, the first plan tried is int8
+throughout. Beyond it, each weight `quantize_weights` would store as int8 is measured alone
+(only it int8, every other weight float32), and its effect on the guard's figures ranks it.
+Plans then keep the most sensitive weights out of int8, one more at a time, first as float16
+and then as float32, until one passes the guard; the weights kept and why are the plan's
+report.
 """
 
 import dataclasses
@@ -71,7 +73,7 @@ def find_plan(before_quantize: graph_pb2.GraphDef, context: transforms.GraphCont
                                                                     guard.GuardResult]:
     nonlocal trials
     trials += 1
-    params = [("dtype", "int8"), ("min_elements", str(min_elements))]
+    params = [("dtype", "int8"), ("min_elements", str(min_elements)), ("oov_rows", "int8")]
     if float16:
       params.append(("keep_float16", quantize.NAME_SEPARATOR.join(float16)))
     if float32:
@@ -82,6 +84,10 @@ def find_plan(before_quantize: graph_pb2.GraphDef, context: transforms.GraphCont
       graph_def = later.apply(graph_def, context)
     return graph_def, spec.label, judge(graph_def, f"{QUANTIZE} fallback, plan {trials}")
 
+  if arguments.get("oov_rows", "int8") != "int8":
+    graph_def, label, result = run([], [])
+    if result.passed:
+      return Plan(graph_def, label, [], list(weights), result, trials)
   effects = {}
   for name in weights:
     _, _, alone = run([], [w for w in weights if w != name])

@@ -26,6 +26,8 @@ from optimize.transforms.graph import node_name
 
 MAIN_OP_KEYS = ("saved_model_main_op", "legacy_init_op")
 ASSETS_KEY = "saved_model_assets"
+# Larger assets are not vocabularies a transform needs the size of.
+_MAX_COUNTED_ASSET_BYTES = 64 << 20
 
 
 class SavedModelError(ValueError):
@@ -65,6 +67,16 @@ class Servable:
     """Asset tensor node name -> the asset file it names in the version dir."""
     return {node_name(a.tensor_info.name): artifact_io.join(self.source_dir, "assets", a.filename)
             for a in self.asset_file_defs()}
+
+  def asset_line_counts(self) -> Dict[str, int]:
+    """Asset tensor node name -> lines in its file, as a text-file table initializer counts
+    them (a vocabulary's size)."""
+    counts = {}
+    for name, path in self.asset_paths().items():
+      if tf.io.gfile.exists(path) and tf.io.gfile.stat(path).length <= _MAX_COUNTED_ASSET_BYTES:
+        with tf.io.gfile.GFile(path, "rb") as f:
+          counts[name] = len(f.read().splitlines())
+    return counts
 
   def protected_nodes(self) -> List[str]:
     """Nodes that must keep their names: what signatures, the loader and assets refer to."""

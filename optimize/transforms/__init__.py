@@ -23,6 +23,7 @@ transforms with `registry.register` beside their functions:
   constant_folding.py    fold_constants, grappler (Grappler's own passes)
   batch_norms.py         fold_batch_norms
   quantize.py            quantize_weights
+  oov_rows.py            quantize_weights(oov_rows=int4): vocabulary rows int8, OOV rows 4-bit
   embedding_lookups.py   lean_embedding_lookups
   text_and_ragged.py     dedupe_char_ngrams, hoist_elementwise_ops, lean_row_splits
   kernels.py             prefer_eigen_kernels

@@ -7,6 +7,7 @@ import tensorflow as tf
 from tensorflow.core.framework import graph_pb2
 from tensorflow.core.framework import node_def_pb2
 
+from optimize.transforms import oov_rows as oov_rows_lib
 from optimize.transforms.contract import GraphContext
 from optimize.transforms.freeze_and_cleanup import strip_unused_nodes
 from optimize.transforms.graph import const_node
@@ -21,7 +22,7 @@ from optimize.transforms.registry import register
 DEQUANTIZE_SUFFIX = "/dequantize"
 # Constants holding quantized weights; constant folding must never see them, or it
 # turns the 8-bit or 16-bit constants back into float ones.
-QUANTIZED_SUFFIXES = ("/int8", "/float16")
+QUANTIZED_SUFFIXES = ("/int8", "/float16", "/int4")
 
 
 # Separates weight names in keep_float16 / keep_float32 (a spec's values cannot hold commas).
@@ -32,6 +33,7 @@ _COMBINERS = frozenset({"SparseSegmentSum", "SparseSegmentMean", "SparseSegmentS
                         "SparseSegmentSumWithNumSegments", "SparseSegmentMeanWithNumSegments",
                         "SparseSegmentSqrtNWithNumSegments"})
 EMBEDDING_SCALES = ("auto", "per_row")
+OOV_ROWS = ("int8", "int4")
 
 
 @register("quantize_weights", params=[Param("dtype", str, "int8", choices=("int8", "float16")),
@@ -39,12 +41,14 @@ EMBEDDING_SCALES = ("auto", "per_row")
                                       Param("keep_float16", str, ""),
                                       Param("keep_float32", str, ""),
                                       Param("embedding_scales", str, "auto",
-                                            choices=EMBEDDING_SCALES)],
-          default_position=130, default_args={"dtype": "int8"})
+                                            choices=EMBEDDING_SCALES),
+                                      Param("oov_rows", str, "int8", choices=OOV_ROWS)],
+          default_position=130, default_args={"dtype": "int8", "oov_rows": "int4"})
 def quantize_weights(graph_def: graph_pb2.GraphDef, context: GraphContext,
                      dtype: str = "int8", min_elements: int = DEFAULT_MIN_ELEMENTS,
                      keep_float16: str = "", keep_float32: str = "",
-                     embedding_scales: str = "auto") -> graph_pb2.GraphDef:
+                     embedding_scales: str = "auto",
+                     oov_rows: str = "int8") -> graph_pb2.GraphDef:
   """Stores large float weights as int8 (per-channel scale) or float16.
 
   MatMul weights get one scale per output column and are dequantized before the
@@ -54,7 +58,9 @@ def quantize_weights(graph_def: graph_pb2.GraphDef, context: GraphContext,
   reduction (sum, mean, sqrt-n: linear in each column) gets one scale per column, applied
   to the combined rows after the reduction: one multiply per example and column instead of
   one per gathered row and column. Other tables, and all with `per_row`, get one scale per
-  row, gathered beside the rows. Weights with other consumers stay.
+  row, gathered beside the rows. With `oov_rows=int4`, such a per-column table fed by a
+  vocabulary lookup keeps its vocabulary rows int8 and stores its OOV-bucket rows in 4 bits
+  (`oov_rows.py`). Weights with other consumers stay.
   Weights named in `keep_float16` are stored as float16 whatever `dtype` says, and those in
   `keep_float32` stay as they are (names separated by '|'): the plan the optimizer's
   accuracy-aware fallback chooses.
@@ -72,7 +78,7 @@ def quantize_weights(graph_def: graph_pb2.GraphDef, context: GraphContext,
     combiners = _sole_combiners(users[name], users) if per_row else None
     if embedding_scales == "auto" and combiners and name not in as_float16:
       new_nodes.extend(_quantized_before_combiners(node, const_value(node), users[name],
-                                                   combiners))
+                                                   combiners, oov_rows, by_name, context))
       continue
     new_nodes.extend(_quantized(node, const_value(node), users[name],
                                 "float16" if name in as_float16 else dtype, per_row))
@@ -203,31 +209,43 @@ def _sole_combiners(use, users) -> Optional[List]:
   return combiners
 
 
-def _quantized_before_combiners(node, value, use, combiners):
-  """int8 rows with one scale per column, multiplied into each combiner's result."""
+def _quantized_before_combiners(node, value, use, combiners, oov_rows, by_name, context):
+  """int8 rows (OOV rows 4-bit when asked and found) with one scale per column, multiplied
+  into each combiner's result."""
   base, device = node.name, node.device
-  scale = np.max(np.abs(value), axis=0, keepdims=True) / 127.0
-  scale[scale == 0] = 1.0
-  stored = const_node(f"{base}/int8", np.clip(np.round(value / scale), -127, 127)
-                      .astype(np.int8), device)
+  sizes = {oov_rows_lib.vocabulary_size(gather.input[1], by_name, context)
+           for gather, _ in use}
+  vocabulary_rows = sizes.pop() if len(sizes) == 1 else None
+  split = oov_rows == "int4" and oov_rows_lib.can_split(value, vocabulary_rows)
+  if split:
+    nodes, scale = oov_rows_lib.split_storage(base, value, vocabulary_rows, device)
+  else:
+    scale = np.max(np.abs(value), axis=0, keepdims=True) / 127.0
+    scale[scale == 0] = 1.0
+    nodes = [const_node(f"{base}/int8", np.clip(np.round(value / scale), -127, 127)
+                        .astype(np.int8), device)]
   column_scale = const_node(f"{base}/column_scale", scale.astype(np.float32), device)
-  nodes = [stored, column_scale]
+  nodes.append(column_scale)
   for index, ((gather, _), combiner) in enumerate(zip(use, combiners)):
     prefix = f"{base}/gather_{index}"
-    gathered = op_node(f"{prefix}/rows", "GatherV2", [stored.name, *gather.input[1:3]], device,
-                       Tparams=tf.int8, Tindices=tf.as_dtype(gather.attr["Tindices"].type),
-                       Taxis=tf.as_dtype(gather.attr["Taxis"].type), batch_dims=0)
-    cast = op_node(f"{prefix}/cast", "Cast", [gathered.name], device, SrcT=tf.int8,
-                   DstT=tf.float32, Truncate=False)
+    if split:
+      rows = oov_rows_lib.gathered_rows(base, prefix, gather, vocabulary_rows, device)
+    else:
+      gathered = op_node(f"{prefix}/rows", "GatherV2", [f"{base}/int8", *gather.input[1:3]],
+                         device, Tparams=tf.int8,
+                         Tindices=tf.as_dtype(gather.attr["Tindices"].type),
+                         Taxis=tf.as_dtype(gather.attr["Taxis"].type), batch_dims=0)
+      rows = [gathered, op_node(f"{prefix}/cast", "Cast", [gathered.name], device,
+                                SrcT=tf.int8, DstT=tf.float32, Truncate=False)]
     unscaled = node_def_pb2.NodeDef()
     unscaled.CopyFrom(combiner)
     unscaled.name = f"{combiner.name}/unscaled"
-    unscaled.input[0] = cast.name
+    unscaled.input[0] = rows[-1].name
     # The combiner keeps its name (others read it) and becomes the scaling multiply.
     combiner.op = "Mul"
     del combiner.input[:]
     combiner.input.extend([unscaled.name, column_scale.name])
     combiner.attr.clear()
     combiner.attr["T"].type = tf.float32.as_datatype_enum
-    nodes += [gathered, cast, unscaled]
+    nodes += rows + [unscaled]
   return nodes

@@ -9,7 +9,7 @@ from optimize.transforms import embedding_lookups
 from optimize.transforms import quantize
 
 from . import graphs
-from .graphs import context, run
+from .graphs import context, run, run_with_tables
 
 
 @pytest.mark.parametrize("dtype, tolerance", [("int8", 0.05), ("float16", 0.01)])
@@ -75,3 +75,37 @@ def test_a_gather_with_a_consumer_other_than_a_reduction_keeps_per_row_scales():
   quantized = quantize.quantize_weights(graph_def, context("ids", "y"), min_elements=64)
   assert "table/scale" in {n.name for n in quantized.node}
   assert not [n for n in quantized.node if n.name.endswith("/column_scale")]
+
+
+def test_oov_rows_int4_keeps_vocabulary_rows_int8_and_packs_bucket_rows_in_4_bits():
+  graph_def = graphs.vocabulary_embedding_model([0, 1, 2])
+  protected = context("tokens", "splits", "y", "init_tables")
+  lean = embedding_lookups.lean_embedding_lookups(graph_def, protected)
+  quantized = quantize.quantize_weights(lean, protected, min_elements=16, oov_rows="int4")
+  constants = {n.name: tf.make_ndarray(n.attr["value"].tensor) for n in quantized.node
+               if n.op == "Const"}
+  (vocabulary,) = [v for n, v in constants.items() if n.endswith("/vocabulary/int8")]
+  (packed,) = [v for n, v in constants.items() if n.endswith("/oov/int4")]
+  assert vocabulary.shape == (3, 4) and vocabulary.dtype == np.int8  # 'a', 'b', 'c'
+  assert packed.shape == (5, 2) and packed.dtype == np.uint8  # two 4-bit codes a byte
+  # Vocabulary tokens, OOV tokens (hash buckets), a row of both and an empty row.
+  feeds = {"tokens:0": [b"a", b"zz", b"b", b"c", b"a", b"qq", b"yy"],
+           "splits:0": [0, 2, 2, 5, 7]}
+  expected = run_with_tables(lean, "y:0", feeds)
+  actual = run_with_tables(quantized, "y:0", feeds)
+  np.testing.assert_allclose(actual, expected, atol=0.15 * np.max(np.abs(expected)))
+  np.testing.assert_array_equal(actual[1], np.zeros(4))
+  # The vocabulary-only row is as exact as int8 makes it.
+  np.testing.assert_allclose(actual[2], expected[2], atol=0.02 * np.max(np.abs(expected)))
+  empty = {"tokens:0": np.array([], dtype=object), "splits:0": [0, 0]}
+  np.testing.assert_array_equal(run_with_tables(quantized, "y:0", empty), np.zeros((1, 4)))
+
+
+def test_oov_rows_int4_leaves_a_table_without_a_vocabulary_int8_throughout():
+  graph_def = embedding_lookups.lean_embedding_lookups(graphs.sparse_lookup_model("sum"),
+                                                       context("values", "splits", "y"))
+  quantized = quantize.quantize_weights(graph_def, context("values", "splits", "y"),
+                                        min_elements=64, oov_rows="int4")
+  names = {n.name for n in quantized.node}
+  assert not [n for n in names if n.endswith("/oov/int4")]
+  assert [n for n in names if n.endswith("/int8")]
