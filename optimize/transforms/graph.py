@@ -160,6 +160,15 @@ def op_node(name: str, op: str, inputs: Sequence[str], device: str = "",
   return node
 
 
+def gather_like(gather: node_def_pb2.NodeDef, name: str, params: str, params_type: tf.DType,
+                device: str, ids: Optional[str] = None) -> node_def_pb2.NodeDef:
+  """A GatherV2 of `params` with `gather`'s ids (or `ids`), axis and index dtypes."""
+  return op_node(name, "GatherV2", [params, ids or gather.input[1], gather.input[2]],
+                 device, Tparams=params_type,
+                 Tindices=tf.as_dtype(gather.attr["Tindices"].type),
+                 Taxis=tf.as_dtype(gather.attr["Taxis"].type), batch_dims=0)
+
+
 def const_value(node: node_def_pb2.NodeDef) -> np.ndarray:
   return tf.make_ndarray(node.attr["value"].tensor)
 

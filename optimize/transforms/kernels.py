@@ -59,8 +59,8 @@ def _matmul_by_batch_rows(node, max_rows: int):
   """Turns `node` into Merge(MatMul of large batches, SparseMatMul of small ones), keeping
   its name; returns the nodes it adds."""
   prefix, device = node.name + "/by_rows", node.device
-  inputs, row_axis = list(node.input), 1 if node.attr["transpose_a"].b else 0
-  shape = op_node(f"{prefix}/shape", "Shape", [inputs[0]], device, T=tf.float32,
+  row_axis = 1 if node.attr["transpose_a"].b else 0
+  shape = op_node(f"{prefix}/shape", "Shape", [node.input[0]], device, T=tf.float32,
                   out_type=tf.int32)
   begin = const_node(f"{prefix}/row_axis", np.array([row_axis], np.int32), device)
   end = const_node(f"{prefix}/row_axis_end", np.array([row_axis + 1], np.int32), device)
@@ -72,7 +72,8 @@ def _matmul_by_batch_rows(node, max_rows: int):
   limit = const_node(f"{prefix}/max_rows", np.array(max_rows, np.int32), device)
   few = op_node(f"{prefix}/few_rows", "LessEqual", [rows.name, limit.name], device,
                 T=tf.int32)
-  switch = op_node(f"{prefix}/switch", "Switch", [inputs[0], few.name], device, T=tf.float32)
+  switch = op_node(f"{prefix}/switch", "Switch", [node.input[0], few.name], device,
+                   T=tf.float32)
   onednn = node_def_pb2.NodeDef()
   onednn.CopyFrom(node)
   onednn.name = f"{prefix}/many_rows_matmul"

@@ -4,9 +4,10 @@
 A vocabulary lookup with OOV buckets gives ids [0, V) to vocabulary entries and V + hash to
 the rest, so a table's first V rows are the tokens seen often enough to be listed and the
 others are shared by every rare token; those take 4 bits with little effect on answers. The
-split is found in the graph (an Add of a Const V to StringToHashBucketFast upstream of the
-gather's ids); a table without one stays int8 throughout. Every id is answered whatever its
-value: ids below V read the int8 part, the others the 4-bit part.
+split is found in the graph: an Add of StringToHashBucketFast and V upstream of the gather's
+ids, V a Const or the size of a table whose entries the graph or its text-file asset gives
+(`GraphContext.asset_line_counts`); a table without one stays int8 throughout. Every id is
+answered whatever its value: ids below V read the int8 part, the others the 4-bit part.
 """
 
 import collections
@@ -18,6 +19,7 @@ import tensorflow as tf
 from optimize.transforms.contract import GraphContext
 from optimize.transforms.graph import const_node
 from optimize.transforms.graph import const_value
+from optimize.transforms.graph import gather_like
 from optimize.transforms.graph import node_name
 from optimize.transforms.graph import op_node
 from optimize.transforms.graph import skip_identities
@@ -75,24 +77,18 @@ def _row_count(offset, by_name, context: GraphContext) -> Optional[int]:
   return context.asset_line_counts.get(node_name(writer.input[1]))
 
 
-def split_storage(base: str, value: np.ndarray, vocabulary_rows: int, device: str):
-  """(nodes, column_scale): int8 vocabulary rows and packed 4-bit OOV rows, both in units
-  of one per-column scale, which the caller multiplies in after the reduction."""
-  vocabulary, oov = value[:vocabulary_rows], value[vocabulary_rows:]
-  scale = np.max(np.abs(vocabulary), axis=0, keepdims=True) / 127.0
-  scale[scale == 0] = 1.0
+def oov_storage(base: str, oov: np.ndarray, scale: np.ndarray, device: str):
+  """The OOV rows packed in 4 bits, and what turns their codes into units of the vocabulary
+  rows' per-column `scale`, which the caller multiplies in after the reduction."""
   oov_scale = np.max(np.abs(oov), axis=0, keepdims=True) / _LEVELS
   oov_scale[oov_scale == 0] = 1.0
   codes = (np.clip(np.round(oov / oov_scale), -_LEVELS, _LEVELS) + _OFFSET).astype(np.uint8)
-  half = value.shape[1] // 2
+  half = oov.shape[1] // 2
   packed = codes[:, :half] | (codes[:, half:] << 4)
   ratio = (oov_scale / scale).astype(np.float32)
-  nodes = [const_node(f"{base}/vocabulary/int8", np.clip(np.round(vocabulary / scale), -127, 127)
-                      .astype(np.int8), device),
-           const_node(f"{base}/oov/int4", packed, device),
-           const_node(f"{base}/oov_ratio", ratio, device),
-           const_node(f"{base}/oov_offset", (ratio * _OFFSET).astype(np.float32), device)]
-  return nodes, scale.astype(np.float32)
+  return [const_node(f"{base}/oov/int4", packed, device),
+          const_node(f"{base}/oov_ratio", ratio, device),
+          const_node(f"{base}/oov_offset", (ratio * _OFFSET).astype(np.float32), device)]
 
 
 def can_split(value: np.ndarray, vocabulary_rows: Optional[int]) -> bool:
@@ -103,9 +99,8 @@ def can_split(value: np.ndarray, vocabulary_rows: Optional[int]) -> bool:
 def gathered_rows(base: str, prefix: str, gather, vocabulary_rows: int, device: str) -> List:
   """Nodes giving the rows of `gather`'s ids in units of the column scale, as float; the
   last one is the result."""
-  ids, axis = gather.input[1], gather.input[2]
+  ids = gather.input[1]
   id_type = tf.as_dtype(gather.attr["Tindices"].type)
-  axis_type = tf.as_dtype(gather.attr["Taxis"].type)
   nodes = []
 
   def add(node):
@@ -127,16 +122,14 @@ def gathered_rows(base: str, prefix: str, gather, vocabulary_rows: int, device: 
                           device, T=id_type, num_partitions=2))
   split_positions = add(op_node(f"{prefix}/split_positions", "DynamicPartition",
                                 [positions, partition], device, T=tf.int32, num_partitions=2))
-  vocabulary = add(op_node(f"{prefix}/vocabulary_rows_int8", "GatherV2",
-                           [f"{base}/vocabulary/int8", f"{split_ids}:1", axis], device,
-                           Tparams=tf.int8, Tindices=id_type, Taxis=axis_type, batch_dims=0))
+  vocabulary = add(gather_like(gather, f"{prefix}/vocabulary_rows_int8",
+                               f"{base}/vocabulary/int8", tf.int8, device, f"{split_ids}:1"))
   vocabulary = add(op_node(f"{prefix}/vocabulary_rows", "Cast", [vocabulary], device,
                            SrcT=tf.int8, DstT=tf.float32, Truncate=False))
   oov_ids = add(op_node(f"{prefix}/oov_ids", "Sub", [f"{split_ids}:0", limit], device,
                         T=id_type))
-  packed = add(op_node(f"{prefix}/oov_packed", "GatherV2", [f"{base}/oov/int4", oov_ids, axis],
-                       device, Tparams=tf.uint8, Tindices=id_type, Taxis=axis_type,
-                       batch_dims=0))
+  packed = add(gather_like(gather, f"{prefix}/oov_packed", f"{base}/oov/int4", tf.uint8,
+                           device, oov_ids))
   low_mask = add(const_node(f"{prefix}/low_mask", np.array(15, np.uint8), device))
   shift = add(const_node(f"{prefix}/shift", np.array(4, np.uint8), device))
   low = add(op_node(f"{prefix}/low", "BitwiseAnd", [packed, low_mask], device, T=tf.uint8))

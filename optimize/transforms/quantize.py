@@ -14,6 +14,7 @@ from optimize.transforms.graph import const_node
 from optimize.transforms.graph import const_value
 from optimize.transforms.graph import consumers
 from optimize.transforms.graph import copy_graph
+from optimize.transforms.graph import gather_like
 from optimize.transforms.graph import node_name
 from optimize.transforms.graph import op_node
 from optimize.transforms.registry import Param
@@ -138,12 +139,9 @@ def _quantized(node, value, use, dtype, per_row):
     stored = const_node(f"{base}/float16", value.astype(np.float16), device)
     scale = None
   else:
-    axis = 1 if per_row else 0
-    scale = np.max(np.abs(value), axis=axis, keepdims=True) / 127.0
-    scale[scale == 0] = 1.0
-    quantized = np.clip(np.round(value / scale), -127, 127).astype(np.int8)
+    quantized, scale = symmetric_int8(value, axis=1 if per_row else 0)
     stored = const_node(f"{base}/int8", quantized, device)
-    scale = scale.astype(np.float32).reshape(-1)
+    scale = scale.reshape(-1)
   nodes = [stored]
   if not per_row:
     cast = op_node(f"{base}/cast", "Cast", [stored.name], device,
@@ -166,21 +164,16 @@ def _quantized(node, value, use, dtype, per_row):
     nodes.append(const_node(f"{base}/scale", scale.reshape(-1, 1), device))
   for index, (gather, position) in enumerate(use):
     prefix = f"{base}/gather_{index}"
-    ids, axis = gather.input[1], gather.input[2]
-    gathered = op_node(f"{prefix}/rows", "GatherV2", [stored.name, ids, axis], device,
-                       Tparams=tf.as_dtype(const_value(stored).dtype),
-                       Tindices=tf.as_dtype(gather.attr["Tindices"].type),
-                       Taxis=tf.as_dtype(gather.attr["Taxis"].type), batch_dims=0)
+    gathered = gather_like(gather, f"{prefix}/rows", stored.name,
+                           tf.as_dtype(const_value(stored).dtype), device)
     cast = op_node(f"{prefix}/cast" + ("" if scale is not None else DEQUANTIZE_SUFFIX), "Cast",
                    [gathered.name], device, SrcT=tf.as_dtype(const_value(stored).dtype),
                    DstT=float_type, Truncate=False)
     nodes += [gathered, cast]
     result = cast.name
     if scale is not None:
-      row_scale = op_node(f"{prefix}/row_scale", "GatherV2", [f"{base}/scale", ids, axis],
-                          device, Tparams=float_type,
-                          Tindices=tf.as_dtype(gather.attr["Tindices"].type),
-                          Taxis=tf.as_dtype(gather.attr["Taxis"].type), batch_dims=0)
+      row_scale = gather_like(gather, f"{prefix}/row_scale", f"{base}/scale", float_type,
+                              device)
       multiply = op_node(f"{prefix}{DEQUANTIZE_SUFFIX}", "Mul", [cast.name, row_scale.name],
                          device, T=float_type)
       nodes += [row_scale, multiply]
@@ -194,6 +187,14 @@ def _quantized(node, value, use, dtype, per_row):
         del gather.attr[attr]
     gather.attr["T"].type = float_type.as_datatype_enum
   return nodes
+
+
+def symmetric_int8(value: np.ndarray, axis: int) -> Tuple[np.ndarray, np.ndarray]:
+  """int8 codes of `value` and their float32 scales, one per slice along `axis` (kept as a
+  dimension of size one); an all-zero slice gets scale 1."""
+  scale = np.max(np.abs(value), axis=axis, keepdims=True) / 127.0
+  scale[scale == 0] = 1.0
+  return np.clip(np.round(value / scale), -127, 127).astype(np.int8), scale.astype(np.float32)
 
 
 def _sole_combiners(use, users) -> Optional[List]:
@@ -220,23 +221,20 @@ def _quantized_before_combiners(node, value, use, combiners, oov_rows, by_name, 
   vocabulary_rows = sizes.pop() if len(sizes) == 1 else None
   split = oov_rows == "int4" and oov_rows_lib.can_split(value, vocabulary_rows)
   if split:
-    nodes, scale = oov_rows_lib.split_storage(base, value, vocabulary_rows, device)
+    codes, scale = symmetric_int8(value[:vocabulary_rows], axis=0)
+    nodes = [const_node(f"{base}/vocabulary/int8", codes, device),
+             *oov_rows_lib.oov_storage(base, value[vocabulary_rows:], scale, device)]
   else:
-    scale = np.max(np.abs(value), axis=0, keepdims=True) / 127.0
-    scale[scale == 0] = 1.0
-    nodes = [const_node(f"{base}/int8", np.clip(np.round(value / scale), -127, 127)
-                        .astype(np.int8), device)]
-  column_scale = const_node(f"{base}/column_scale", scale.astype(np.float32), device)
+    codes, scale = symmetric_int8(value, axis=0)
+    nodes = [const_node(f"{base}/int8", codes, device)]
+  column_scale = const_node(f"{base}/column_scale", scale, device)
   nodes.append(column_scale)
   for index, ((gather, _), combiner) in enumerate(zip(use, combiners)):
     prefix = f"{base}/gather_{index}"
     if split:
       rows = oov_rows_lib.gathered_rows(base, prefix, gather, vocabulary_rows, device)
     else:
-      gathered = op_node(f"{prefix}/rows", "GatherV2", [f"{base}/int8", *gather.input[1:3]],
-                         device, Tparams=tf.int8,
-                         Tindices=tf.as_dtype(gather.attr["Tindices"].type),
-                         Taxis=tf.as_dtype(gather.attr["Taxis"].type), batch_dims=0)
+      gathered = gather_like(gather, f"{prefix}/rows", f"{base}/int8", tf.int8, device)
       rows = [gathered, op_node(f"{prefix}/cast", "Cast", [gathered.name], device,
                                 SrcT=tf.int8, DstT=tf.float32, Truncate=False)]
     unscaled = node_def_pb2.NodeDef()
