@@ -8,9 +8,8 @@ import tensorflow as tf
 from tensorflow.core.protobuf import meta_graph_pb2
 from tensorflow_serving.apis import model_pb2
 
-from export.warmup import DEFAULT_SIGNATURE
 from serving.model_server.inference import CLASSIFY_METHOD, Checks, Steps
-from serving.model_server.inference import check_method_name, examples_tensor, find_signature
+from serving.model_server.inference import examples_tensor, find_signature
 from serving.model_server.inference import model_spec
 from serving.model_server.results import Classifications
 from serving.model_server.servable import Servable, SessionRun
@@ -22,9 +21,8 @@ def classify(servable: Servable, signature_name: str, examples: Sequence[bytes],
              api: Optional[str] = "Classify"
              ) -> Steps[Tuple[model_pb2.ModelSpec, Classifications]]:
   """`api`: what the run's latency is counted under (MultiInference's runs are not)."""
-  name = signature_name or DEFAULT_SIGNATURE
-  signature = find_signature(servable, name)
-  check_method_name(checks, signature, CLASSIFY_METHOD, "classification")
+  name, signature = find_signature(servable, signature_name, checks, CLASSIFY_METHOD,
+                                   "classification")
   input_key, classes_key, scores_key = _keys(signature)
   batch = examples_tensor(examples)
   keys = [k for k in (classes_key, scores_key) if k]

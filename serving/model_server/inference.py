@@ -11,7 +11,7 @@ and the request size limits.
 """
 
 import dataclasses
-from typing import Awaitable, Callable, Generator, Optional, Sequence, TypeVar
+from typing import Awaitable, Callable, Generator, Optional, Sequence, Tuple, TypeVar
 
 import numpy as np
 import tensorflow as tf
@@ -85,19 +85,20 @@ def model_spec(servable: Servable, signature_name: str) -> model_pb2.ModelSpec:
   return spec
 
 
-def find_signature(servable: Servable, name: str) -> meta_graph_pb2.SignatureDef:
-  """Classify's and Regress's lookup of a signature (Predict's has words of its own)."""
+def find_signature(servable: Servable, signature_name: str, checks: Checks, method: str,
+                   kind: str) -> Tuple[str, meta_graph_pb2.SignatureDef]:
+  """Classify's and Regress's lookup of a signature (Predict's has words of its own): its name
+  (`serving_default` when the request left it empty) and the signature, whose method name
+  must be `method` when the server checks method names."""
+  name = signature_name or DEFAULT_SIGNATURE
   signatures = servable.signatures
   if name not in signatures:
     raise invalid_argument(f"No signature was found with the name: {name}")
-  return signatures[name]
-
-
-def check_method_name(checks: Checks, signature: meta_graph_pb2.SignatureDef, expected: str,
-                      kind: str) -> None:
-  if checks.check_method_name and signature.method_name != expected:
-    raise invalid_argument(f"Expected {kind} signature method_name to be {expected}. Was: "
+  signature = signatures[name]
+  if checks.check_method_name and signature.method_name != method:
+    raise invalid_argument(f"Expected {kind} signature method_name to be {method}. Was: "
                            f"{signature.method_name}")
+  return name, signature
 
 
 def examples_tensor(examples: Sequence[bytes]) -> np.ndarray:

@@ -228,7 +228,8 @@ def regress_response(result: Regressions) -> bytes:
 def error_body(message: str) -> bytes:
   """`{"error": message}`, always valid UTF-8 JSON: what cannot be encoded (a lone surrogate,
   bytes of the request that were not UTF-8) is written as a \\u escape."""
-  return json.dumps({"error": truncated(message)}, ensure_ascii=False).encode("utf-8", "backslashreplace")
+  return json.dumps({"error": truncated(message)}, ensure_ascii=False).encode(
+      "utf-8", "backslashreplace")
 
 
 def _encode(text: str) -> bytes:

@@ -8,9 +8,8 @@ import tensorflow as tf
 from tensorflow.core.protobuf import meta_graph_pb2
 from tensorflow_serving.apis import model_pb2
 
-from export.warmup import DEFAULT_SIGNATURE
 from serving.model_server.inference import REGRESS_METHOD, Checks, Steps
-from serving.model_server.inference import check_method_name, examples_tensor, find_signature
+from serving.model_server.inference import examples_tensor, find_signature
 from serving.model_server.inference import model_spec
 from serving.model_server.results import Regressions
 from serving.model_server.servable import Servable, SessionRun
@@ -22,9 +21,7 @@ def regress(servable: Servable, signature_name: str, examples: Sequence[bytes], 
             api: Optional[str] = "Regress"
             ) -> Steps[Tuple[model_pb2.ModelSpec, Regressions]]:
   """`api`: what the run's latency is counted under (MultiInference's runs are not)."""
-  name = signature_name or DEFAULT_SIGNATURE
-  signature = find_signature(servable, name)
-  check_method_name(checks, signature, REGRESS_METHOD, "regression")
+  name, signature = find_signature(servable, signature_name, checks, REGRESS_METHOD, "regression")
   input_key, output_key = _keys(signature)
   batch = examples_tensor(examples)
   values = (yield SessionRun(servable, name, {input_key: batch}, [output_key], api))[output_key]
