@@ -25,6 +25,8 @@ import sys
 import tempfile
 import time
 
+import tensorflow as tf
+
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import app  # noqa: E402
@@ -33,6 +35,7 @@ from absl import flags  # noqa: E402
 import banking77  # noqa: E402  (beside this script)
 from trainer import command  # noqa: E402
 from trainer import pipeline  # noqa: E402
+from trainer import step_profile  # noqa: E402
 
 banking77.define_trainer_flags()
 flags.DEFINE_list("seeds", ["42", "43", "44"], "Training seeds (--seed of each run).")
@@ -41,6 +44,9 @@ flags.DEFINE_float("validation_fraction", 0.1, "Share of each intent's training 
 flags.DEFINE_integer("split_seed", 0, "Seed of the validation split.")
 flags.DEFINE_bool("final_fit", True, "Also train on all of train.csv and report test.csv.")
 flags.DEFINE_bool("baseline", True, "Fit the TF-IDF + linear SVM baseline too.")
+flags.DEFINE_integer("trace_from", 200, "The step profile traces the op time of steps from "
+                     "this one on.")
+flags.DEFINE_integer("traced_steps", 20, "How many steps the step profile traces.")
 FLAGS = flags.FLAGS
 
 
@@ -78,11 +84,19 @@ def tfidf_svm_accuracy(train, evaluation):
 def train_once(config, train_examples, eval_examples, scratch):
   job_dir = tempfile.mkdtemp(prefix="job-", dir=scratch)
   run_config = dataclasses.replace(config, job_dir=job_dir)
+  profiler = step_profile.StepProfileHook(trace_from=FLAGS.trace_from,
+                                          traced_steps=FLAGS.traced_steps)
   started = time.time()
-  result = pipeline.train(run_config, train_examples, eval_examples)
+  result = pipeline.train(run_config, train_examples, eval_examples, hooks=[profiler])
   wall = time.time() - started
   steps = run_config.steps_for(len(train_examples))
   report = result.eval_report
+  profiled = profiler.summary()
+  profiled["seconds_outside_steps_and_pauses"] = round(
+      result.train_seconds - profiled["step_ms"]["seconds_in_steps"]
+      - profiled["seconds_in_traced_steps"] - profiled["pauses"]["seconds"], 2)
+  profiled["input_pipeline_alone_ms_per_batch"] = round(1000 * step_profile.input_batch_seconds(
+      pipeline.train_input_fn(run_config, train_examples, tf.estimator.RunConfig())), 2)
   return {
       "accuracy": round(report["accuracy"], 4),
       "macro_f1": round(report["macro_f1"], 4),
@@ -93,6 +107,7 @@ def train_once(config, train_examples, eval_examples, scratch):
       "train_and_evaluate_seconds": round(result.train_seconds, 1),
       "train_examples_per_second": round(steps * config.batch_size / result.train_seconds, 1),
       "wall_seconds_with_module_build_and_report": round(wall, 1),
+      "profile": profiled,
   }
 
 

@@ -24,7 +24,7 @@ take their part in train_and_evaluate.
 import dataclasses
 import itertools
 import time
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, Optional, Sequence
 
 import tenacity
 import tensorflow as tf
@@ -42,6 +42,7 @@ from optimize import guard
 from optimize import optimizer
 from optimize import recorded as recorded_optimize
 from serving.smoke_test import recorded as recorded_smoke_test
+from trainer import checkpoint_saver
 from trainer import cloud
 from trainer import evaluation
 from trainer import inputs
@@ -202,6 +203,7 @@ def make_estimator(config: TrainerConfig, module_path: str, labels,
       keep_checkpoint_max=3,
       log_step_count_steps=100,
       experimental_max_worker_delay_secs=config.max_worker_delay_secs)
+  run_config = model.training_session_config(run_config)
   return model.build_estimator(config.model, module_path, labels, run_config, train_steps,
                                weighted=bool(config.class_balance))
 
@@ -218,9 +220,24 @@ def _train_shard(run_config: tf.estimator.RunConfig) -> Dict[str, int]:
   return {"num_shards": run_config.num_worker_replicas, "shard_index": index}
 
 
+def train_input_fn(config: TrainerConfig, train_examples,
+                   run_config: tf.estimator.RunConfig):
+  """The training input: this task's shard, shuffled, augmented and weighted."""
+  weights = None
+  if config.class_balance:
+    weights = inputs.class_balance_weights(train_examples, config.class_balance)
+  # Each worker reads its own shard: with one shuffle seed they would all feed the same
+  # batches in the same order.
+  return inputs.make_input_fn(train_examples, config.batch_size, shuffle=True,
+                              seed=config.seed, token_dropout=config.token_dropout,
+                              weights=weights, **_train_shard(run_config))
+
+
 def train(config: TrainerConfig, train_examples, eval_examples,
-          environment: Optional[cloud.JobEnvironment] = None) -> TrainResult:
+          environment: Optional[cloud.JobEnvironment] = None,
+          hooks: Sequence[tf.compat.v1.train.SessionRunHook] = ()) -> TrainResult:
   """Trains (resuming from the latest checkpoint); the chief also writes the eval report.
+  `hooks` run first among the training hooks, on every task.
 
   A parameter server never returns from here: tf.estimator's `ps` task serves until it
   is killed.
@@ -240,14 +257,11 @@ def train(config: TrainerConfig, train_examples, eval_examples,
     # checkpoint right after initializing them.
     _wait_for_chief(config, environment, "first checkpoint", config.model_dir,
                     lambda: bool(estimator.latest_checkpoint()))
-  train_weights = eval_weights = None
-  if config.class_balance:
-    train_weights = inputs.class_balance_weights(train_examples, config.class_balance)
-    # Evaluation weighs every example alike: its loss and accuracy are the plain ones.
-    eval_weights = [1.0] * len(eval_examples)
+  # Evaluation weighs every example alike: its loss and accuracy are the plain ones.
+  eval_weights = [1.0] * len(eval_examples) if config.class_balance else None
   eval_input_fn = inputs.make_input_fn(eval_examples, config.batch_size, shuffle=False,
                                        num_epochs=1, weights=eval_weights)
-  train_hooks = []
+  train_hooks = list(hooks)
   if config.tensorboard_dir and environment.is_chief:
     train_hooks.append(cloud.SummariesToDirHook(config.tensorboard_dir,
                                                 every_steps=estimator.config.save_summary_steps))
@@ -256,17 +270,14 @@ def train(config: TrainerConfig, train_examples, eval_examples,
         config.model_dir, config.save_checkpoints_steps,
         start_step=int(config.weight_averaging_start * steps),
         every_steps=config.weight_averaging_steps, final_step=steps))
+  elif environment.is_chief:
+    train_hooks.append(checkpoint_saver.chief_saver_hook(config.model_dir,
+                                                         config.save_checkpoints_steps))
   started = time.time()
   tf.estimator.train_and_evaluate(
       estimator,
-      tf.estimator.TrainSpec(
-          # Each worker reads its own shard: with one shuffle seed they would all feed
-          # the same batches in the same order.
-          inputs.make_input_fn(train_examples, config.batch_size, shuffle=True,
-                               seed=config.seed, token_dropout=config.token_dropout,
-                               weights=train_weights,
-                               **_train_shard(estimator.config)),
-          max_steps=steps, hooks=train_hooks),
+      tf.estimator.TrainSpec(train_input_fn(config, train_examples, estimator.config),
+                             max_steps=steps, hooks=train_hooks),
       tf.estimator.EvalSpec(eval_input_fn, steps=None, start_delay_secs=0,
                             throttle_secs=config.eval_throttle_secs))
   train_seconds = time.time() - started
