@@ -5,6 +5,7 @@ from typing import Sequence, Tuple
 
 import tensorflow as tf
 import tensorflow_hub as hub
+from tensorflow.core.protobuf import rewriter_config_pb2
 
 from trainer import settings
 from trainer.settings import setting
@@ -20,14 +21,45 @@ _OPTIMIZERS = {
     "RMSProp": tf.keras.optimizers.legacy.RMSprop,
     "Ftrl": tf.keras.optimizers.legacy.Ftrl,
 }
+
+
+def _unique_by_construction(indices: tf.Tensor) -> bool:
+  """Whether `indices` are the values a `Unique` op returned, through reshapes only: an
+  embedding lookup's gradient rows, which embedding_lookup_sparse gathers once per id."""
+  while indices.op.type in ("Identity", "Reshape"):
+    indices = indices.op.inputs[0]
+  return indices.op.type == "Unique" and indices.value_index == 0
+
+
+class _SkipsNeedlessDeduplication:
+  """For a graph-mode optimizer whose sparse update must see each row once: it sums the
+  gradient rows of repeated ids (a Unique and an UnsortedSegmentSum over the whole
+  gradient, a tenth of a Banking77 step's op time) unless the ids are distinct by
+  construction. Overrides the private hook the optimizer provides for exactly this."""
+
+  def _resource_apply_sparse_duplicate_indices(self, grad, handle, indices):
+    if _unique_by_construction(indices):
+      return self._resource_apply_sparse(grad, handle, indices)
+    return super()._resource_apply_sparse_duplicate_indices(grad, handle, indices)
+
+
+class _AdagradOptimizer(_SkipsNeedlessDeduplication, tf.compat.v1.train.AdagradOptimizer):
+  pass
+
+
+class _FtrlOptimizer(_SkipsNeedlessDeduplication, tf.compat.v1.train.FtrlOptimizer):
+  pass
+
+
 # Optimizers whose update for a gathered embedding (IndexedSlices gradient) touches only
 # the rows in the batch. Adam decays its moment slots over the whole table on every
 # step, which makes it the slowest part of training a large embedding. These are the
-# graph-mode optimizers: hub module variables lack what Keras optimizers expect.
+# graph-mode optimizers: hub module variables lack what Keras optimizers expect. Plain
+# SGD adds repeated rows with a scatter and needs no de-duplication to skip.
 _SPARSE_OPTIMIZERS = {
-    "Adagrad": tf.compat.v1.train.AdagradOptimizer,
+    "Adagrad": _AdagradOptimizer,
     "SGD": tf.compat.v1.train.GradientDescentOptimizer,
-    "Ftrl": tf.compat.v1.train.FtrlOptimizer,
+    "Ftrl": _FtrlOptimizer,
 }
 
 CONSTANT = "constant"
@@ -108,7 +140,7 @@ class ModuleAwareOptimizer(tf.keras.optimizers.legacy.Optimizer):
 
   def get_config(self):
     return {"name": self._name, "dense": self._dense.get_config(),
-            "sparse": type(self._sparse).__name__}
+            "sparse": self._sparse.get_name()}
 
 
 def learning_rates(config: ModelConfig, train_steps: int):
@@ -132,6 +164,30 @@ def make_optimizer(config: ModelConfig, train_steps: int):
     embedding_rate = embedding_rate(tf.compat.v1.train.get_or_create_global_step())
   sparse = _SPARSE_OPTIMIZERS[config.embedding_optimizer](learning_rate=embedding_rate)
   return ModuleAwareOptimizer(dense, sparse)
+
+
+def training_session_config(run_config: tf.estimator.RunConfig) -> tf.estimator.RunConfig:
+  """`run_config` with Grappler's arithmetic optimizer off in its sessions, keeping
+  whatever else it set (the device filters of a cluster task among them).
+
+  That optimizer's embedding-lookup simplification feeds `SparseSegmentSqrtN` from a read
+  of the whole embedding table instead of the gathered rows. A table that sparse optimizers
+  update in place is read in copy-on-read mode, so every step copied both tables (65 MB,
+  two thirds of the op time of a Banking77 step) to use a few thousand rows of them.
+  Grappler offers no switch for that stage alone; the rest of the arithmetic optimizer
+  bought nothing measurable on this graph (see benchmarks/train_banking77.py's profile).
+  """
+  session_config = tf.compat.v1.ConfigProto()
+  if run_config.session_config is not None:
+    session_config.CopyFrom(run_config.session_config)
+  else:
+    # What the estimator itself would use in its place (its default is not public API).
+    session_config.allow_soft_placement = True
+    session_config.graph_options.rewrite_options.meta_optimizer_iterations = (
+        rewriter_config_pb2.RewriterConfig.ONE)
+  session_config.graph_options.rewrite_options.arithmetic_optimization = (
+      rewriter_config_pb2.RewriterConfig.OFF)
+  return run_config.replace(session_config=session_config)
 
 
 def text_feature_column(module_path: str, trainable: bool):

@@ -6,6 +6,7 @@ import os
 import numpy as np
 import pytest
 import tensorflow as tf
+from tensorflow.core.protobuf import rewriter_config_pb2
 
 from tests.helpers import small_config
 from trainer import inputs
@@ -223,3 +224,79 @@ def test_class_balance_gives_a_rare_intent_its_weight_in_the_trained_model(
   probabilities = dict(zip(labels, prediction["probabilities"]))
   assert probabilities["rare"] / (probabilities["rare"] + probabilities["common"]) == \
       pytest.approx(rare_share, abs=0.05)
+
+
+class NodeNames(tf.compat.v1.train.SessionRunHook):
+  """The names of the nodes a few traced training steps ran, after Grappler's rewrites."""
+
+  def __init__(self):
+    self.names = set()
+
+  def before_run(self, run_context):
+    return tf.compat.v1.train.SessionRunArgs(None, options=tf.compat.v1.RunOptions(
+        trace_level=tf.compat.v1.RunOptions.FULL_TRACE))
+
+  def after_run(self, run_context, run_values):
+    for device in run_values.run_metadata.step_stats.dev_stats:
+      self.names.update(node.node_name for node in device.node_stats)
+
+
+def test_training_steps_gather_embedding_rows_instead_of_reading_whole_tables(tmp_path):
+  config = small_config(tmp_path / "job", train_steps=3, weight_averaging_start=0.0,
+                        model=ModelConfig(hidden_units=(16,)))
+  train, evaluation = pipeline.load_data(config)
+  traced = NodeNames()
+  pipeline.train(config, train, evaluation, hooks=[traced])
+  assert any("ResourceSparseApplyAdagrad" in n or "update_module" in n for n in traced.names)
+  # Grappler's arithmetic optimizer names the whole-table read it substitutes for the
+  # gather; with it, every step copied both tables.
+  assert not [n for n in traced.names if "SimplifyEmbeddingLookup" in n]
+
+
+def test_the_training_session_config_keeps_a_cluster_tasks_device_filters():
+  cluster = tf.compat.v1.ConfigProto(device_filters=["/job:ps", "/job:chief"])
+  configured = model.training_session_config(
+      tf.estimator.RunConfig(session_config=cluster)).session_config
+  assert list(configured.device_filters) == ["/job:ps", "/job:chief"]
+  assert configured.graph_options.rewrite_options.arithmetic_optimization == (
+      rewriter_config_pb2.RewriterConfig.OFF)
+  local = model.training_session_config(tf.estimator.RunConfig()).session_config
+  assert local.allow_soft_placement  # as the estimator's own default
+
+
+def sparse_update(optimizer_class, lookup, steps=3):
+  """The table after `steps` updates of `optimizer_class` on the loss `lookup(table)`."""
+  with tf.Graph().as_default():
+    table = tf.compat.v1.get_variable(
+        "table", initializer=tf.reshape(tf.range(24, dtype=tf.float32), [8, 3]) / 10.0,
+        use_resource=True)
+    loss = tf.reduce_sum(tf.square(lookup(table)))
+    train_op = optimizer_class(learning_rate=0.3).minimize(loss, var_list=[table])
+    with tf.compat.v1.Session() as session:
+      session.run(tf.compat.v1.global_variables_initializer())
+      for _ in range(steps):
+        session.run(train_op)
+      graph_ops = {op.type for op in tf.compat.v1.get_default_graph().get_operations()
+                   if op.name.startswith(optimizer_class(0.1).get_name())}
+      return session.run(table), graph_ops
+
+
+def bag_of_repeated_ids(table):
+  ids = tf.SparseTensor([[0, 0], [0, 1], [0, 2], [1, 0], [1, 1]], [3, 5, 3, 5, 6], [2, 3])
+  return tf.nn.safe_embedding_lookup_sparse(table, tf.cast(ids, tf.int64), combiner="sqrtn")
+
+
+def two_lookups_of_one_table(table):
+  return tf.gather(table, [1, 2, 2]) + tf.gather(table, [2, 4, 1])
+
+
+@pytest.mark.parametrize("name", ["Adagrad", "Ftrl"])
+@pytest.mark.parametrize("lookup", [bag_of_repeated_ids, two_lookups_of_one_table])
+def test_skipping_deduplication_changes_no_update(name, lookup):
+  stock = {"Adagrad": tf.compat.v1.train.AdagradOptimizer,
+           "Ftrl": tf.compat.v1.train.FtrlOptimizer}[name]
+  ours, ours_ops = sparse_update(model._SPARSE_OPTIMIZERS[name], lookup)
+  expected, _ = sparse_update(stock, lookup)
+  np.testing.assert_allclose(ours, expected, rtol=1e-6)
+  # Rows gathered once per id need no second de-duplication; two lookups' rows do.
+  assert ("UnsortedSegmentSum" in ours_ops) == (lookup is two_lookups_of_one_table)
