@@ -13,6 +13,8 @@ from typing import List, Optional
 import numpy as np
 import tensorflow as tf
 
+from trainer import checkpoint_saver
+
 
 class WeightAveragingHook(tf.compat.v1.train.SessionRunHook):
   """Averages the trainable variables every `every_steps` steps from `start_step` on;
@@ -83,7 +85,5 @@ def chief_hooks(model_dir: str, save_steps: int, start_step: int, every_steps: i
     raise ValueError(f"weight averaging needs 0 <= start step <= final step and a period "
                      f">= 1, got {start_step}, {final_step}, {every_steps}")
   averaging = WeightAveragingHook(start_step, every_steps)
-  saver = tf.compat.v1.train.CheckpointSaverHook(
-      model_dir, save_steps=save_steps,
-      listeners=[_AverageBeforeFinalSave(averaging, final_step)])
-  return [averaging, saver]
+  return [averaging, checkpoint_saver.chief_saver_hook(
+      model_dir, save_steps, listeners=[_AverageBeforeFinalSave(averaging, final_step)])]
