@@ -11,7 +11,7 @@ import collections
 import dataclasses
 import statistics
 import time
-from typing import Callable, Dict, List, Optional
+from typing import Dict, List, Optional
 
 import tensorflow as tf
 
@@ -31,22 +31,19 @@ class StepProfileHook(tf.compat.v1.train.SessionRunHook):
   `traced_steps` steps from the `trace_from`-th step this session runs (traced steps run
   slower, so they are left out of the step times)."""
 
-  def __init__(self, trace_from: int = 200, traced_steps: int = 20, pause_secs: float = 0.05,
-               clock: Callable[[], float] = time.perf_counter):
+  def __init__(self, trace_from: int = 200, traced_steps: int = 20, pause_secs: float = 0.05):
     if trace_from < 1 or traced_steps < 0 or pause_secs <= 0:
       raise ValueError(f"StepProfileHook needs trace_from >= 1, traced_steps >= 0 and "
                        f"pause_secs > 0, got {trace_from}, {traced_steps}, {pause_secs}")
     self._trace_from = trace_from
     self._traced_steps = traced_steps
     self._pause_secs = pause_secs
-    self._clock = clock
     self.step_seconds: List[float] = []
     self.traced_seconds = 0.0
     self.pauses: List[Pause] = []
     self.op_micros: Dict[str, float] = collections.defaultdict(float)
     self.traced = 0
     self.steps = 0
-    self.first_step_started: Optional[float] = None
     self.last_step_ended: Optional[float] = None
     self._types: Dict[str, str] = {}
     self._started = 0.0
@@ -56,21 +53,19 @@ class StepProfileHook(tf.compat.v1.train.SessionRunHook):
     self._types = profile.op_types(tf.compat.v1.get_default_graph().as_graph_def())
 
   def before_run(self, run_context):
-    now = self._clock()
-    if self.last_step_ended is not None and now - self.last_step_ended >= self._pause_secs:
-      self.pauses.append(Pause(self.steps, now - self.last_step_ended))
-    if self.first_step_started is None:
-      self.first_step_started = now
+    self._started = time.perf_counter()
+    if (self.last_step_ended is not None
+        and self._started - self.last_step_ended >= self._pause_secs):
+      self.pauses.append(Pause(self.steps, self._started - self.last_step_ended))
     self.steps += 1
     self._tracing = self._trace_from <= self.steps < self._trace_from + self._traced_steps
-    self._started = self._clock()
     if self._tracing:
       return tf.compat.v1.train.SessionRunArgs(None, options=tf.compat.v1.RunOptions(
           trace_level=tf.compat.v1.RunOptions.FULL_TRACE))
     return None
 
   def after_run(self, run_context, run_values):
-    self.last_step_ended = self._clock()
+    self.last_step_ended = time.perf_counter()
     if self._tracing:
       self.traced_seconds += self.last_step_ended - self._started
       if run_values.run_metadata is not None:
@@ -86,14 +81,14 @@ class StepProfileHook(tf.compat.v1.train.SessionRunHook):
     traced_op_time = profile.OpProfile(rows=0, runs=max(1, self.traced), micros={
         op: micros / max(1, self.traced) for op, micros in self.op_micros.items()})
     total = traced_op_time.total_micros
-    quantiles = (statistics.quantiles(self.step_seconds, n=10)
-                 if len(self.step_seconds) >= 2 else self.step_seconds * 9)
+    steps = self.step_seconds
+    p90 = statistics.quantiles(steps, n=10)[-1] if len(steps) >= 2 else (
+        steps[0] if steps else None)
     return {
         "steps": self.steps,
-        "step_ms": {"median": _ms(statistics.median(self.step_seconds)) if self.step_seconds
-                    else None,
-                    "p90": _ms(quantiles[-1]) if quantiles else None,
-                    "seconds_in_steps": round(sum(self.step_seconds), 2)},
+        "step_ms": {"median": _ms(statistics.median(steps)) if steps else None,
+                    "p90": _ms(p90) if p90 is not None else None,
+                    "seconds_in_steps": round(sum(steps), 2)},
         "pauses": {"count": len(self.pauses),
                    "seconds": round(sum(p.seconds for p in self.pauses), 2),
                    "longest": [{"after_step": p.after_step, "seconds": round(p.seconds, 3)}
