@@ -201,19 +201,23 @@ def test_version_policies_pick_versions_as_tf_serving_does(tmp_path, server_on):
 def test_loaded_versions_stay_out_of_garbage_collections_and_unloaded_ones_are_freed(tmp_path):
   base = tmp_path / "model"
   tiny_models.half_plus_two(str(base / "1"))
-  tiny_models.half_plus_two(str(base / "2"))
   config = config_files.single_model_config("model", str(base))
   config.model_config_list.config[0].model_version_policy.all.SetInParent()
   core = ServerCore(config, CoreOptions(max_num_load_retries=0))
   try:
     core.load()
+    one = gc.get_freeze_count()
+    tiny_models.half_plus_two(str(base / "2"))
+    core.poll_file_system()
     # Full collections would walk every loaded graph; frozen objects are not walked.
     both = gc.get_freeze_count()
-    assert both > 1000
+    second_version = both - one
+    assert second_version > 100
     shutil.rmtree(base / "2")
     core.poll_file_system()
-    one = gc.get_freeze_count()
-    # The unloaded version's graph (reference cycles) was collected, not kept frozen.
-    assert one < both - 1000
+    # The unloaded version's graph (reference cycles) was collected, not kept frozen. The
+    # rest of the process (the test runner's own objects) moves the count a little, so the
+    # bar is half of what the second version added rather than an absolute count.
+    assert gc.get_freeze_count() < both - second_version // 2
   finally:
     core.close()
