@@ -27,6 +27,7 @@ transforms with `registry.register` beside their functions:
   embedding_lookups.py   lean_embedding_lookups
   text_and_ragged.py     dedupe_char_ngrams, hoist_elementwise_ops, lean_row_splits
   kernels.py             prefer_eigen_kernels
+  outputs.py             gather_constant_rows
 
 Two modules beyond one per family: contract.py, so that graph.py, the registry and
 every family can raise TransformError without importing one another, and specs.py,
@@ -41,6 +42,7 @@ from optimize.transforms import constant_folding  # noqa: F401
 from optimize.transforms import embedding_lookups  # noqa: F401
 from optimize.transforms import freeze_and_cleanup  # noqa: F401
 from optimize.transforms import kernels  # noqa: F401
+from optimize.transforms import outputs  # noqa: F401
 from optimize.transforms import quantize  # noqa: F401
 from optimize.transforms import text_and_ragged  # noqa: F401
 from optimize.transforms import registry

@@ -256,6 +256,20 @@ def small_and_large_matmul_model():
   return build(fn)[0]
 
 
+CLASS_NAMES = [b"card_arrival_was_never_confirmed_by_the_bank", b"pin", b"top_up_failed"]
+
+
+def class_strings_model(second_multiple=1):
+  """A canned classifier head's outputs: probabilities and its class strings tiled once per
+  example (columns repeated `second_multiple` times)."""
+  def fn():
+    x = tf.compat.v1.placeholder(tf.float32, [None, 3], name="x")
+    probabilities = tf.nn.softmax(x, name="probabilities")
+    rows = tf.shape(probabilities)[0]
+    return tf.tile(tf.constant([CLASS_NAMES]), tf.stack([rows, second_multiple]), name="classes")
+  return build(fn)[0]
+
+
 # Transform name -> () -> (graph_def, context, arguments): a graph it rewrites.
 EXAMPLES = {
     "freeze": lambda: (variables_model(), context("x", "y", values=VARIABLE_VALUES), {}),
@@ -279,6 +293,8 @@ EXAMPLES = {
     "lean_row_splits": lambda: (sentence_splits_model(), context("sentences", "splits"), {}),
     "prefer_eigen_kernels": lambda: (small_and_large_matmul_model(),
                                      context("x", "probabilities"), {}),
+    "gather_constant_rows": lambda: (class_strings_model(),
+                                     context("x", "probabilities", "classes"), {}),
 }
 
 
