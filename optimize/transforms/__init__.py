@@ -25,7 +25,8 @@ transforms with `registry.register` beside their functions:
   quantize.py            quantize_weights
   oov_rows.py            quantize_weights(oov_rows=int4): vocabulary rows int8, OOV rows 4-bit
   embedding_lookups.py   lean_embedding_lookups
-  text_and_ragged.py     dedupe_char_ngrams, hoist_elementwise_ops, lean_row_splits
+  text_and_ragged.py     dedupe_char_ngrams, hoist_elementwise_ops, lean_row_splits,
+                         combine_once_per_word
   kernels.py             prefer_eigen_kernels
   outputs.py             gather_constant_rows
 

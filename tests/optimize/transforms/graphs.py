@@ -8,6 +8,8 @@ import numpy as np
 import tensorflow as tf
 
 from optimize.transforms import GraphContext
+from optimize.transforms import DEFAULT_TRANSFORMS
+from optimize.transforms import parse_transforms
 
 
 def build(fn):
@@ -256,6 +258,33 @@ def small_and_large_matmul_model():
   return build(fn)[0]
 
 
+def text_char_ngram_embedding_model(combiner="sqrtn", buckets=40):
+  """The text module's character path: texts -> words -> '<word>' -> 2- and 3-grams, hashed,
+  one embedding bag per text."""
+  table = np.random.RandomState(0).randn(buckets, 4).astype(np.float32)
+
+  def fn():
+    texts = tf.compat.v1.placeholder(tf.string, [None], name="texts")
+    words = tf.strings.split(texts)
+    marked = tf.ragged.map_flat_values(lambda w: tf.strings.join(["<", w, ">"]), words)
+    grams = tf.strings.ngrams(tf.strings.unicode_split(marked, "UTF-8"), [2, 3], separator="")
+    ids = tf.ragged.map_flat_values(
+        lambda g: tf.strings.to_hash_bucket_fast(g, buckets), grams.merge_dims(1, 2))
+    tf.identity(tf.nn.safe_embedding_lookup_sparse(tf.constant(table), ids.to_sparse(),
+                                                   combiner=combiner), name="y")
+  return build(fn)[0]
+
+
+def per_word_ready(graph_def, context):
+  """`graph_def` as the default pipeline hands it to combine_once_per_word (in float)."""
+  for spec in parse_transforms(DEFAULT_TRANSFORMS):
+    if spec.name == "combine_once_per_word":
+      return graph_def
+    if spec.name != "quantize_weights":
+      graph_def = spec.apply(graph_def, context)
+  raise AssertionError("combine_once_per_word is not in the default pipeline")
+
+
 CLASS_NAMES = [b"card_arrival_was_never_confirmed_by_the_bank", b"pin", b"top_up_failed"]
 
 
@@ -293,6 +322,9 @@ EXAMPLES = {
     "lean_row_splits": lambda: (sentence_splits_model(), context("sentences", "splits"), {}),
     "prefer_eigen_kernels": lambda: (small_and_large_matmul_model(),
                                      context("x", "probabilities"), {}),
+    "combine_once_per_word": lambda: (
+        per_word_ready(text_char_ngram_embedding_model(), context("texts", "y")),
+        context("texts", "y"), {}),
     "gather_constant_rows": lambda: (class_strings_model(),
                                      context("x", "probabilities", "classes"), {}),
 }

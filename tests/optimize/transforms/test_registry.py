@@ -14,14 +14,15 @@ def test_default_transforms_are_the_pipeline_the_transforms_declare():
       "freeze strip_unused_nodes remove_asserts remove_nodes(op=Identity) "
       "merge_duplicate_nodes fold_constants fold_batch_norms lean_embedding_lookups "
       "dedupe_char_ngrams hoist_elementwise_ops remove_identity_reshapes lean_row_splits "
-      "gather_constant_rows quantize_weights(dtype=int8) prefer_eigen_kernels")
-  assert [s.label for s in transforms.parse_transforms(transforms.DEFAULT_TRANSFORMS)][-2:] == [
-      "quantize_weights(dtype=int8)", "prefer_eigen_kernels"]
+      "gather_constant_rows quantize_weights(dtype=int8) combine_once_per_word "
+      "prefer_eigen_kernels")
+  assert [s.label for s in transforms.parse_transforms(transforms.DEFAULT_TRANSFORMS)][-3:] == [
+      "quantize_weights(dtype=int8)", "combine_once_per_word", "prefer_eigen_kernels"]
 
 
 def test_names_lists_every_transform():
   assert transforms.names() == [
-      "dedupe_char_ngrams", "fold_batch_norms", "fold_constants", "freeze",
+      "combine_once_per_word", "dedupe_char_ngrams", "fold_batch_norms", "fold_constants", "freeze",
       "gather_constant_rows", "grappler",
       "hoist_elementwise_ops", "lean_embedding_lookups", "lean_row_splits",
       "merge_duplicate_nodes", "prefer_eigen_kernels", "quantize_weights", "remove_asserts",
