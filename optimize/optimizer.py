@@ -214,7 +214,8 @@ def _rewrite_and_judge(source, output_dir, specs, settings: OptimizeSettings,
                        judge_candidate: guard_lib.Judge, measured) -> OptimizeResult:
   input_dir = source.source_dir
   context = transforms_lib.GraphContext(frozenset(source.protected_nodes()),
-                                        source.variable_values, source.asset_line_counts())
+                                        source.variable_values, source.asset_line_counts(),
+                                        source.asset_paths())
   signature, batch1, batch64 = measured
   scratch = tempfile.mkdtemp(prefix="optimize-")
   judged = 0

@@ -1,7 +1,7 @@
 """GraphDef utilities the transforms share: names, copies, walks, node builders."""
 
 import collections
-from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Set, Tuple
 
 import numpy as np
 import tensorflow as tf
@@ -67,6 +67,29 @@ def consumers(graph_def: graph_pb2.GraphDef) -> Dict[str, List[Tuple[node_def_pb
     for position, tensor in enumerate(node.input):
       result[node_name(tensor)].append((node, position))
   return result
+
+
+def descendants(name: str, users) -> Set[str]:
+  """`name` and every node that reads it, directly or not (`users` from `consumers`)."""
+  seen, stack = {name}, [name]
+  while stack:
+    for user, _ in users.get(stack.pop(), []):
+      if user.name not in seen:
+        seen.add(user.name)
+        stack.append(user.name)
+  return seen
+
+
+def ancestors(name: str, by_name: Mapping[str, node_def_pb2.NodeDef]) -> Set[str]:
+  """`name` and every node it reads, directly or not."""
+  seen, stack = {name}, [name]
+  while stack:
+    node = by_name.get(stack.pop())
+    for tensor in node.input if node is not None else ():
+      if node_name(tensor) not in seen:
+        seen.add(node_name(tensor))
+        stack.append(node_name(tensor))
+  return seen
 
 
 def topological_order(graph_def: graph_pb2.GraphDef) -> List[node_def_pb2.NodeDef]:

@@ -15,8 +15,10 @@ from optimize.transforms.graph import ELEMENTWISE_OPS
 from optimize.transforms.graph import VARIABLE_OPS
 from optimize.transforms.graph import const_node
 from optimize.transforms.graph import const_value
+from optimize.transforms.graph import ancestors
 from optimize.transforms.graph import consumers
 from optimize.transforms.graph import copy_graph
+from optimize.transforms.graph import descendants
 from optimize.transforms.graph import max_outputs
 from optimize.transforms.graph import node_name
 from optimize.transforms.graph import op_node
@@ -130,8 +132,8 @@ def _match_unicode_ngrams(ngrams, graph, by_name, context):
   # Everything computed from the decoded words must feed only this n-gram op and read
   # nothing else derived from the words, or it would mix distinct words with all of them.
   users = consumers(graph)
-  between = _descendants(decode.name, users) & _ancestors(ngrams.name, by_name)
-  from_words = _descendants(node_name(decode.input[0]), users)
+  between = descendants(decode.name, users) & ancestors(ngrams.name, by_name)
+  from_words = descendants(node_name(decode.input[0]), users)
   for name in between:
     if name != ngrams.name and any(u.name not in between for u, _ in users.get(name, [])):
       return None
@@ -139,27 +141,6 @@ def _match_unicode_ngrams(ngrams, graph, by_name, context):
                                    for t in by_name[name].input):
       return None
   return decode, decode.input[0]
-
-
-def _descendants(name, users):
-  seen, stack = {name}, [name]
-  while stack:
-    for user, _ in users.get(stack.pop(), []):
-      if user.name not in seen:
-        seen.add(user.name)
-        stack.append(user.name)
-  return seen
-
-
-def _ancestors(name, by_name):
-  seen, stack = {name}, [name]
-  while stack:
-    node = by_name.get(stack.pop())
-    for tensor in node.input if node is not None else ():
-      if node_name(tensor) not in seen:
-        seen.add(node_name(tensor))
-        stack.append(node_name(tensor))
-  return seen
 
 
 @register("hoist_elementwise_ops", default_position=100)
@@ -504,8 +485,8 @@ def _match_combine_over_words(combine, by_name, users, context):
   if axis is None or axis.op != "Const" or int(const_value(axis)) != 0:
     return None
   # Whatever reads Unique must feed only this reduction, which is rewritten with it.
-  beyond = _descendants(combine.name, users)
-  if not _descendants(unique.name, users) - beyond <= _ancestors(combine.name, by_name):
+  beyond = descendants(combine.name, users)
+  if not descendants(unique.name, users) - beyond <= ancestors(combine.name, by_name):
     return None
   return unique, restore, gather.input[1]
 

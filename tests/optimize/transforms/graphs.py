@@ -258,10 +258,18 @@ def small_and_large_matmul_model():
   return build(fn)[0]
 
 
-def text_char_ngram_embedding_model(combiner="sqrtn", buckets=40):
+WORD_VOCABULARY = ["card", "top", "card top", "up", "my", "café"]
+
+
+def text_char_ngram_embedding_model(combiner="sqrtn", buckets=40, word_path=False,
+                                    vocabulary_file=None):
   """The text module's character path: texts -> words -> '<word>' -> 2- and 3-grams, hashed,
-  one embedding bag per text."""
-  table = np.random.RandomState(0).randn(buckets, 4).astype(np.float32)
+  one embedding bag per text; with `word_path`, also the words and word bigrams looked up in
+  WORD_VOCABULARY (plus OOV buckets), a second bag concatenated before the first: from
+  `vocabulary_file` when given, named by the Const 'vocabulary_path' as an asset is."""
+  rng = np.random.RandomState(0)
+  table = rng.randn(buckets, 4).astype(np.float32)
+  word_table = rng.randn(len(WORD_VOCABULARY) + 3, 4).astype(np.float32)
 
   def fn():
     texts = tf.compat.v1.placeholder(tf.string, [None], name="texts")
@@ -270,19 +278,34 @@ def text_char_ngram_embedding_model(combiner="sqrtn", buckets=40):
     grams = tf.strings.ngrams(tf.strings.unicode_split(marked, "UTF-8"), [2, 3], separator="")
     ids = tf.ragged.map_flat_values(
         lambda g: tf.strings.to_hash_bucket_fast(g, buckets), grams.merge_dims(1, 2))
-    tf.identity(tf.nn.safe_embedding_lookup_sparse(tf.constant(table), ids.to_sparse(),
-                                                   combiner=combiner), name="y")
+    bags = [tf.nn.safe_embedding_lookup_sparse(tf.constant(table), ids.to_sparse(),
+                                               combiner=combiner)]
+    if word_path:
+      if vocabulary_file:
+        initializer = tf.lookup.TextFileInitializer(
+            tf.constant(vocabulary_file, name="vocabulary_path"), tf.string,
+            tf.lookup.TextFileIndex.WHOLE_LINE, tf.int64, tf.lookup.TextFileIndex.LINE_NUMBER)
+      else:
+        initializer = tf.lookup.KeyValueTensorInitializer(
+            WORD_VOCABULARY, list(range(len(WORD_VOCABULARY))), tf.string, tf.int64)
+      vocabulary = tf.lookup.StaticVocabularyTable(initializer, 3)
+      word_ids = tf.ragged.map_flat_values(
+          vocabulary.lookup, tf.strings.ngrams(words, [1, 2], separator=" "))
+      bags.insert(0, tf.nn.safe_embedding_lookup_sparse(
+          tf.constant(word_table), word_ids.to_sparse(), combiner=combiner))
+      tf.compat.v1.tables_initializer(name="init_tables")
+    tf.concat(bags, axis=1, name="y") if word_path else tf.identity(bags[0], name="y")
   return build(fn)[0]
 
 
-def per_word_ready(graph_def, context):
-  """`graph_def` as the default pipeline hands it to combine_once_per_word (in float)."""
+def per_word_ready(graph_def, context, before="combine_once_per_word"):
+  """`graph_def` as the default pipeline hands it to transform `before` (in float)."""
   for spec in parse_transforms(DEFAULT_TRANSFORMS):
-    if spec.name == "combine_once_per_word":
+    if spec.name == before:
       return graph_def
     if spec.name != "quantize_weights":
       graph_def = spec.apply(graph_def, context)
-  raise AssertionError("combine_once_per_word is not in the default pipeline")
+  raise AssertionError(f"{before} is not in the default pipeline")
 
 
 CLASS_NAMES = [b"card_arrival_was_never_confirmed_by_the_bank", b"pin", b"top_up_failed"]
@@ -297,6 +320,9 @@ def class_strings_model(second_multiple=1):
     rows = tf.shape(probabilities)[0]
     return tf.tile(tf.constant([CLASS_NAMES]), tf.stack([rows, second_multiple]), name="classes")
   return build(fn)[0]
+
+
+KNOWN_WORDS_PROTECTED = context("texts", "y", "init_tables")
 
 
 # Transform name -> () -> (graph_def, context, arguments): a graph it rewrites.
@@ -325,6 +351,9 @@ EXAMPLES = {
     "combine_once_per_word": lambda: (
         per_word_ready(text_char_ngram_embedding_model(), context("texts", "y")),
         context("texts", "y"), {}),
+    "precompute_known_words": lambda: (
+        per_word_ready(text_char_ngram_embedding_model(word_path=True), KNOWN_WORDS_PROTECTED,
+                       before="precompute_known_words"), KNOWN_WORDS_PROTECTED, {}),
     "gather_constant_rows": lambda: (class_strings_model(),
                                      context("x", "probabilities", "classes"), {}),
 }
