@@ -1,5 +1,6 @@
 """The one loader: where a run executes, and that its deadline holds wherever it does."""
 
+import gc
 import threading
 import time
 
@@ -72,3 +73,54 @@ def test_a_graph_with_loops_keeps_the_pool_so_a_deadline_still_cancels_it(tmp_pa
     worker.start()
     worker.join(30)
     assert raised, "the run was not cancelled at its deadline"
+
+
+@pytest.fixture
+def collections_counted():
+  """The garbage collections that start while the test runs, with the collector eager
+  (a collection after every allocation) so that any unpaused stretch has some."""
+  started = []
+
+  def count(phase, info):
+    if phase == "start":
+      started.append(info["generation"])
+  threshold = gc.get_threshold()
+  gc.set_threshold(1)
+  gc.callbacks.append(count)
+  try:
+    yield started
+  finally:
+    gc.callbacks.remove(count)
+    gc.set_threshold(*threshold)
+
+
+def test_no_garbage_collection_runs_while_a_version_loads(tmp_path, monkeypatch,
+                                                          collections_counted):
+  version_dir = doubler(str(tmp_path / "1"))
+  load = tf.compat.v1.saved_model.load
+  during_load = []
+
+  def counted_load(*args, **kwargs):
+    before = len(collections_counted)
+    loaded = load(*args, **kwargs)
+    during_load.append(len(collections_counted) - before)
+    return loaded
+  monkeypatch.setattr(tf.compat.v1.saved_model, "load", counted_load)
+  with SessionServable(version_dir) as servable:
+    assert gc.isenabled()
+    loaded = len(collections_counted)
+    servable.run("serving_default", {"x": [[1.0]]})
+    assert len(collections_counted) > loaded  # the collector runs again once loaded
+  assert during_load == [0]
+
+
+def test_a_failed_load_leaves_the_collector_as_it_was(tmp_path):
+  was = gc.isenabled()
+  try:
+    for enabled in (True, False):
+      gc.enable() if enabled else gc.disable()
+      with pytest.raises(servable_lib.ServableError):
+        SessionServable(str(tmp_path / "missing"))
+      assert gc.isenabled() == enabled
+  finally:
+    gc.enable() if was else gc.disable()
