@@ -25,10 +25,9 @@ transforms with `registry.register` beside their functions:
   quantize.py            quantize_weights
   oov_rows.py            quantize_weights(oov_rows=int4): vocabulary rows int8, OOV rows 4-bit
   embedding_lookups.py   lean_embedding_lookups
-  text_and_ragged.py     dedupe_char_ngrams, hoist_elementwise_ops, lean_row_splits,
-                         combine_once_per_word
+  text_and_ragged.py     dedupe_char_ngrams, hoist_elementwise_ops, lean_row_splits
   kernels.py             prefer_eigen_kernels
-  known_words.py         precompute_known_words
+  per_word.py            combine_once_per_word, precompute_known_words
   outputs.py             gather_constant_rows
 
 Two modules beyond one per family: contract.py, so that graph.py, the registry and
@@ -44,8 +43,8 @@ from optimize.transforms import constant_folding  # noqa: F401
 from optimize.transforms import embedding_lookups  # noqa: F401
 from optimize.transforms import freeze_and_cleanup  # noqa: F401
 from optimize.transforms import kernels  # noqa: F401
-from optimize.transforms import known_words  # noqa: F401
 from optimize.transforms import outputs  # noqa: F401
+from optimize.transforms import per_word  # noqa: F401
 from optimize.transforms import quantize  # noqa: F401
 from optimize.transforms import text_and_ragged  # noqa: F401
 from optimize.transforms import registry

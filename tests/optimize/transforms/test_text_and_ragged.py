@@ -1,11 +1,8 @@
-"""dedupe_char_ngrams, hoist_elementwise_ops, lean_row_splits and combine_once_per_word: same
-rows, less work."""
+"""dedupe_char_ngrams, hoist_elementwise_ops and lean_row_splits: same rows, less work."""
 
 import numpy as np
-import pytest
 import tensorflow as tf
 
-from optimize.transforms import embedding_lookups
 from optimize.transforms import text_and_ragged
 
 from . import graphs
@@ -74,42 +71,3 @@ def test_lean_row_splits_gives_the_same_splits_from_sorted_row_ids():
     np.testing.assert_array_equal(run(result, "splits:0", {"sentences:0": batch}),
                                   run(graph_def, "splits:0", {"sentences:0": batch}))
 
-
-# Repeated words within and across texts, an empty text, one with no words, a non-UTF-8 word.
-TEXTS = [b"card top card", b"", b"top up my card", b"   ", "café card".encode(), b"\xffab top"]
-
-
-@pytest.mark.parametrize("combiner", ["sqrtn", "mean", "sum"])
-def test_combine_once_per_word_sums_each_distinct_word_once_with_the_same_answers(combiner):
-  protected = context("texts", "y")
-  before = graphs.per_word_ready(graphs.text_char_ngram_embedding_model(combiner), protected)
-  assert "RaggedGather" in ops(before)
-  after = text_and_ragged.combine_once_per_word(before, protected)
-  assert "RaggedGather" not in ops(after)
-  assert ops(after).count("SparseSegmentSumWithNumSegments") >= 2
-  for texts in (TEXTS, TEXTS[:1], [b""], []):
-    expected = run(before, "y:0", {"texts:0": texts})
-    answered = run(after, "y:0", {"texts:0": texts})
-    assert answered.shape == expected.shape == (len(texts), 4)
-    np.testing.assert_allclose(answered, expected, rtol=1e-5, atol=1e-6)
-  np.testing.assert_array_equal(run(after, "y:0", {"texts:0": [b"", b" "]}), np.zeros((2, 4)))
-
-
-def test_combine_once_per_word_needs_the_gather_over_distinct_words():
-  protected = context("texts", "y")
-  without_dedupe = embedding_lookups.lean_embedding_lookups(
-      graphs.text_char_ngram_embedding_model(), protected)
-  assert text_and_ragged.combine_once_per_word(without_dedupe, protected) == without_dedupe
-  lookup = graphs.sparse_lookup_model("sqrtn")
-  assert text_and_ragged.combine_once_per_word(lookup, context("values", "splits", "y")) == lookup
-
-
-def test_combine_once_per_word_leaves_a_reduction_whose_unique_ids_are_read_elsewhere():
-  graph_def = graphs.per_word_ready(graphs.text_char_ngram_embedding_model(),
-                                    context("texts", "y"))
-  unique = next(n for n in graph_def.node if n.op == "Unique" and "lean" in n.name)
-  reader = graph_def.node.add()
-  reader.CopyFrom(tf.compat.v1.NodeDef(name="distinct", op="Identity", input=[unique.name]))
-  reader.attr["T"].type = unique.attr["T"].type
-  protected = context("texts", "y", "distinct")
-  assert text_and_ragged.combine_once_per_word(graph_def, protected) == graph_def

@@ -1,6 +1,7 @@
-"""precompute_known_words: the per-word character n-gram sums of the vocabulary's words,
-computed once when optimizing and looked up when serving; only other words take the string
-pipeline."""
+"""Per-word embedding sums: combine_once_per_word sums a text's character n-gram embeddings
+once per distinct word of the request, then per text; precompute_known_words computes those
+per-word sums once, when optimizing, for the word vocabulary's words, looked up when
+serving, so only other words take the string pipeline."""
 
 import collections
 import dataclasses
@@ -15,8 +16,9 @@ from tensorflow.core.framework import node_def_pb2
 from optimize.transforms.contract import GraphContext
 from optimize.transforms.contract import TransformError
 from optimize.transforms.freeze_and_cleanup import strip_unused_nodes
-from optimize.transforms.graph import const_node
 from optimize.transforms.graph import ancestors
+from optimize.transforms.graph import const_node
+from optimize.transforms.graph import const_value
 from optimize.transforms.graph import consumers
 from optimize.transforms.graph import copy_graph
 from optimize.transforms.graph import descendants
@@ -27,6 +29,166 @@ from optimize.transforms.graph import rename_inputs
 from optimize.transforms.graph import tensor_key
 from optimize.transforms.registry import Param
 from optimize.transforms.registry import register
+
+_SEGMENT_COMBINERS = {"SparseSegmentSumWithNumSegments", "SparseSegmentMeanWithNumSegments",
+                      "SparseSegmentSqrtNWithNumSegments"}
+
+
+@register("combine_once_per_word", default_position=135)
+def combine_once_per_word(graph_def: graph_pb2.GraphDef,
+                          context: GraphContext) -> graph_pb2.GraphDef:
+  """Sums each distinct word's n-gram embeddings once, then each text's words.
+
+  After dedupe_char_ngrams a text's character n-gram ids are its words' rows of a
+  RaggedGather over the request's distinct words, flattened per text, and one sparse
+  segment reduction (lean_embedding_lookups) sums their embedding rows per text: every
+  repeated word's n-grams are gathered, copied and added again. Sums are linear, so the
+  same answer comes from one reduction over the distinct words' n-grams (a row per word)
+  and a second over each text's words (a row per text), with the text's n-gram count (the
+  sum of its words' counts) for the mean or sqrt-n scaling; the RaggedGather goes. The
+  results differ in the last float bits only (the order of the additions). It runs after
+  quantize_weights and leaves alone what gathers and dequantizes the rows.
+  """
+  graph = copy_graph(graph_def)
+  by_name = {n.name: n for n in graph.node}
+  users = consumers(graph)
+  additions = []
+  for combine in list(graph.node):
+    found = _match_combine_over_words(combine, by_name, users, context)
+    if found is not None:
+      additions += _combine_per_word(combine, *found)
+  if not additions:
+    return graph
+  graph.node.extend(additions)
+  return strip_unused_nodes(graph, context)
+
+
+def _combine_per_word(combine, unique, restore, text_splits):
+  """Rewrites `combine` in place under its own name; returns the nodes it adds."""
+  prefix, device = combine.name + "/per_word", combine.device
+  word_splits, word_ids, occurrences = restore.input[:3]
+  splits_type = tf.as_dtype(restore.attr["Tsplits"].type)
+  occurrence_type = tf.as_dtype(restore.attr["Tindices"].type)
+  value_type = tf.as_dtype(combine.attr["T"].type)
+  nodes = [const_node(f"{prefix}/{name}", np.array(value, np.int32), device)
+           for name, value in (("zeros", [0, 0]), ("column_end", [0, 1]), ("ones", [1, 1]),
+                               ("first", [0]), ("second", [1]), ("last", [-1]), ("one", [1]))]
+  nodes.append(const_node(f"{prefix}/unit", np.array(1, value_type.as_numpy_dtype), device))
+
+  def sparse_rows(name, splits, values, values_type):
+    """RaggedTensorToSparse of one ragged level: (its values, row ids, row count)."""
+    sparse = op_node(f"{prefix}/{name}", "RaggedTensorToSparse", [splits, values], device,
+                     T=values_type, Tsplits=splits_type, RAGGED_RANK=1)
+    row_ids = op_node(f"{sparse.name}/row_ids", "StridedSlice",
+                      [sparse.name, f"{prefix}/zeros", f"{prefix}/column_end", f"{prefix}/ones"],
+                      device, T=tf.int64, Index=tf.int32, begin_mask=1, end_mask=1,
+                      shrink_axis_mask=2)
+    rows = op_node(f"{sparse.name}/rows", "StridedSlice",
+                   [f"{sparse.name}:2", f"{prefix}/first", f"{prefix}/second", f"{prefix}/one"],
+                   device, T=tf.int64, Index=tf.int32, shrink_axis_mask=1)
+    nodes.extend([sparse, row_ids, rows])
+    return [f"{sparse.name}:1", row_ids.name, rows.name]
+
+  word_values, *per_word = sparse_rows("word_ngrams", word_splits, word_ids,
+                                       tf.as_dtype(restore.attr["Tvalues"].type))
+  per_text = sparse_rows("text_words", text_splits, occurrences, occurrence_type)
+  unique.input[0] = word_values
+  segment_attrs = dict(T=value_type, Tsegmentids=tf.int64, Tnumsegments=tf.int64)
+  word_sums = op_node(f"{prefix}/word_sums", "SparseSegmentSumWithNumSegments",
+                      list(combine.input[:2]) + per_word, device,
+                      Tidx=tf.as_dtype(combine.attr["Tidx"].type), **segment_attrs)
+  nodes.append(word_sums)
+  controls = [i for i in combine.input if i.startswith("^")]
+  if combine.op == "SparseSegmentSumWithNumSegments":
+    combine.CopyFrom(op_node(combine.name, "SparseSegmentSumWithNumSegments",
+                             [word_sums.name] + per_text + controls, device,
+                             Tidx=occurrence_type, **segment_attrs))
+    return nodes
+  text_sums = op_node(f"{prefix}/text_sums", "SparseSegmentSumWithNumSegments",
+                      [word_sums.name] + per_text, device, Tidx=occurrence_type,
+                      **segment_attrs)
+  ends = op_node(f"{prefix}/ends", "StridedSlice",
+                 [word_splits, f"{prefix}/second", f"{prefix}/first", f"{prefix}/one"], device,
+                 T=splits_type, Index=tf.int32, end_mask=1)
+  starts = op_node(f"{prefix}/starts", "StridedSlice",
+                   [word_splits, f"{prefix}/first", f"{prefix}/last", f"{prefix}/one"], device,
+                   T=splits_type, Index=tf.int32)
+  lengths = op_node(f"{prefix}/lengths", "Sub", [ends.name, starts.name], device, T=splits_type)
+  counts = op_node(f"{prefix}/counts", "Cast", [lengths.name], device, SrcT=splits_type,
+                   DstT=value_type)
+  column = op_node(f"{prefix}/count_column", "ExpandDims", [counts.name, f"{prefix}/one"],
+                   device, T=value_type, Tdim=tf.int32)
+  text_counts = op_node(f"{prefix}/text_counts", "SparseSegmentSumWithNumSegments",
+                        [column.name] + per_text, device, Tidx=occurrence_type, **segment_attrs)
+  # An empty text sums to zeros; a count of one keeps it zeros rather than 0 * inf.
+  at_least_one = op_node(f"{prefix}/at_least_one", "Maximum",
+                         [text_counts.name, f"{prefix}/unit"], device, T=value_type)
+  scale = op_node(f"{prefix}/scale",
+                  "Rsqrt" if combine.op == "SparseSegmentSqrtNWithNumSegments" else "Reciprocal",
+                  [at_least_one.name], device, T=value_type)
+  nodes += [text_sums, ends, starts, lengths, counts, column, text_counts, at_least_one, scale]
+  combine.CopyFrom(op_node(combine.name, "Mul", [text_sums.name, scale.name] + controls, device,
+                           T=value_type))
+  return nodes
+
+
+def _source_tensor(tensor, by_name) -> str:
+  """`tensor` with the Identity ops above it skipped."""
+  node = by_name.get(node_name(tensor))
+  while node is not None and node.op == "Identity" and not tensor.startswith("^"):
+    tensor = node.input[0]
+    node = by_name.get(node_name(tensor))
+  return tensor_key(tensor)
+
+
+def _match_combine_over_words(combine, by_name, users, context):
+  """(Unique, RaggedGather, the texts' word splits) when `combine` reduces per text the
+  ids of a RaggedGather over distinct words flattened per text, as lean_embedding_lookups
+  leaves it over dedupe_char_ngrams' gather."""
+  if combine.op not in _SEGMENT_COMBINERS or combine.name in context.protected:
+    return None
+  unique = by_name.get(node_name(combine.input[1]))
+  if unique is None or unique.op != "Unique" or tensor_key(combine.input[1]) != f"{unique.name}:1":
+    return None
+  sparse = by_name.get(node_name(_source_tensor(unique.input[0], by_name)))
+  if (sparse is None or sparse.op != "RaggedTensorToSparse" or sparse.attr["RAGGED_RANK"].i != 1
+      or _source_tensor(unique.input[0], by_name) != f"{sparse.name}:1"
+      or not _is_slice(combine.input[2], f"{sparse.name}:0", by_name, [0, 0], [0, 1], [1, 1],
+                       begin_mask=1, end_mask=1, shrink_axis_mask=2)
+      or not _is_slice(combine.input[3], f"{sparse.name}:2", by_name, [0], [1], [1],
+                       shrink_axis_mask=1)):
+    return None
+  gather = by_name.get(node_name(_source_tensor(sparse.input[0], by_name)))
+  restore = by_name.get(node_name(_source_tensor(sparse.input[1], by_name)))
+  if (gather is None or gather.op != "GatherV2" or restore is None
+      or restore.op != "RaggedGather" or restore.attr["PARAMS_RAGGED_RANK"].i != 1
+      or restore.attr["OUTPUT_RAGGED_RANK"].i != 1
+      or _source_tensor(sparse.input[1], by_name) != f"{restore.name}:1"
+      or _source_tensor(gather.input[0], by_name) != f"{restore.name}:0"):
+    return None
+  axis = by_name.get(node_name(gather.input[2]))
+  if axis is None or axis.op != "Const" or int(const_value(axis)) != 0:
+    return None
+  # Whatever reads Unique must feed only this reduction, which is rewritten with it.
+  beyond = descendants(combine.name, users)
+  if not descendants(unique.name, users) - beyond <= ancestors(combine.name, by_name):
+    return None
+  return unique, restore, gather.input[1]
+
+
+def _is_slice(tensor, source, by_name, begin, end, strides, **masks) -> bool:
+  """`tensor` is StridedSlice(source, begin, end, strides) with these masks, others 0."""
+  node = by_name.get(node_name(tensor))
+  if node is None or node.op != "StridedSlice" or tensor_key(node.input[0]) != source:
+    return False
+  operands = [by_name.get(node_name(i)) for i in node.input[1:4]]
+  if any(n is None or n.op != "Const" for n in operands):
+    return False
+  if [list(const_value(n).reshape(-1)) for n in operands] != [begin, end, strides]:
+    return False
+  return all(node.attr[mask].i == masks.get(mask, 0) for mask in (
+      "begin_mask", "end_mask", "ellipsis_mask", "new_axis_mask", "shrink_axis_mask"))
+
 
 _SEGMENT_SUM = "SparseSegmentSumWithNumSegments"
 _TABLE_INITIALIZERS = ("InitializeTableFromTextFileV2", "LookupTableImportV2", "InitializeTableV2")
