@@ -6,6 +6,7 @@ initializers), asset files and the AssetFileDefs that feed their paths at load t
 and `assets.extra/` (warmup records).
 """
 
+import collections
 import dataclasses
 from typing import Dict, List, Mapping
 
@@ -131,6 +132,10 @@ def _variable_values(version_dir: str, meta_graph) -> Dict[str, np.ndarray]:
 
 # Constants above this size are written to variables/ instead of the GraphDef.
 EXTERNALIZE_MIN_BYTES = 1 << 20
+# Tables (constants only gathered from) from this size too: copied by Grappler at load, a
+# table inline costs more than its restore. Smaller weights stay inline, where Grappler folds
+# their dequantization once instead of on every call.
+EXTERNALIZE_GATHERED_MIN_BYTES = 1 << 18
 _RESTORE_SCOPE = "externalized_constants"
 
 
@@ -194,8 +199,16 @@ def _externalize_large_constants(graph_def, min_bytes):
 
   Returns the new graph and {checkpoint key: value}. Consumers still read tensor X.
   """
-  big = [n for n in graph_def.node if n.op == "Const"
-         and len(n.attr["value"].tensor.tensor_content) >= min_bytes]
+  readers = collections.defaultdict(set)
+  for node in graph_def.node:
+    for tensor in node.input:
+      readers[node_name(tensor)].add(node.op)
+
+  def large(node):
+    size = len(node.attr["value"].tensor.tensor_content)
+    gathered = readers[node.name] == {"GatherV2"}
+    return size >= min_bytes or (gathered and size >= EXTERNALIZE_GATHERED_MIN_BYTES)
+  big = [n for n in graph_def.node if n.op == "Const" and large(n)]
   if not big:
     return graph_def, {}
   result = graph_pb2.GraphDef()

@@ -276,3 +276,17 @@ def test_large_constants_are_stored_as_read_only_variables_and_restored(trained,
   # Optimizing the result again reads the stored tensors back as constants.
   again = run(output, str(tmp_path / "2"), measure=False)
   assert again.guard.passed
+
+
+def test_tables_from_a_quarter_megabyte_are_stored_and_weights_that_size_stay_inline():
+  rng = np.random.RandomState(0)
+  graph = tf.Graph()
+  with graph.as_default():
+    ids = tf.compat.v1.placeholder(tf.int32, [None], name="ids")
+    table = tf.constant(rng.randn(300, 256).astype(np.float32), name="table")  # 300 KiB
+    weights = tf.constant(rng.randn(256, 300).astype(np.float32), name="weights")
+    tf.matmul(tf.gather(table, ids), weights, name="y")
+  rewritten, stored = savedmodel_io._externalize_large_constants(  # pylint: disable=protected-access
+      graph.as_graph_def(), savedmodel_io.EXTERNALIZE_MIN_BYTES)
+  assert [name.split("/")[0] for name in stored] == ["table"]
+  assert {n.name: n.op for n in rewritten.node}["weights"] == "Const"
