@@ -286,7 +286,7 @@ def test_tables_from_a_quarter_megabyte_are_stored_and_weights_that_size_stay_in
     table = tf.constant(rng.randn(300, 256).astype(np.float32), name="table")  # 300 KiB
     weights = tf.constant(rng.randn(256, 300).astype(np.float32), name="weights")
     tf.matmul(tf.gather(table, ids), weights, name="y")
-  rewritten, stored = savedmodel_io._externalize_large_constants(  # pylint: disable=protected-access
-      graph.as_graph_def(), savedmodel_io.EXTERNALIZE_MIN_BYTES)
+  externalize = savedmodel_io._externalize_large_constants  # pylint: disable=protected-access
+  rewritten, stored = externalize(graph.as_graph_def(), savedmodel_io.EXTERNALIZE_MIN_BYTES)
   assert [name.split("/")[0] for name in stored] == ["table"]
   assert {n.name: n.op for n in rewritten.node}["weights"] == "Const"
