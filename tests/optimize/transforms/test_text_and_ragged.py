@@ -70,4 +70,3 @@ def test_lean_row_splits_gives_the_same_splits_from_sorted_row_ids():
   for batch in ([b"a b c", b"", b"d", b"", b""], [b""], []):
     np.testing.assert_array_equal(run(result, "splits:0", {"sentences:0": batch}),
                                   run(graph_def, "splits:0", {"sentences:0": batch}))
-
