@@ -49,14 +49,22 @@ def combine_once_per_word(graph_def: graph_pb2.GraphDef,
   results differ in the last float bits only (the order of the additions). It runs after
   quantize_weights and leaves alone what gathers and dequantizes the rows.
   """
+  def rewrite(combine, graph, by_name, users):
+    found = _match_combine_over_words(combine, by_name, users, context)
+    return _combine_per_word(combine, *found) if found is not None else []
+  return _rewrite_each_node(graph_def, context, rewrite)
+
+
+def _rewrite_each_node(graph_def, context, rewrite) -> graph_pb2.GraphDef:
+  """A copy of the graph in which `rewrite(node, graph, by_name, users)` had its turn at
+  every node, rewriting in place and returning the nodes it adds; stripped of what the
+  rewrites left unused, or the plain copy when none added a node."""
   graph = copy_graph(graph_def)
   by_name = {n.name: n for n in graph.node}
   users = consumers(graph)
   additions = []
-  for combine in list(graph.node):
-    found = _match_combine_over_words(combine, by_name, users, context)
-    if found is not None:
-      additions += _combine_per_word(combine, *found)
+  for node in list(graph.node):
+    additions += rewrite(node, graph, by_name, users)
   if not additions:
     return graph
   graph.node.extend(additions)
@@ -150,20 +158,21 @@ def _match_combine_over_words(combine, by_name, users, context):
   unique = by_name.get(node_name(combine.input[1]))
   if unique is None or unique.op != "Unique" or tensor_key(combine.input[1]) != f"{unique.name}:1":
     return None
-  sparse = by_name.get(node_name(_source_tensor(unique.input[0], by_name)))
+  ids = _source_tensor(unique.input[0], by_name)
+  sparse = by_name.get(node_name(ids))
   if (sparse is None or sparse.op != "RaggedTensorToSparse" or sparse.attr["RAGGED_RANK"].i != 1
-      or _source_tensor(unique.input[0], by_name) != f"{sparse.name}:1"
+      or ids != f"{sparse.name}:1"
       or not _is_slice(combine.input[2], f"{sparse.name}:0", by_name, [0, 0], [0, 1], [1, 1],
                        begin_mask=1, end_mask=1, shrink_axis_mask=2)
       or not _is_slice(combine.input[3], f"{sparse.name}:2", by_name, [0], [1], [1],
                        shrink_axis_mask=1)):
     return None
   gather = by_name.get(node_name(_source_tensor(sparse.input[0], by_name)))
-  restore = by_name.get(node_name(_source_tensor(sparse.input[1], by_name)))
+  restored = _source_tensor(sparse.input[1], by_name)
+  restore = by_name.get(node_name(restored))
   if (gather is None or gather.op != "GatherV2" or restore is None
       or restore.op != "RaggedGather" or restore.attr["PARAMS_RAGGED_RANK"].i != 1
-      or restore.attr["OUTPUT_RAGGED_RANK"].i != 1
-      or _source_tensor(sparse.input[1], by_name) != f"{restore.name}:1"
+      or restore.attr["OUTPUT_RAGGED_RANK"].i != 1 or restored != f"{restore.name}:1"
       or _source_tensor(gather.input[0], by_name) != f"{restore.name}:0"):
     return None
   axis = by_name.get(node_name(gather.input[2]))
@@ -226,21 +235,13 @@ def precompute_known_words(graph_def: graph_pb2.GraphDef, context: GraphContext,
   quantization, since this runs after it), so answers change in the last float bits at
   most. Needs the vocabulary's asset (`GraphContext.asset_paths`) to read the words.
   """
-  graph = copy_graph(graph_def)
-  by_name = {n.name: n for n in graph.node}
-  users = consumers(graph)
-  additions = []
-  for node in list(graph.node):
+  def rewrite(node, graph, by_name, users):
     found = _match_per_word_sums(node, by_name, users, context)
     if found is None:
-      continue
+      return []
     known = _known_word_sums(graph_def, found, context, max_words)
-    if known is not None:
-      additions += _serve_known_words(graph, found, *known)
-  if not additions:
-    return graph
-  graph.node.extend(additions)
-  return strip_unused_nodes(graph, context)
+    return _serve_known_words(graph, found, *known) if known is not None else []
+  return _rewrite_each_node(graph_def, context, rewrite)
 
 
 def _producer(tensor, by_name, op):
@@ -275,7 +276,7 @@ def _match_per_word_sums(text_sums, by_name, users, context) -> Optional[_PerWor
   beyond = set().union(*(descendants(e, users) for e in ends)) - ends
   readers = {u.name for u, _ in users.get(unique.name, [])
              if any(tensor_key(i) == f"{unique.name}:0" for i in u.input)}
-  reach = set().union(set(), *(descendants(r, users) for r in readers)) - beyond
+  reach = set().union(*(descendants(r, users) for r in readers)) - beyond
   if not readers or not reach <= inside:
     return None
   split = _nearest_ancestor(unique.name, by_name, "StringSplitV2")
