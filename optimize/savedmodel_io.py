@@ -6,7 +6,6 @@ initializers), asset files and the AssetFileDefs that feed their paths at load t
 and `assets.extra/` (warmup records).
 """
 
-import collections
 import dataclasses
 from typing import Dict, List, Mapping
 
@@ -23,6 +22,7 @@ from tensorflow.python.framework import op_def_registry
 from export import artifact_io
 from export.servable import SERVE_TAG
 from optimize.transforms.graph import VARIABLE_OPS
+from optimize.transforms.graph import consumers
 from optimize.transforms.graph import node_name
 
 MAIN_OP_KEYS = ("saved_model_main_op", "legacy_init_op")
@@ -199,14 +199,11 @@ def _externalize_large_constants(graph_def, min_bytes):
 
   Returns the new graph and {checkpoint key: value}. Consumers still read tensor X.
   """
-  readers = collections.defaultdict(set)
-  for node in graph_def.node:
-    for tensor in node.input:
-      readers[node_name(tensor)].add(node.op)
+  users = consumers(graph_def)
 
   def large(node):
     size = len(node.attr["value"].tensor.tensor_content)
-    gathered = readers[node.name] == {"GatherV2"}
+    gathered = {user.op for user, _ in users.get(node.name, [])} == {"GatherV2"}
     return size >= min_bytes or (gathered and size >= EXTERNALIZE_GATHERED_MIN_BYTES)
   big = [n for n in graph_def.node if n.op == "Const" and large(n)]
   if not big:
