@@ -13,8 +13,8 @@ from optimize.transforms.contract import GraphContext
 from optimize.transforms.freeze_and_cleanup import strip_unused_nodes
 from optimize.transforms.graph import ELEMENTWISE_OPS
 from optimize.transforms.graph import VARIABLE_OPS
-from optimize.transforms.graph import const_node
 from optimize.transforms.graph import ancestors
+from optimize.transforms.graph import const_node
 from optimize.transforms.graph import const_value
 from optimize.transforms.graph import consumers
 from optimize.transforms.graph import copy_graph
@@ -342,5 +342,3 @@ def _match_bincount_splits(concat, by_name, context):
   if splits_type not in (tf.int32, tf.int64):
     return None
   return ids_cast.input[0], nrows_cast.input[0], index_type, splits_type
-
-
