@@ -19,8 +19,9 @@ _NOT_OPS = frozenset({"_SOURCE", "_SINK", "RecvTensor", "_Recv", "_Send", "_Arg"
 
 @dataclasses.dataclass
 class OpProfile:
-  """Mean microseconds per run by op type, over `runs` traced runs of `rows` rows."""
-  rows: int
+  """Mean microseconds per run by op type, over `runs` traced runs of `rows` rows (None for
+  runs of no fixed row count, such as training steps)."""
+  rows: Optional[int]
   runs: int
   micros: Dict[str, float]
 

@@ -78,7 +78,7 @@ class StepProfileHook(tf.compat.v1.train.SessionRunHook):
     """Step times (median, 90th percentile, sum), pauses (the longest `top`, total), the
     traced steps' op time by type (top `top`, with shares) and how much of it was the
     step waiting for its input."""
-    traced_op_time = profile.OpProfile(rows=0, runs=max(1, self.traced), micros={
+    traced_op_time = profile.OpProfile(rows=None, runs=max(1, self.traced), micros={
         op: micros / max(1, self.traced) for op, micros in self.op_micros.items()})
     total = traced_op_time.total_micros
     steps = self.step_seconds
