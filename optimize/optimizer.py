@@ -215,7 +215,7 @@ def _rewrite_and_judge(source, output_dir, specs, settings: OptimizeSettings,
   input_dir = source.source_dir
   context = transforms_lib.GraphContext(frozenset(source.protected_nodes()),
                                         source.variable_values, source.asset_line_counts(),
-                                        source.asset_paths())
+                                        source.asset_paths(), frozenset(source.fed_nodes()))
   signature, batch1, batch64 = measured
   scratch = tempfile.mkdtemp(prefix="optimize-")
   judged = 0

@@ -90,6 +90,11 @@ class Servable:
     names.update(node_name(a.tensor_info.name) for a in self.asset_file_defs())
     return sorted(names)
 
+  def fed_nodes(self) -> List[str]:
+    """Nodes whose outputs a signature feeds."""
+    return sorted({node_name(info.name) for signature in self.meta_graph.signature_def.values()
+                   for info in signature.inputs.values()})
+
 
 def read_servable(version_dir: str) -> Servable:
   """Loads the `serve` meta graph and the current value of every variable."""

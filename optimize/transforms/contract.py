@@ -15,9 +15,11 @@ class GraphContext:
   """The nodes whose names the signatures, the loader and the assets refer to, each
   variable's value keyed by its variable node's name, each asset's line count keyed by
   its asset node's name (so a transform knows a vocabulary's size without reading files),
-  and each asset's path, for a transform that runs the graph's own table initializers."""
+  each asset's path, for a transform that runs the graph's own table initializers, and the
+  nodes signatures feed (empty when unknown)."""
 
   protected: FrozenSet[str]
   variable_values: Mapping[str, np.ndarray] = dataclasses.field(default_factory=dict)
   asset_line_counts: Mapping[str, int] = dataclasses.field(default_factory=dict)
   asset_paths: Mapping[str, str] = dataclasses.field(default_factory=dict)
+  fed: FrozenSet[str] = frozenset()

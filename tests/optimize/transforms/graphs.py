@@ -41,8 +41,8 @@ def ops(graph_def):
   return [n.op for n in graph_def.node]
 
 
-def context(*protected, values=None):
-  return GraphContext(frozenset(protected), values or {})
+def context(*protected, values=None, fed=()):
+  return GraphContext(frozenset(protected), values or {}, fed=frozenset(fed))
 
 
 VARIABLE_VALUES = {"w": np.array([[1.0], [2.0]], np.float32), "table": np.eye(3, dtype=np.float32)}
@@ -322,6 +322,24 @@ def class_strings_model(second_multiple=1):
   return build(fn)[0]
 
 
+def class_strings_from_texts_model(rows="one per text"):
+  """The same head over a rank-1 input of texts, as a parsing receiver's serialized
+  examples are; `rows` "one per text", "two per text" or "first text only" says how many
+  rows the probabilities have for the texts fed."""
+  def fn():
+    texts = tf.compat.v1.placeholder(tf.string, [None], name="texts")
+    lengths = tf.cast(tf.strings.length(texts), tf.float32)[:, None]
+    if rows == "two per text":
+      lengths = tf.concat([lengths, lengths], 0)
+    elif rows == "first text only":
+      lengths = lengths[:1]
+    logits = tf.concat([lengths, -lengths, 0.5 * lengths], 1)
+    probabilities = tf.nn.softmax(logits, name="probabilities")
+    count = tf.shape(probabilities)[0]
+    return tf.tile(tf.constant([CLASS_NAMES]), tf.stack([count, 1]), name="classes")
+  return build(fn)[0]
+
+
 KNOWN_WORDS_PROTECTED = context("texts", "y", "init_tables")
 
 
@@ -354,8 +372,9 @@ EXAMPLES = {
     "precompute_known_words": lambda: (
         per_word_ready(text_char_ngram_embedding_model(word_path=True), KNOWN_WORDS_PROTECTED,
                        before="precompute_known_words"), KNOWN_WORDS_PROTECTED, {}),
-    "gather_constant_rows": lambda: (class_strings_model(),
-                                     context("x", "probabilities", "classes"), {}),
+    "gather_constant_rows": lambda: (class_strings_from_texts_model(),
+                                     context("texts", "probabilities", "classes",
+                                             fed=["texts"]), {}),
 }
 
 
