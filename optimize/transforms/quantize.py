@@ -44,7 +44,7 @@ OOV_ROWS = ("int8", "int4")
                                       Param("embedding_scales", str, "auto",
                                             choices=EMBEDDING_SCALES),
                                       Param("oov_rows", str, "int8", choices=OOV_ROWS)],
-          default_position=130, default_args={"dtype": "int8"})
+          default_position=130, default_args={"dtype": "int8", "oov_rows": "int4"})
 def quantize_weights(graph_def: graph_pb2.GraphDef, context: GraphContext,
                      dtype: str = "int8", min_elements: int = DEFAULT_MIN_ELEMENTS,
                      keep_float16: str = "", keep_float32: str = "",
@@ -62,8 +62,8 @@ def quantize_weights(graph_def: graph_pb2.GraphDef, context: GraphContext,
   row, gathered beside the rows. With `oov_rows=int4`, such a per-column table fed by a
   vocabulary lookup keeps its vocabulary rows int8 and stores its OOV-bucket rows in 4 bits
   (`oov_rows.py`): about 0.16x of the float tables' bytes instead of 0.25x, for a few more
-  ops per request and a slower first load (the default stays int8; benchmarks/
-  optimize_banking77.py measures both). Weights with other consumers stay.
+  ops per request. The default pipeline asks for it; when the guard refuses it, the
+  fallback's first plan stores every row int8. Weights with other consumers stay.
   Weights named in `keep_float16` are stored as float16 whatever `dtype` says, and those in
   `keep_float32` stay as they are (names separated by '|'): the plan the optimizer's
   accuracy-aware fallback chooses.

@@ -14,7 +14,7 @@ def test_default_transforms_are_the_pipeline_the_transforms_declare():
       "freeze strip_unused_nodes remove_asserts remove_nodes(op=Identity) "
       "merge_duplicate_nodes fold_constants fold_batch_norms lean_embedding_lookups "
       "dedupe_char_ngrams hoist_elementwise_ops remove_identity_reshapes lean_row_splits "
-      "gather_constant_rows quantize_weights(dtype=int8) combine_once_per_word "
+      "gather_constant_rows quantize_weights(dtype=int8,oov_rows=int4) combine_once_per_word "
       "precompute_known_words prefer_eigen_kernels")
   assert [s.label for s in transforms.parse_transforms(transforms.DEFAULT_TRANSFORMS)][-3:] == [
       "combine_once_per_word", "precompute_known_words", "prefer_eigen_kernels"]
