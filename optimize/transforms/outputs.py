@@ -32,10 +32,9 @@ def gather_constant_rows(graph_def: graph_pb2.GraphDef,
 
   The head counts the examples on its probabilities, so the copy used to wait for the whole
   model. When a graph input of rank 1 (the serialized examples, or the text a signature
-  feeds in their place) feeds that count, the rows
-  are gathered from the start, one per element of the input, beside the model's own work;
-  at the end a Slice keeps the first n, which for n equal to the input's size forwards the
-  tensor without a copy. Should n ever exceed the input's size, a Switch sends the request
+  feeds in their place) feeds that count, the rows are gathered from the start, one per
+  element of the input, beside the model's own work; at the end a Slice keeps the first n,
+  which for n equal to the input's size forwards the tensor without a copy. Should n ever exceed the input's size, a Switch sends the request
   to a gather of n rows instead, so every n is answered as before. Either way the result
   keeps the Tile's name, so a signature that returns it stays valid.
   """
@@ -54,7 +53,7 @@ def gather_constant_rows(graph_def: graph_pb2.GraphDef,
     if not shape or shape[0] != 1 or not _ones(pack.input[1:], by_name):
       continue
     rows = pack.input[0]
-    source = (_rank_one_input(rows, by_name, context.fed) if context.fed else None)
+    source = _rank_one_input(rows, by_name, context.fed) if context.fed else None
     nodes = (_gathered(tile, row, rows, pack.attr["T"].type) if source is None
              else _gathered_early(tile, row, rows, source, len(shape), pack.attr["T"].type))
     replacement = nodes[-1]

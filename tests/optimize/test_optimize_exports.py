@@ -170,6 +170,11 @@ def test_optimizes_the_hub_text_model_smaller_with_warmup_kept(trained, tmp_path
                                      "evaluation_sample.json"))
   assert result.steps[-1].bytes_on_disk < 0.5 * result.steps[0].bytes_on_disk
   assert result.steps[-1].nodes < result.steps[0].nodes
+  # The head's class strings are gathered per fed example, not after the probabilities.
+  written = savedmodel_io.read_servable(result.output_dir)
+  by_name = {n.name: n for n in written.graph_def.node}
+  assert by_name["head/Tile"].op == "Merge"
+  assert by_name["head/Tile/early/input_size"].input[0] in written.fed_nodes()
   steps = [s.step for s in result.steps]
   # A trailing step is the int8 fallback's plan, when the full plan did not pass.
   assert steps[:len(DEFAULT_STEPS) + 1] == ["original"] + DEFAULT_STEPS
