@@ -10,7 +10,9 @@ Trains the default model on ../shared/datasets/banking77 (or reuses the newest e
 optimizes it once per path:
   no_flags   `python -m optimize --input_dir ... --output_dir ...` as a user runs it: the guard
              judges the sample the export carries;
-  eval_data  the same with `--eval_data test.csv --label_key category`.
+  eval_data  the same with `--eval_data test.csv --label_key category`;
+  int8_rows  eval_data with the bucket rows int8 too (`oov_rows=int8`), which prices the
+             default's 4-bit rows in the same run (not measured unless named in --paths).
 It measures the original and every optimized model alternately over --rounds rounds, in this
 order each round: cold start (a fresh process: load + first answer, after TensorFlow's import),
 then batch-1 latency and batch-64 throughput of the classify signature fed serialized
@@ -171,7 +173,10 @@ def main(argv):
       "no_flags": optimizer.OptimizeSettings(transforms=FLAGS.transforms),
       "eval_data": optimizer.OptimizeSettings(
           transforms=FLAGS.transforms, eval_data=os.path.join(banking77.DATASET, "test.csv"),
-          label_key="category")}
+          label_key="category"),
+      "int8_rows": optimizer.OptimizeSettings(
+          transforms=FLAGS.transforms.replace("oov_rows=int4", "oov_rows=int8"),
+          eval_data=os.path.join(banking77.DATASET, "test.csv"), label_key="category")}
   models, results, optimize_seconds = {"original": original}, {}, {}
   work = tempfile.mkdtemp(prefix="optimized-")
   for path in FLAGS.paths:
