@@ -81,10 +81,9 @@ class Servable:
 
   def protected_nodes(self) -> List[str]:
     """Nodes that must keep their names: what signatures, the loader and assets refer to."""
-    names = set()
-    for signature in self.meta_graph.signature_def.values():
-      for info in list(signature.inputs.values()) + list(signature.outputs.values()):
-        names.add(node_name(info.name))
+    names = set(self.fed_nodes())
+    names.update(node_name(info.name) for signature in self.meta_graph.signature_def.values()
+                 for info in signature.outputs.values())
     if self.main_op:
       names.add(self.main_op)
     names.update(node_name(a.tensor_info.name) for a in self.asset_file_defs())
