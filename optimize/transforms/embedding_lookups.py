@@ -10,6 +10,7 @@ from tensorflow.core.framework import node_def_pb2
 from optimize.transforms.contract import GraphContext
 from optimize.transforms.freeze_and_cleanup import strip_unused_nodes
 from optimize.transforms.graph import ELEMENTWISE_OPS
+from optimize.transforms.graph import TABLE_INITIALIZER_OPS
 from optimize.transforms.graph import const_node
 from optimize.transforms.graph import const_value
 from optimize.transforms.graph import copy_graph
@@ -246,8 +247,7 @@ def _table_writers(by_name):
   """Table node name -> the nodes that fill or change that table."""
   writers = collections.defaultdict(list)
   for node in by_name.values():
-    if node.op in ("InitializeTableFromTextFileV2", "LookupTableImportV2", "LookupTableInsertV2",
-                   "LookupTableRemoveV2", "InitializeTableV2"):
+    if node.op in TABLE_INITIALIZER_OPS + ("LookupTableInsertV2", "LookupTableRemoveV2"):
       table = skip_identities(by_name.get(node_name(node.input[0])), by_name)
       writers[table.name if table is not None else node.input[0]].append(node)
   return writers

@@ -1,7 +1,7 @@
 """GraphDef utilities the transforms share: names, copies, walks, node builders."""
 
 import collections
-from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Set, Tuple
+from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Set, Tuple
 
 import numpy as np
 import tensorflow as tf
@@ -12,6 +12,9 @@ from tensorflow.python.framework import op_def_registry
 from optimize.transforms.contract import TransformError
 
 VARIABLE_OPS = ("VarHandleOp", "VariableV2", "Variable")
+# Ops that fill a lookup table once, from a file or from tensors.
+TABLE_INITIALIZER_OPS = ("InitializeTableFromTextFileV2", "LookupTableImportV2",
+                         "InitializeTableV2")
 
 # Ops whose output element i depends only on element i of their per-element inputs,
 # once every other input is a scalar (or, for a lookup, the table).
@@ -80,16 +83,37 @@ def descendants(name: str, users) -> Set[str]:
   return seen
 
 
-def ancestors(name: str, by_name: Mapping[str, node_def_pb2.NodeDef]) -> Set[str]:
-  """`name` and every node it reads, directly or not."""
+def ancestors(name: str, by_name: Mapping[str, node_def_pb2.NodeDef],
+              stop: Optional[Callable[[node_def_pb2.NodeDef], bool]] = None) -> Set[str]:
+  """`name` and every node it reads, directly or not; a node `stop` accepts is included
+  but what it reads is not walked."""
   seen, stack = {name}, [name]
   while stack:
     node = by_name.get(stack.pop())
-    for tensor in node.input if node is not None else ():
+    if node is None or (stop is not None and stop(node)):
+      continue
+    for tensor in node.input:
       if node_name(tensor) not in seen:
         seen.add(node_name(tensor))
         stack.append(node_name(tensor))
   return seen
+
+
+def nearest_ancestor(name: str, by_name: Mapping[str, node_def_pb2.NodeDef],
+                     matches: Callable[[node_def_pb2.NodeDef], bool],
+                     limit: int) -> Optional[node_def_pb2.NodeDef]:
+  """The first node `matches` accepts, breadth first from `name` up its data inputs,
+  among the first `limit` nodes visited; None when there is none."""
+  seen, queue = set(), collections.deque([name])
+  while queue and len(seen) < limit:
+    current = queue.popleft()
+    if current in seen or current not in by_name:
+      continue
+    seen.add(current)
+    if matches(by_name[current]):
+      return by_name[current]
+    queue.extend(node_name(i) for i in by_name[current].input if not i.startswith("^"))
+  return None
 
 
 def topological_order(graph_def: graph_pb2.GraphDef) -> List[node_def_pb2.NodeDef]:

@@ -10,7 +10,6 @@ ids, V a Const or the size of a table whose entries the graph or its text-file a
 answered whatever its value: ids below V read the int8 part, the others the 4-bit part.
 """
 
-import collections
 from typing import List, Optional
 
 import numpy as np
@@ -20,6 +19,7 @@ from optimize.transforms.contract import GraphContext
 from optimize.transforms.graph import const_node
 from optimize.transforms.graph import const_value
 from optimize.transforms.graph import gather_like
+from optimize.transforms.graph import nearest_ancestor
 from optimize.transforms.graph import node_name
 from optimize.transforms.graph import op_node
 from optimize.transforms.graph import skip_identities
@@ -33,20 +33,18 @@ _MAX_ANCESTORS = 64
 def vocabulary_size(ids: str, by_name, context: GraphContext) -> Optional[int]:
   """V when the ids come from a vocabulary lookup whose OOV ids are V + hash bucket: an Add
   of StringToHashBucketFast and V, a Const or the size of a table read from a text file."""
-  seen, queue = set(), collections.deque([node_name(ids)])
-  while queue and len(seen) < _MAX_ANCESTORS:
-    name = queue.popleft()
-    if name in seen or name not in by_name:
-      continue
-    seen.add(name)
-    node = by_name[name]
-    if node.op in ("Add", "AddV2") and len(node.input) == 2:
-      producers = [by_name.get(node_name(i)) for i in node.input]
-      if None not in producers and "StringToHashBucketFast" in {p.op for p in producers}:
-        offset = next(p for p in producers if p.op != "StringToHashBucketFast")
-        return _row_count(offset, by_name, context)
-    queue.extend(node_name(i) for i in node.input if not i.startswith("^"))
-  return None
+  def producers(node):
+    return [by_name.get(node_name(i)) for i in node.input]
+
+  def adds_a_hash_bucket(node):
+    return (node.op in ("Add", "AddV2") and len(node.input) == 2 and None not in producers(node)
+            and "StringToHashBucketFast" in {p.op for p in producers(node)})
+
+  add = nearest_ancestor(node_name(ids), by_name, adds_a_hash_bucket, _MAX_ANCESTORS)
+  if add is None:
+    return None
+  offset = next(p for p in producers(add) if p.op != "StringToHashBucketFast")
+  return _row_count(offset, by_name, context)
 
 
 def _row_count(offset, by_name, context: GraphContext) -> Optional[int]:

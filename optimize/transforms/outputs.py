@@ -10,6 +10,7 @@ from tensorflow.core.framework import graph_pb2
 from tensorflow.core.framework import node_def_pb2
 
 from optimize.transforms.contract import GraphContext
+from optimize.transforms.graph import ancestors
 from optimize.transforms.graph import const_node
 from optimize.transforms.graph import const_value
 from optimize.transforms.graph import copy_graph
@@ -71,18 +72,10 @@ def _rank_one_input(rows: str, by_name, fed) -> Optional[node_def_pb2.NodeDef]:
   input beyond such a node goes unfed when a signature feeds it (a parsing receiver's
   examples, when a signature feeds the parsed text in their place), while one reached
   without crossing them is fed, or takes its default, whenever the count is computed."""
-  seen, stack, found = {node_name(rows)}, [node_name(rows)], []
-  while stack:
-    node = by_name.get(stack.pop())
-    if node is None:
-      continue
-    if node.op in _INPUT_OPS or node.name in fed:
-      found.append(node)
-      continue
-    for tensor in node.input:
-      if node_name(tensor) not in seen:
-        seen.add(node_name(tensor))
-        stack.append(node_name(tensor))
+  def counted_from(node):
+    return node.op in _INPUT_OPS or node.name in fed
+  found = [by_name[n] for n in ancestors(node_name(rows), by_name, stop=counted_from)
+           if n in by_name and counted_from(by_name[n])]
   # A fed node that is no input (a signature may feed any tensor) has no shape to trust.
   if not found or any(n.op not in _INPUT_OPS for n in found):
     return None

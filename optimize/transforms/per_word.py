@@ -3,7 +3,6 @@ once per distinct word of the request, then per text; precompute_known_words com
 per-word sums once, when optimizing, for the word vocabulary's words, looked up when
 serving, so only other words take the string pipeline."""
 
-import collections
 import dataclasses
 import hashlib
 from typing import List, Optional
@@ -16,6 +15,7 @@ from tensorflow.core.framework import node_def_pb2
 from optimize.transforms.contract import GraphContext
 from optimize.transforms.contract import TransformError
 from optimize.transforms.freeze_and_cleanup import strip_unused_nodes
+from optimize.transforms.graph import TABLE_INITIALIZER_OPS
 from optimize.transforms.graph import ancestors
 from optimize.transforms.graph import const_node
 from optimize.transforms.graph import const_value
@@ -23,6 +23,7 @@ from optimize.transforms.graph import consumers
 from optimize.transforms.graph import copy_graph
 from optimize.transforms.graph import descendants
 from optimize.transforms.graph import imported
+from optimize.transforms.graph import nearest_ancestor
 from optimize.transforms.graph import node_name
 from optimize.transforms.graph import op_node
 from optimize.transforms.graph import rename_inputs
@@ -200,7 +201,6 @@ def _is_slice(tensor, source, by_name, begin, end, strides, **masks) -> bool:
 
 
 _SEGMENT_SUM = "SparseSegmentSumWithNumSegments"
-_TABLE_INITIALIZERS = ("InitializeTableFromTextFileV2", "LookupTableImportV2", "InitializeTableV2")
 _MAX_ANCESTORS = 256
 DEFAULT_MAX_WORDS = 50_000
 
@@ -279,26 +279,14 @@ def _match_per_word_sums(text_sums, by_name, users, context) -> Optional[_PerWor
   reach = set().union(*(descendants(r, users) for r in readers)) - beyond
   if not readers or not reach <= inside:
     return None
-  split = _nearest_ancestor(unique.name, by_name, "StringSplitV2")
+  split = nearest_ancestor(unique.name, by_name, lambda n: n.op == "StringSplitV2",
+                           _MAX_ANCESTORS)
   if split is None:
     return None
   word_table = _word_table(split, unique, by_name, users)
   if word_table is None:
     return None
   return _PerWordSums(text_sums, word_sums, counts, count_column, unique, split, word_table)
-
-
-def _nearest_ancestor(name, by_name, op):
-  seen, queue = set(), collections.deque([name])
-  while queue and len(seen) < _MAX_ANCESTORS:
-    current = queue.popleft()
-    if current in seen or current not in by_name:
-      continue
-    seen.add(current)
-    if by_name[current].op == op:
-      return by_name[current]
-    queue.extend(node_name(i) for i in by_name[current].input if not i.startswith("^"))
-  return None
 
 
 def _word_table(split, unique, by_name, users) -> Optional[str]:
@@ -317,7 +305,7 @@ def _word_table(split, unique, by_name, users) -> Optional[str]:
 def _known_word_sums(graph_def, found: _PerWordSums, context: GraphContext, max_words: int):
   """(the distinct words as the graph marks them, their sums, their counts) computed by
   the graph itself on the word vocabulary's single words; None without its assets."""
-  initializers = [n for n in graph_def.node if n.op in _TABLE_INITIALIZERS]
+  initializers = [n for n in graph_def.node if n.op in TABLE_INITIALIZER_OPS]
   feeds = {}
   for initializer in initializers:
     if initializer.op == "InitializeTableFromTextFileV2":
@@ -371,7 +359,7 @@ def _serve_known_words(graph, found: _PerWordSums, marked, sums, counts) -> List
            const_node(f"{prefix}/flat", np.array([-1], np.int32), device),
            const_node(f"{prefix}/axis", np.array(0, np.int32), device),
            table, fill]
-  initializers = {n.name for n in graph.node if n.op in _TABLE_INITIALIZERS}
+  initializers = {n.name for n in graph.node if n.op in TABLE_INITIALIZER_OPS}
   init_groups = [n for n in graph.node if n.op == "NoOp" and any(
       i.startswith("^") and i[1:] in initializers for i in n.input)]
   if not init_groups:
