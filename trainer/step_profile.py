@@ -39,6 +39,9 @@ class StepProfileHook(tf.compat.v1.train.SessionRunHook):
     self._traced_steps = traced_steps
     self._pause_secs = pause_secs
     self.step_seconds: List[float] = []
+    # Process CPU time (all threads) in the untimed-out steps: with step_seconds, how many
+    # cores a step keeps busy.
+    self.step_cpu_seconds = 0.0
     self.traced_seconds = 0.0
     self.pauses: List[Pause] = []
     self.op_micros: Dict[str, float] = collections.defaultdict(float)
@@ -47,6 +50,7 @@ class StepProfileHook(tf.compat.v1.train.SessionRunHook):
     self.last_step_ended: Optional[float] = None
     self._types: Dict[str, str] = {}
     self._started = 0.0
+    self._started_cpu = 0.0
     self._tracing = False
 
   def begin(self):
@@ -54,6 +58,7 @@ class StepProfileHook(tf.compat.v1.train.SessionRunHook):
 
   def before_run(self, run_context):
     self._started = time.perf_counter()
+    self._started_cpu = time.process_time()
     if (self.last_step_ended is not None
         and self._started - self.last_step_ended >= self._pause_secs):
       self.pauses.append(Pause(self.steps, self._started - self.last_step_ended))
@@ -73,9 +78,10 @@ class StepProfileHook(tf.compat.v1.train.SessionRunHook):
         self.traced += 1
     else:
       self.step_seconds.append(self.last_step_ended - self._started)
+      self.step_cpu_seconds += time.process_time() - self._started_cpu
 
   def summary(self, top: int = 10) -> Dict:
-    """Step times (median, 90th percentile, sum), pauses (the longest `top`, total), the
+    """Step times (median, 90th percentile, sum, the cores busy in them), pauses (the longest `top`, total), the
     traced steps' op time by type (top `top`, with shares) and how much of it was the
     step waiting for its input."""
     traced_op_time = profile.OpProfile(rows=None, runs=max(1, self.traced), micros={
@@ -88,7 +94,9 @@ class StepProfileHook(tf.compat.v1.train.SessionRunHook):
         "steps": self.steps,
         "step_ms": {"median": _ms(statistics.median(steps)) if steps else None,
                     "p90": _ms(p90) if p90 is not None else None,
-                    "seconds_in_steps": round(sum(steps), 2)},
+                    "seconds_in_steps": round(sum(steps), 2),
+                    # Near the machine's core count: a step gains only from less work.
+                    "cores_busy": round(self.step_cpu_seconds / sum(steps), 2) if steps else None},
         "pauses": {"count": len(self.pauses),
                    "seconds": round(sum(p.seconds for p in self.pauses), 2),
                    "longest": [{"after_step": p.after_step, "seconds": round(p.seconds, 3)}

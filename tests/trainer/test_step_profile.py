@@ -20,10 +20,10 @@ class PauseAfter(tf.compat.v1.train.SessionRunHook):
       time.sleep(self._seconds)
 
 
-def run_steps(hooks, steps):
+def run_steps(hooks, steps, work=lambda: tf.reduce_sum(tf.random.uniform([64, 64]))):
   with tf.Graph().as_default():
     counter = tf.compat.v1.get_variable("counter", initializer=0.0, use_resource=True)
-    train_op = counter.assign_add(tf.reduce_sum(tf.random.uniform([64, 64])))
+    train_op = counter.assign_add(work())
     with tf.compat.v1.train.MonitoredSession(hooks=hooks) as session:
       for _ in range(steps):
         session.run(train_op)
@@ -43,6 +43,21 @@ def test_steps_pauses_and_traced_op_time_are_told_apart():
   assert "RandomUniform" in ops and "AssignAddVariableOp" in ops
   assert sum(entry["share"] for entry in summary["top_ops"]) <= 1.001  # each share is rounded
   assert summary["step_ms"]["median"] > 0
+
+
+def test_the_cores_a_step_keeps_busy_are_told():
+  def sleepy(x):
+    time.sleep(0.02)
+    return x
+
+  busy = step_profile.StepProfileHook(trace_from=1, traced_steps=0)
+  run_steps([busy], steps=20, work=lambda: tf.reduce_sum(tf.matmul(
+      tf.random.uniform([400, 400]), tf.random.uniform([400, 400]))))
+  idle = step_profile.StepProfileHook(trace_from=1, traced_steps=0)
+  run_steps([idle], steps=10, work=lambda: tf.numpy_function(sleepy, [tf.constant(1.0)],
+                                                             tf.float32))
+  assert busy.summary()["step_ms"]["cores_busy"] > 0.5
+  assert idle.summary()["step_ms"]["cores_busy"] < 0.2, "a sleeping step keeps no core busy"
 
 
 def test_no_trace_window_still_times_steps():
