@@ -21,8 +21,9 @@ as TF Serving's Session::Run does) and `callable` (the project's cached runtime 
 Prints JSON: per model the five figures (size of all files of the version, cold start,
 batch-1 p50/p99, batch-64 examples/s, test accuracy), the ratios optimized / original from
 all samples and the spread of the per-round ratios, the guard's real and synthetic evidence
-per signature, the per-op profile at batch 1 and 64 (op type, share of summed op time), and
-issue 27's bars and goals.
+per signature, the per-op profile at batch 1 and 64 (op type, share of summed op time), the
+cold start's phases (graph import, restore, init ops, first answer) with and without
+Grappler at load, and issue 27's bars and goals.
 """
 
 import dataclasses
@@ -54,6 +55,8 @@ from trainer import pipeline  # noqa: E402
 
 banking77.define_trainer_flags()
 flags.DEFINE_list("paths", ["no_flags", "eval_data"], "Optimizer runs to measure.")
+flags.DEFINE_integer("phase_runs", 3, "Fresh processes per model (and Grappler setting) "
+                     "that time the cold start's phases apart.")
 flags.DEFINE_integer("rounds", 10, "Alternating measurement rounds per model.")
 flags.DEFINE_integer("profile_runs", 30, "Traced runs per profile.")
 FLAGS = flags.FLAGS
@@ -75,6 +78,62 @@ with SessionServable(sys.argv[1]) as servable:
   servable.run("serving_default", batch)
   print(time.perf_counter() - started)
 """
+
+
+# One fresh process: the load's phases timed apart, as TF Serving runs them (graph import,
+# restore, init ops, first answer, each its own Session::Run and Grappler pass). The
+# phases need the loader's steps one by one, which only its private class offers; the
+# collector is paused as SessionServable pauses it. argv: version dir, text, "grappler" or
+# "no_grappler" (the session's meta optimizer off: what Grappler at load costs).
+COLD_START_PHASES = r"""
+import gc, json, os, sys, time
+os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+import tensorflow as tf
+from tensorflow.python.saved_model import loader_impl
+from export import warmup
+gc.disable()
+batch = [warmup.text_example(sys.argv[2], "text").SerializeToString()]
+config = tf.compat.v1.ConfigProto()
+config.graph_options.rewrite_options.disable_meta_optimizer = sys.argv[3] == "no_grappler"
+phases, started = {}, time.perf_counter()
+def lap(name):
+  global started
+  phases[name] = time.perf_counter() - started
+  started = time.perf_counter()
+graph = tf.Graph()
+session = tf.compat.v1.Session(graph=graph, config=config)
+loader = loader_impl.SavedModelLoader(sys.argv[1])
+with graph.as_default():
+  saver, _ = loader.load_graph(graph, ["serve"])
+  lap("import_graph")
+  loader.restore_variables(session, saver)
+  lap("restore")
+  loader.run_init_ops(session, ["serve"])
+  lap("init_ops")
+  signature = loader.get_meta_graph_def_from_tags(["serve"]).signature_def["serving_default"]
+  session.run([signature.outputs[k].name for k in sorted(signature.outputs)],
+              {signature.inputs["inputs"].name: batch})
+  lap("first_answer")
+print(json.dumps(phases))
+"""
+
+
+def cold_start_phases(version_dir, text, runs):
+  """Median seconds of each load phase over `runs` fresh processes, with Grappler at load
+  (as TF Serving and SessionServable run) and without it."""
+  figures = {}
+  for mode in ("grappler", "no_grappler"):
+    samples = []
+    for _ in range(runs):
+      completed = subprocess.run(
+          [sys.executable, "-c", COLD_START_PHASES, version_dir, text, mode],
+          capture_output=True, text=True, check=True,
+          env={**os.environ, "PYTHONPATH": os.path.dirname(
+              os.path.dirname(os.path.abspath(__file__)))})
+      samples.append(json.loads(completed.stdout.strip().splitlines()[-1]))
+    figures[mode] = {phase: round(statistics.median(s[phase] for s in samples), 4)
+                     for phase in samples[0]}
+  return figures
 
 
 def exported_with_sample(config):
@@ -215,6 +274,8 @@ def main(argv):
                      "batch1_p99_ms": round(1000 * one[int(len(one) * 0.99)], 4),
                      "batch64_examples_per_s": round(64 / sixty_four[len(sixty_four) // 2], 1)}
     model["profile"] = profiles(version_dir, serialized)
+    model["cold_start_phases_s"] = cold_start_phases(version_dir, test_examples[0].text,
+                                                     FLAGS.phase_runs)
     figures[name] = model
 
   base = figures["original"]
