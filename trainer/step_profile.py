@@ -39,7 +39,7 @@ class StepProfileHook(tf.compat.v1.train.SessionRunHook):
     self._traced_steps = traced_steps
     self._pause_secs = pause_secs
     self.step_seconds: List[float] = []
-    # Process CPU time (all threads) in the untimed-out steps: with step_seconds, how many
+    # Process CPU time (all threads) in the untraced steps: over step_seconds, how many
     # cores a step keeps busy.
     self.step_cpu_seconds = 0.0
     self.traced_seconds = 0.0
@@ -81,9 +81,9 @@ class StepProfileHook(tf.compat.v1.train.SessionRunHook):
       self.step_cpu_seconds += time.process_time() - self._started_cpu
 
   def summary(self, top: int = 10) -> Dict:
-    """Step times (median, 90th percentile, sum, the cores busy in them), pauses (the longest `top`, total), the
-    traced steps' op time by type (top `top`, with shares) and how much of it was the
-    step waiting for its input."""
+    """Step times (median, 90th percentile, sum, the cores busy in them), pauses (the
+    longest `top`, total), the traced steps' op time by type (top `top`, with shares) and
+    how much of it was the step waiting for its input."""
     traced_op_time = profile.OpProfile(rows=None, runs=max(1, self.traced), micros={
         op: micros / max(1, self.traced) for op, micros in self.op_micros.items()})
     total = traced_op_time.total_micros
@@ -96,7 +96,8 @@ class StepProfileHook(tf.compat.v1.train.SessionRunHook):
                     "p90": _ms(p90) if p90 is not None else None,
                     "seconds_in_steps": round(sum(steps), 2),
                     # Near the machine's core count: a step gains only from less work.
-                    "cores_busy": round(self.step_cpu_seconds / sum(steps), 2) if steps else None},
+                    "cores_busy": (round(self.step_cpu_seconds / sum(steps), 2) if steps
+                                   else None)},
         "pauses": {"count": len(self.pauses),
                    "seconds": round(sum(p.seconds for p in self.pauses), 2),
                    "longest": [{"after_step": p.after_step, "seconds": round(p.seconds, 3)}
