@@ -118,24 +118,6 @@ print(json.dumps(phases))
 """
 
 
-def cold_start_phases(version_dir, text, runs):
-  """Median seconds of each load phase over `runs` fresh processes, with Grappler at load
-  (as TF Serving and SessionServable run) and without it."""
-  figures = {}
-  for mode in ("grappler", "no_grappler"):
-    samples = []
-    for _ in range(runs):
-      completed = subprocess.run(
-          [sys.executable, "-c", COLD_START_PHASES, version_dir, text, mode],
-          capture_output=True, text=True, check=True,
-          env={**os.environ, "PYTHONPATH": os.path.dirname(
-              os.path.dirname(os.path.abspath(__file__)))})
-      samples.append(json.loads(completed.stdout.strip().splitlines()[-1]))
-    figures[mode] = {phase: round(statistics.median(s[phase] for s in samples), 4)
-                     for phase in samples[0]}
-  return figures
-
-
 def exported_with_sample(config):
   """The newest export in the job dir that carries its evaluation sample, made if need be."""
   export_base = os.path.join(config.job_dir, "export", FLAGS.model_name)
@@ -145,12 +127,29 @@ def exported_with_sample(config):
   return newest
 
 
-def cold_start(version_dir, text):
-  completed = subprocess.run([sys.executable, "-c", COLD_START, version_dir, text],
+def fresh_process(script, *arguments):
+  """The last line `script` prints, run in a new Python process that imports this tree."""
+  completed = subprocess.run([sys.executable, "-c", script, *arguments],
                              capture_output=True, text=True, check=True,
                              env={**os.environ, "PYTHONPATH": os.path.dirname(
                                  os.path.dirname(os.path.abspath(__file__)))})
-  return float(completed.stdout.strip().splitlines()[-1])
+  return completed.stdout.strip().splitlines()[-1]
+
+
+def cold_start(version_dir, text):
+  return float(fresh_process(COLD_START, version_dir, text))
+
+
+def cold_start_phases(version_dir, text, runs):
+  """Median seconds of each load phase over `runs` fresh processes, with Grappler at load
+  (as TF Serving and SessionServable run) and without it."""
+  figures = {}
+  for mode in ("grappler", "no_grappler"):
+    samples = [json.loads(fresh_process(COLD_START_PHASES, version_dir, text, mode))
+               for _ in range(runs)]
+    figures[mode] = {phase: round(statistics.median(s[phase] for s in samples), 4)
+                     for phase in samples[0]}
+  return figures
 
 
 def batches(serialized, size, count):
