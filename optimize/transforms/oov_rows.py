@@ -37,8 +37,10 @@ def vocabulary_size(ids: str, by_name, context: GraphContext) -> Optional[int]:
     return [by_name.get(node_name(i)) for i in node.input]
 
   def adds_a_hash_bucket(node):
-    return (node.op in ("Add", "AddV2") and len(node.input) == 2 and None not in producers(node)
-            and "StringToHashBucketFast" in {p.op for p in producers(node)})
+    if node.op not in ("Add", "AddV2") or len(node.input) != 2:
+      return False
+    found = producers(node)
+    return None not in found and "StringToHashBucketFast" in {p.op for p in found}
 
   add = nearest_ancestor(node_name(ids), by_name, adds_a_hash_bucket, _MAX_ANCESTORS)
   if add is None:
