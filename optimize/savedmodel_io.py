@@ -13,6 +13,7 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.core.framework import graph_pb2
 from tensorflow.core.framework import op_def_pb2
+from tensorflow.core.framework import types_pb2
 from tensorflow.core.protobuf import meta_graph_pb2
 from tensorflow.core.protobuf import saved_model_pb2
 from tensorflow.core.protobuf import saver_pb2
@@ -140,6 +141,9 @@ EXTERNALIZE_MIN_BYTES = 1 << 20
 # table inline costs more than its restore. Smaller weights stay inline, where Grappler folds
 # their dequantization once instead of on every call.
 EXTERNALIZE_GATHERED_MIN_BYTES = 1 << 18
+# String constants from this many elements too: Grappler copies each element on its own, so
+# 128 stored rows of 77 class strings tripled Grappler's time at load.
+EXTERNALIZE_STRINGS_MIN_ELEMENTS = 4096
 _RESTORE_SCOPE = "externalized_constants"
 
 
@@ -206,7 +210,10 @@ def _externalize_large_constants(graph_def, min_bytes):
   users = consumers(graph_def)
 
   def large(node):
-    size = len(node.attr["value"].tensor.tensor_content)
+    tensor = node.attr["value"].tensor
+    if tensor.dtype == types_pb2.DT_STRING:
+      return len(tensor.string_val) >= EXTERNALIZE_STRINGS_MIN_ELEMENTS
+    size = len(tensor.tensor_content)
     gathered = {user.op for user, _ in users.get(node.name, [])} == {"GatherV2"}
     return size >= min_bytes or (gathered and size >= EXTERNALIZE_GATHERED_MIN_BYTES)
   big = [n for n in graph_def.node if n.op == "Const" and large(n)]
