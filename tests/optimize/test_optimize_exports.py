@@ -170,11 +170,13 @@ def test_optimizes_the_hub_text_model_smaller_with_warmup_kept(trained, tmp_path
                                      "evaluation_sample.json"))
   assert result.steps[-1].bytes_on_disk < 0.5 * result.steps[0].bytes_on_disk
   assert result.steps[-1].nodes < result.steps[0].nodes
-  # The head's class strings are gathered per fed example, not after the probabilities.
+  # The head's class strings are sliced from 128 stored rows.
   written = savedmodel_io.read_servable(result.output_dir)
   by_name = {n.name: n for n in written.graph_def.node}
   assert by_name["head/Tile"].op == "Merge"
-  assert by_name["head/Tile/early/input_size"].input[0] in written.fed_nodes()
+  stored = by_name[by_name["head/Tile/stored/pool_if_fits"].input[0]]
+  row_size = tf.make_ndarray(by_name["head/Tile/stored/row_size"].attr["value"].tensor)
+  assert tf.make_ndarray(stored.attr["value"].tensor).shape == (128 * row_size,)
   steps = [s.step for s in result.steps]
   # A trailing step is the int8 fallback's plan, when the full plan did not pass.
   assert steps[:len(DEFAULT_STEPS) + 1] == ["original"] + DEFAULT_STEPS
@@ -295,3 +297,16 @@ def test_tables_from_a_quarter_megabyte_are_stored_and_weights_that_size_stay_in
   rewritten, stored = externalize(graph.as_graph_def(), savedmodel_io.EXTERNALIZE_MIN_BYTES)
   assert [name.split("/")[0] for name in stored] == ["table"]
   assert {n.name: n.op for n in rewritten.node}["weights"] == "Const"
+
+
+def test_string_constants_from_4096_elements_are_stored_and_smaller_stay_inline():
+  graph = tf.Graph()
+  with graph.as_default():
+    many = tf.constant(np.array([b"card_arrival"] * 4096, dtype=object), name="many")
+    few = tf.constant(np.array([b"card_arrival"] * 4095, dtype=object), name="few")
+    tf.concat([many, few], 0, name="y")
+  externalize = savedmodel_io._externalize_large_constants  # pylint: disable=protected-access
+  rewritten, stored = externalize(graph.as_graph_def(), savedmodel_io.EXTERNALIZE_MIN_BYTES)
+  assert list(stored) == ["many"] and stored["many"].shape == (4096,)
+  ops = {n.name: n.op for n in rewritten.node}
+  assert ops["many"] == "ReadVariableOp" and ops["few"] == "Const"
