@@ -28,6 +28,7 @@ transforms with `registry.register` beside their functions:
   text_and_ragged.py     dedupe_char_ngrams, hoist_elementwise_ops, lean_row_splits
   kernels.py             prefer_eigen_kernels
   per_word.py            combine_once_per_word, precompute_known_words
+  empty_branches.py      skip_empty_stitch_parts
   outputs.py             gather_constant_rows
 
 Two modules beyond one per family: contract.py, so that graph.py, the registry and
@@ -41,6 +42,7 @@ Grappler must not fold back into float ones.
 from optimize.transforms import batch_norms  # noqa: F401
 from optimize.transforms import constant_folding  # noqa: F401
 from optimize.transforms import embedding_lookups  # noqa: F401
+from optimize.transforms import empty_branches  # noqa: F401
 from optimize.transforms import freeze_and_cleanup  # noqa: F401
 from optimize.transforms import kernels  # noqa: F401
 from optimize.transforms import outputs  # noqa: F401

@@ -343,6 +343,25 @@ def class_strings_from_texts_model(rows="one per text"):
 KNOWN_WORDS_PROTECTED = context("texts", "y", "init_tables")
 
 
+def stitched_parts_model():
+  """y: rows for the positive values of x and for the others, each part computed on its
+  own elements and stitched back in x's order, as precompute_known_words serves known and
+  unknown words."""
+  def fn():
+    x = tf.compat.v1.placeholder(tf.float32, [None], name="x")
+    positive = x > 0
+    positive_at = tf.reshape(tf.where(positive), [-1])
+    other_at = tf.reshape(tf.where(tf.logical_not(positive)), [-1])
+    positives = tf.gather(x, positive_at)
+    others = tf.gather(x, other_at)
+    positive_rows = tf.stack([tf.sqrt(positives), 2.0 * tf.exp(-positives)], 1,
+                             name="positive_rows")
+    other_rows = tf.stack([3.0 * others, others + 1.0], 1, name="other_rows")
+    return tf.dynamic_stitch([tf.cast(positive_at, tf.int32), tf.cast(other_at, tf.int32)],
+                             [positive_rows, other_rows], name="y")
+  return build(fn)[0]
+
+
 # Transform name -> () -> (graph_def, context, arguments): a graph it rewrites.
 EXAMPLES = {
     "freeze": lambda: (variables_model(), context("x", "y", values=VARIABLE_VALUES), {}),
@@ -372,6 +391,8 @@ EXAMPLES = {
     "precompute_known_words": lambda: (
         per_word_ready(text_char_ngram_embedding_model(word_path=True), KNOWN_WORDS_PROTECTED,
                        before="precompute_known_words"), KNOWN_WORDS_PROTECTED, {}),
+    "skip_empty_stitch_parts": lambda: (stitched_parts_model(), context("x", "y"),
+                                        {"min_nodes": 3}),
     "gather_constant_rows": lambda: (class_strings_from_texts_model(),
                                      context("texts", "probabilities", "classes",
                                              fed=["texts"]), {}),

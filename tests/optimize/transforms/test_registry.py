@@ -15,9 +15,9 @@ def test_default_transforms_are_the_pipeline_the_transforms_declare():
       "merge_duplicate_nodes fold_constants fold_batch_norms lean_embedding_lookups "
       "dedupe_char_ngrams hoist_elementwise_ops remove_identity_reshapes lean_row_splits "
       "gather_constant_rows quantize_weights(dtype=int8,oov_rows=int4) combine_once_per_word "
-      "precompute_known_words prefer_eigen_kernels")
+      "precompute_known_words skip_empty_stitch_parts prefer_eigen_kernels")
   assert [s.label for s in transforms.parse_transforms(transforms.DEFAULT_TRANSFORMS)][-3:] == [
-      "combine_once_per_word", "precompute_known_words", "prefer_eigen_kernels"]
+      "precompute_known_words", "skip_empty_stitch_parts", "prefer_eigen_kernels"]
 
 
 def test_names_lists_every_transform():
@@ -26,7 +26,8 @@ def test_names_lists_every_transform():
       "freeze", "gather_constant_rows", "grappler", "hoist_elementwise_ops",
       "lean_embedding_lookups", "lean_row_splits", "merge_duplicate_nodes",
       "precompute_known_words", "prefer_eigen_kernels", "quantize_weights", "remove_asserts",
-      "remove_identity_reshapes", "remove_nodes", "strip_unused_nodes"]
+      "remove_identity_reshapes", "remove_nodes", "skip_empty_stitch_parts",
+      "strip_unused_nodes"]
 
 
 def test_parse_transforms_reads_gtt_style_specs():
