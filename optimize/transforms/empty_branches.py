@@ -69,7 +69,7 @@ def skip_empty_stitch_parts(graph_def: graph_pb2.GraphDef, context: GraphContext
     rows = [shape_of(tensor, shapes)[1:] for tensor in data]
     if not all(row.is_fully_defined() for row in rows):
       continue
-    additions += _gate(graph, by_name, members, indices, data, shapes, f"skip_empty_{index}")
+    additions += _gate(by_name, users, members, indices, data, shapes, f"skip_empty_{index}")
   graph.node.extend(additions)
   return graph
 
@@ -103,7 +103,7 @@ def _computed_only_for(data: List[str], by_name, users, order,
   return members
 
 
-def _gate(graph, by_name, members: Set[str], indices: str, data: List[str], shapes: tf.Graph,
+def _gate(by_name, users, members: Set[str], indices: str, data: List[str], shapes: tf.Graph,
           prefix: str) -> List[node_def_pb2.NodeDef]:
   """Switches every tensor entering `members` on whether `indices` has elements, and
   merges each of `data` with an empty tensor of its rows for when it has none."""
@@ -140,7 +140,8 @@ def _gate(graph, by_name, members: Set[str], indices: str, data: List[str], shap
     empty.input.append(f"^{prefix}/when_empty")
     merged = f"{prefix}/merged_{position}"
     nodes += [empty, op_node(merged, "Merge", [tensor, empty.name], device, T=dtype, N=2)]
-    for user in graph.node:
-      if user.op == "DynamicStitch":
-        user.input[:] = [merged if tensor_key(i) == tensor else i for i in user.input]
+    # _computed_only_for admits only producers whose every user is a stitch.
+    for stitch, position in users[node_name(tensor)]:
+      if tensor_key(stitch.input[position]) == tensor:
+        stitch.input[position] = merged
   return nodes
