@@ -141,7 +141,7 @@ def _gate(by_name, users, members: Set[str], indices: str, data: List[str], shap
     merged = f"{prefix}/merged_{position}"
     nodes += [empty, op_node(merged, "Merge", [tensor, empty.name], device, T=dtype, N=2)]
     # _computed_only_for admits only producers whose every user is a stitch.
-    for stitch, position in users[node_name(tensor)]:
-      if tensor_key(stitch.input[position]) == tensor:
-        stitch.input[position] = merged
+    for stitch, slot in users[node_name(tensor)]:
+      if tensor_key(stitch.input[slot]) == tensor:
+        stitch.input[slot] = merged
   return nodes
