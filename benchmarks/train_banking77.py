@@ -96,7 +96,8 @@ def train_once(config, train_examples, eval_examples, scratch):
       result.train_seconds - profiled["step_ms"]["seconds_in_steps"]
       - profiled["seconds_in_traced_steps"] - profiled["pauses"]["seconds"], 2)
   profiled["input_pipeline_alone_ms_per_batch"] = round(1000 * step_profile.input_batch_seconds(
-      pipeline.train_input_fn(run_config, train_examples, tf.estimator.RunConfig())), 2)
+      pipeline.train_input_fn(run_config, train_examples, tf.estimator.RunConfig(),
+                              result.module_path)), 2)
   return {
       "accuracy": round(report["accuracy"], 4),
       "macro_f1": round(report["macro_f1"], 4),

@@ -8,6 +8,7 @@ from typing import Optional
 from optimize import guard
 from optimize import transforms as transforms_lib
 from serving import runners
+from trainer import cached_tokens
 from trainer import inputs
 from trainer import settings
 from trainer.model import ModelConfig
@@ -80,6 +81,10 @@ class TrainerConfig:
   hub_module: Optional[str] = setting(
       None, "A TF1-Hub-format text-embedding module (handle or path). Unset: build one from "
       "the training corpus into <job-dir>/hub_module.")
+  cache_tokens: bool = setting(
+      True, "Train on the n-gram ids of each training text, tokenized once as training starts "
+      "with the built module's own functions (false: the module tokenizes every batch's text "
+      "in the training step). Evaluation, prediction and the export always take raw text.")
   # Where the estimator keeps checkpoints, its summaries and the built hub module; None
   # means the job dir. Vertex AI sets it through AIP_CHECKPOINT_DIR.
   checkpoint_dir: Optional[str] = setting(None, command_line=False)
@@ -165,6 +170,12 @@ class TrainerConfig:
   def model_dir(self) -> str:
     """The estimator's model_dir."""
     return self.checkpoint_dir or self.job_dir
+
+  def trains_on_cached_tokens(self) -> bool:
+    """Whether training reads cached n-gram ids: only of a module this job builds, whose
+    tokenization is known (see trainer/cached_tokens.py)."""
+    return (self.cache_tokens and not self.hub_module
+            and cached_tokens.supported(self.text_module))
 
   def steps_for(self, num_train_examples: int) -> int:
     if self.train_steps:

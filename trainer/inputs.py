@@ -12,10 +12,11 @@ import csv
 import dataclasses
 import io
 import json
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import tensorflow as tf
 
+from trainer import cached_tokens
 from trainer.model import EXAMPLE_WEIGHT, TEXT_FEATURE
 
 CSV = "csv"
@@ -228,12 +229,15 @@ def class_balance_weights(examples: Sequence[Example], power: float) -> List[flo
 
 def make_input_fn(examples: Sequence[Example], batch_size: int, shuffle: bool,
                   num_epochs=None, seed: int = 0, num_shards: int = 1, shard_index: int = 0,
-                  token_dropout: float = 0.0, weights: Optional[Sequence[float]] = None):
+                  token_dropout: float = 0.0, weights: Optional[Sequence[float]] = None,
+                  tokenizer: Optional[Callable[[], cached_tokens.Tokenizer]] = None):
   """An estimator input_fn; `num_epochs=None` repeats forever (bounded by train steps).
 
   With `num_shards` > 1 it reads only every `num_shards`-th example from `shard_index`;
   with `token_dropout` each word of a text is left out with that probability (`drop_words`);
-  `weights` (one per example) are fed as the EXAMPLE_WEIGHT feature.
+  `weights` (one per example) are fed as the EXAMPLE_WEIGHT feature. With a `tokenizer`
+  (built inside the input_fn) the batches also carry the n-gram ids of their texts,
+  each text tokenized once (see trainer/cached_tokens.py).
   """
   if not 0 <= shard_index < num_shards:
     raise ValueError(f"shard_index must be in [0, {num_shards}), got {shard_index}")
@@ -245,6 +249,9 @@ def make_input_fn(examples: Sequence[Example], batch_size: int, shuffle: bool,
   labels = [e.intent for e in examples]
 
   def input_fn():
+    if tokenizer:
+      return _cached_ids_dataset(tokenizer(), features, labels, batch_size, shuffle,
+                                 num_epochs, seed, num_shards, shard_index, token_dropout)
     dataset = tf.data.Dataset.from_tensor_slices((features, labels))
     if num_shards > 1:
       dataset = dataset.shard(num_shards, shard_index)
@@ -257,9 +264,44 @@ def make_input_fn(examples: Sequence[Example], batch_size: int, shuffle: bool,
       dataset = dataset.enumerate().map(
           lambda number, batch: (
               {**batch[0], TEXT_FEATURE: drop_words(
-                  batch[0][TEXT_FEATURE], token_dropout,
-                  tf.stack([tf.constant(seed, tf.int64), number]))}, batch[1]),
+                  batch[0][TEXT_FEATURE], token_dropout, _draw_seed(seed, number))}, batch[1]),
           num_parallel_calls=tf.data.AUTOTUNE)
     return dataset.prefetch(tf.data.AUTOTUNE)
 
   return input_fn
+
+
+def _cached_ids_dataset(tokenizer: cached_tokens.Tokenizer, features, labels, batch_size,
+                        shuffle, num_epochs, seed, num_shards, shard_index, token_dropout):
+  """The batches of `make_input_fn`, each with its texts' n-gram ids.
+
+  The dataset runs over example rows: the tokenization of every text is computed once, when
+  the iterator is initialized, and each batch gathers its rows from it. The rows are
+  sharded, shuffled and batched as `make_input_fn` does the examples themselves, so each
+  batch holds the same examples in the same order.
+  """
+  columns = {name: tf.constant(values) for name, values in features.items()}
+  label_column = tf.constant(labels)
+  # Not a constant to Grappler, which would otherwise tokenize every text while optimizing
+  # the graph and store the result in it.
+  tokenized = tokenizer.tokenize(tf.compat.v1.placeholder_with_default(
+      columns[TEXT_FEATURE], [len(labels)]))
+
+  # Plain graph code: autograph's conversion of it took longer than a hundred steps.
+  @tf.autograph.experimental.do_not_convert
+  def batch_of(number, rows):
+    batch = {name: tf.gather(column, rows) for name, column in columns.items()}
+    batch.update(tokenizer.ids(tokenized, rows, token_dropout, _draw_seed(seed, number)))
+    return batch, tf.gather(label_column, rows)
+
+  dataset = tf.data.Dataset.range(len(labels))
+  if num_shards > 1:
+    dataset = dataset.shard(num_shards, shard_index)
+  if shuffle:
+    dataset = dataset.shuffle(len(labels), seed=seed, reshuffle_each_iteration=True)
+  dataset = dataset.repeat(num_epochs).batch(batch_size).enumerate()
+  return dataset.map(batch_of, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+
+
+def _draw_seed(seed: int, batch_number: tf.Tensor) -> tf.Tensor:
+  return tf.stack([tf.constant(seed, tf.int64), batch_number])

@@ -1,14 +1,15 @@
 """The intent model: a canned `tf.estimator.DNNClassifier` over a hub text embedding."""
 
 import dataclasses
-from typing import Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 import tensorflow as tf
-import tensorflow_hub as hub
 from tensorflow.core.protobuf import rewriter_config_pb2
 
+from trainer import cached_tokens
 from trainer import settings
 from trainer.settings import setting
+from trainer.text_module import TextModuleConfig
 
 TEXT_FEATURE = "text"
 # The training examples' loss weights (see inputs.class_balance_weights); never served.
@@ -190,19 +191,25 @@ def training_session_config(run_config: tf.estimator.RunConfig) -> tf.estimator.
   return run_config.replace(session_config=session_config)
 
 
-def text_feature_column(module_path: str, trainable: bool):
-  return hub.text_embedding_column(TEXT_FEATURE, module_path, trainable=trainable)
+def text_feature_column(module_path: str, trainable: bool,
+                        cached_ids_of: Optional[TextModuleConfig] = None):
+  """The text column; `cached_ids_of` (the module's config) trains it on cached ids."""
+  return cached_tokens.text_feature_column(TEXT_FEATURE, module_path, trainable, cached_ids_of)
 
 
 def build_estimator(config: ModelConfig, module_path: str, label_vocabulary: Sequence[str],
                     run_config: tf.estimator.RunConfig, train_steps: int,
-                    weighted: bool = False) -> tf.estimator.DNNClassifier:
+                    weighted: bool = False, cached_ids_of: Optional[TextModuleConfig] = None
+                    ) -> tf.estimator.DNNClassifier:
   """Labels are the intent names, so the `classes` output carries intent strings;
   `train_steps` is where learning-rate schedules end. A `weighted` estimator reads each
-  example's loss weight from the EXAMPLE_WEIGHT feature in training and evaluation."""
+  example's loss weight from the EXAMPLE_WEIGHT feature in training and evaluation. With
+  `cached_ids_of` (the config the module was built with) training reads the n-gram ids
+  `cached_tokens.Tokenizer` adds to the features instead of tokenizing the text."""
   return tf.estimator.DNNClassifier(
       hidden_units=list(config.hidden_units),
-      feature_columns=[text_feature_column(module_path, config.train_embeddings)],
+      feature_columns=[text_feature_column(module_path, config.train_embeddings,
+                                           cached_ids_of)],
       n_classes=len(label_vocabulary),
       label_vocabulary=list(label_vocabulary),
       optimizer=lambda: make_optimizer(config, train_steps),

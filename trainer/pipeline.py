@@ -22,6 +22,7 @@ take their part in train_and_evaluate.
 """
 
 import dataclasses
+import functools
 import itertools
 import time
 from typing import Callable, Dict, Optional, Sequence
@@ -42,6 +43,7 @@ from optimize import guard
 from optimize import optimizer
 from optimize import recorded as recorded_optimize
 from serving.smoke_test import recorded as recorded_smoke_test
+from trainer import cached_tokens
 from trainer import checkpoint_saver
 from trainer import cloud
 from trainer import evaluation
@@ -204,8 +206,10 @@ def make_estimator(config: TrainerConfig, module_path: str, labels,
       log_step_count_steps=100,
       experimental_max_worker_delay_secs=config.max_worker_delay_secs)
   run_config = model.training_session_config(run_config)
-  return model.build_estimator(config.model, module_path, labels, run_config, train_steps,
-                               weighted=bool(config.class_balance))
+  return model.build_estimator(
+      config.model, module_path, labels, run_config, train_steps,
+      weighted=bool(config.class_balance),
+      cached_ids_of=config.text_module if config.trains_on_cached_tokens() else None)
 
 
 def _train_shard(run_config: tf.estimator.RunConfig) -> Dict[str, int]:
@@ -221,8 +225,14 @@ def _train_shard(run_config: tf.estimator.RunConfig) -> Dict[str, int]:
 
 
 def train_input_fn(config: TrainerConfig, train_examples,
-                   run_config: tf.estimator.RunConfig):
-  """The training input: this task's shard, shuffled, augmented and weighted."""
+                   run_config: tf.estimator.RunConfig, module_path: str):
+  """The training input: this task's shard, shuffled, augmented and weighted, and
+  tokenized once with the module's vocabulary when training reads cached ids."""
+  tokenizer = None
+  if config.trains_on_cached_tokens():
+    vocabulary_files = text_module.module_vocabulary_files(module_path, config.text_module)
+    tokenizer = functools.partial(cached_tokens.Tokenizer, model.TEXT_FEATURE,
+                                  config.text_module, vocabulary_files)
   weights = None
   if config.class_balance:
     weights = inputs.class_balance_weights(train_examples, config.class_balance)
@@ -230,7 +240,8 @@ def train_input_fn(config: TrainerConfig, train_examples,
   # batches in the same order.
   return inputs.make_input_fn(train_examples, config.batch_size, shuffle=True,
                               seed=config.seed, token_dropout=config.token_dropout,
-                              weights=weights, **_train_shard(run_config))
+                              weights=weights, tokenizer=tokenizer,
+                              **_train_shard(run_config))
 
 
 def train(config: TrainerConfig, train_examples, eval_examples,
@@ -276,7 +287,8 @@ def train(config: TrainerConfig, train_examples, eval_examples,
   started = time.time()
   tf.estimator.train_and_evaluate(
       estimator,
-      tf.estimator.TrainSpec(train_input_fn(config, train_examples, estimator.config),
+      tf.estimator.TrainSpec(train_input_fn(config, train_examples, estimator.config,
+                                            module_path),
                              max_steps=steps, hooks=train_hooks),
       tf.estimator.EvalSpec(eval_input_fn, steps=None, start_delay_secs=0,
                             throttle_secs=config.eval_throttle_secs))

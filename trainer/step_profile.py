@@ -115,8 +115,11 @@ def input_batch_seconds(input_fn, batches: int = 200, warmup: int = 20) -> float
   """Mean seconds per batch of an estimator `input_fn`'s dataset read alone, in its own
   graph and session: what the input pipeline costs when no step competes with it."""
   with tf.Graph().as_default():
-    next_batch = tf.compat.v1.data.make_one_shot_iterator(input_fn()).get_next()
+    # Initializable, as the estimator's: the input may look up tokens in tables.
+    iterator = tf.compat.v1.data.make_initializable_iterator(input_fn())
+    next_batch = iterator.get_next()
     with tf.compat.v1.Session() as session:
+      session.run([tf.compat.v1.tables_initializer(), iterator.initializer])
       for _ in range(warmup):
         session.run(next_batch)
       started = time.perf_counter()

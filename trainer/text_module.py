@@ -12,7 +12,7 @@ import collections
 import dataclasses
 import functools
 import math
-from typing import Iterable, List, Sequence, Tuple
+from typing import Callable, Iterable, List, Sequence, Tuple
 
 import tensorflow as tf
 import tensorflow_hub as hub
@@ -84,27 +84,42 @@ class TextModuleConfig:
       raise ValueError("Invalid text module config: " + "; ".join(problems))
 
 
+def normalized_words(texts: tf.Tensor) -> tf.RaggedTensor:
+  """`[n]` strings to ragged `[n, (words)]`: lower-cased, punctuation as word breaks."""
+  normalized = tf.strings.lower(texts, encoding="utf-8")
+  normalized = tf.strings.regex_replace(normalized, r"[^\p{L}\p{N}\s]+", " ")
+  return tf.strings.split(normalized)
+
+
+def word_ngrams(words: tf.RaggedTensor, config: TextModuleConfig) -> tf.RaggedTensor:
+  """Ragged `[n, (words)]` words to `[n, (n-grams)]` word n-grams of the configured widths."""
+  return tf.strings.ngrams(words, list(config.word_ngrams), separator=" ")
+
+
+def char_ngrams(words: tf.RaggedTensor, config: TextModuleConfig) -> tf.RaggedTensor:
+  """Ragged `[n, (words)]` words to `[n, (n-grams)]`: each word's character n-grams (padded
+  with < and >, marked so "car" the word and "car" the trigram stay apart), word by word."""
+  marked = tf.ragged.map_flat_values(lambda w: tf.strings.join(["<", w, ">"]), words)
+  chars = tf.strings.unicode_split(marked, "UTF-8")
+  grams = tf.strings.ngrams(chars, list(config.char_ngrams), separator="")
+  return tf.ragged.map_flat_values(
+      lambda g: tf.strings.join([_CHAR_NGRAM_MARK, g]), grams.merge_dims(1, 2))
+
+
 def ngram_groups(texts: tf.Tensor, config: TextModuleConfig) -> List[tf.RaggedTensor]:
   """Turns a `[batch]` string tensor into ragged `[batch, (tokens)]` n-gram strings: the
-  word n-grams, then the character n-grams (marked, so "car" the word and "car" the trigram
-  stay apart), each group present when its widths are configured.
+  word n-grams, then the character n-grams, each group present when its widths are
+  configured.
 
   The same function builds the vocabulary (eagerly) and runs inside the module, so what
   the vocabulary counts is exactly what the servable looks up.
   """
-  normalized = tf.strings.lower(texts, encoding="utf-8")
-  normalized = tf.strings.regex_replace(normalized, r"[^\p{L}\p{N}\s]+", " ")
-  words = tf.strings.split(normalized)
+  words = normalized_words(texts)
   groups = []
   if config.word_ngrams:
-    groups.append(tf.strings.ngrams(words, list(config.word_ngrams), separator=" "))
+    groups.append(word_ngrams(words, config))
   if config.char_ngrams:
-    marked = tf.ragged.map_flat_values(
-        lambda w: tf.strings.join(["<", w, ">"]), words)
-    chars = tf.strings.unicode_split(marked, "UTF-8")
-    grams = tf.strings.ngrams(chars, list(config.char_ngrams), separator="")
-    groups.append(tf.ragged.map_flat_values(
-        lambda g: tf.strings.join([_CHAR_NGRAM_MARK, g]), grams.merge_dims(1, 2)))
+    groups.append(char_ngrams(words, config))
   return groups
 
 
@@ -114,6 +129,34 @@ def table_tokens(texts: tf.Tensor, config: TextModuleConfig) -> List[tf.RaggedTe
   if config.embedding_tables == SEPARATE or len(groups) == 1:
     return groups
   return [tf.concat(groups, axis=1)]
+
+
+def id_lookups(config: TextModuleConfig, vocabulary_files: Sequence[str]
+               ) -> List[Callable[[tf.Tensor], tf.Tensor]]:
+  """Per embedding table (in `table_tokens` order), the function from n-gram strings to
+  rows: the vocabulary file's line number, or an OOV bucket, or (hashed mode) a hash
+  bucket."""
+  if config.id_mode == HASHED:
+    return [functools.partial(tf.strings.to_hash_bucket_fast, num_buckets=config.hash_buckets)
+            for _ in _table_kinds(config)]
+  return [tf.compat.v1.lookup.StaticVocabularyTable(
+      tf.compat.v1.lookup.TextFileInitializer(
+          path, tf.string, tf.compat.v1.lookup.TextFileIndex.WHOLE_LINE,
+          tf.int64, tf.compat.v1.lookup.TextFileIndex.LINE_NUMBER),
+      num_oov_buckets=config.oov_buckets).lookup for path in vocabulary_files]
+
+
+def module_vocabulary_files(module_path: str, config: TextModuleConfig) -> List[str]:
+  """The vocabulary assets of a module this file built (none in hashed mode)."""
+  if config.id_mode == HASHED:
+    return []
+  return [artifact_io.join(module_path, "assets", name)
+          for name in vocabulary_filenames(config)]
+
+
+def embedding_names(config: TextModuleConfig) -> List[str]:
+  """The module's embedding variables, one per table in `table_tokens` order."""
+  return [f"{kind}_embeddings" if kind else "embeddings" for kind in _table_kinds(config)]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -178,32 +221,22 @@ def vocabulary_filenames(config: TextModuleConfig) -> List[str]:
           for kind in _table_kinds(config)]
 
 
-def _embedding_names(config: TextModuleConfig) -> List[str]:
-  return [f"{kind}_embeddings" if kind else "embeddings" for kind in _table_kinds(config)]
-
-
 def _module_fn(config: TextModuleConfig, vocabulary_files: Sequence[str],
                vocabularies: Sequence[Vocabulary], seed: int):
   texts = tf.compat.v1.placeholder(tf.string, shape=[None], name="text")
   combined = []
-  for index, (tokens, name) in enumerate(zip(table_tokens(texts, config),
-                                             _embedding_names(config))):
+  tokens_per_table = table_tokens(texts, config)
+  lookups = id_lookups(config, vocabulary_files)
+  for index, (tokens, name) in enumerate(zip(tokens_per_table, embedding_names(config))):
     weights = None
+    to_ids = lookups[index]
     if config.id_mode == VOCABULARY:
       vocabulary = vocabularies[index]
-      table = tf.compat.v1.lookup.StaticVocabularyTable(
-          tf.compat.v1.lookup.TextFileInitializer(
-              vocabulary_files[index], tf.string, tf.compat.v1.lookup.TextFileIndex.WHOLE_LINE,
-              tf.int64, tf.compat.v1.lookup.TextFileIndex.LINE_NUMBER),
-          num_oov_buckets=config.oov_buckets)
-      to_ids = table.lookup
       rows = len(vocabulary.tokens) + config.oov_buckets
       if config.ngram_weights == IDF:
         weights = tf.constant(vocabulary.idf(config.oov_buckets), tf.float32,
                               name=f"{name}_idf")
     else:
-      to_ids = functools.partial(tf.strings.to_hash_bucket_fast,
-                                 num_buckets=config.hash_buckets)
       rows = config.hash_buckets
     embeddings = tf.compat.v1.get_variable(
         name, shape=[rows, config.embedding_dim],

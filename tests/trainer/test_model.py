@@ -75,10 +75,8 @@ def test_embedding_update_is_a_sparse_apply(tmp_path, optimizer, sparse_op, dens
   estimator = pipeline.make_estimator(config, module_path, inputs.label_vocabulary(train),
                                      config.steps_for(len(train)))
   with tf.Graph().as_default() as graph:
-    dataset = inputs.make_input_fn(
-        train[:8], 8, shuffle=False,
-        weights=inputs.class_balance_weights(train[:8], config.class_balance))()
-    features, labels = tf.compat.v1.data.make_one_shot_iterator(dataset).get_next()
+    dataset = pipeline.train_input_fn(config, train, estimator.config, module_path)()
+    features, labels = tf.compat.v1.data.make_initializable_iterator(dataset).get_next()
     estimator.model_fn(features, labels, tf.estimator.ModeKeys.TRAIN, estimator.config)
     op_types = {op.type for op in graph.get_operations()}
   # The dense layers train with Adam: any apply op of the embedding optimizer is the
