@@ -250,8 +250,11 @@ def make_input_fn(examples: Sequence[Example], batch_size: int, shuffle: bool,
 
   def input_fn():
     if tokenizer:
-      return _cached_ids_dataset(tokenizer(), features, labels, batch_size, shuffle,
-                                 num_epochs, seed, num_shards, shard_index, token_dropout)
+      # Sharded here, as Dataset.shard would, so each task tokenizes its own shard alone.
+      return _cached_ids_dataset(
+          tokenizer(), {name: values[shard_index::num_shards] for name, values in features.items()},
+          labels[shard_index::num_shards], batch_size, shuffle, num_epochs, seed,
+          len(labels), token_dropout)
     dataset = tf.data.Dataset.from_tensor_slices((features, labels))
     if num_shards > 1:
       dataset = dataset.shard(num_shards, shard_index)
@@ -272,20 +275,18 @@ def make_input_fn(examples: Sequence[Example], batch_size: int, shuffle: bool,
 
 
 def _cached_ids_dataset(tokenizer: cached_tokens.Tokenizer, features, labels, batch_size,
-                        shuffle, num_epochs, seed, num_shards, shard_index, token_dropout):
-  """The batches of `make_input_fn`, each with its texts' n-gram ids.
+                        shuffle, num_epochs, seed, shuffle_buffer, token_dropout):
+  """The batches of `make_input_fn` over one shard's `features` and `labels`, each with
+  its texts' n-gram ids.
 
-  The dataset runs over example rows: the tokenization of every text is computed once, when
-  the iterator is initialized, and each batch gathers its rows from it. The rows are
-  sharded, shuffled and batched as `make_input_fn` does the examples themselves, so each
-  batch holds the same examples in the same order.
+  The dataset runs over example rows: every text is tokenized once (Grappler does it while
+  it optimizes the first session run's graph, folding the result into a constant) and each
+  batch gathers its rows from that. The rows are shuffled and batched as `make_input_fn`
+  does the examples themselves, so each batch holds the same examples in the same order.
   """
   columns = {name: tf.constant(values) for name, values in features.items()}
   label_column = tf.constant(labels)
-  # Not a constant to Grappler, which would otherwise tokenize every text while optimizing
-  # the graph and store the result in it.
-  tokenized = tokenizer.tokenize(tf.compat.v1.placeholder_with_default(
-      columns[TEXT_FEATURE], [len(labels)]))
+  tokenized = tokenizer.tokenize(columns[TEXT_FEATURE])
 
   # Plain graph code: autograph's conversion of it took longer than a hundred steps.
   @tf.autograph.experimental.do_not_convert
@@ -295,10 +296,8 @@ def _cached_ids_dataset(tokenizer: cached_tokens.Tokenizer, features, labels, ba
     return batch, tf.gather(label_column, rows)
 
   dataset = tf.data.Dataset.range(len(labels))
-  if num_shards > 1:
-    dataset = dataset.shard(num_shards, shard_index)
   if shuffle:
-    dataset = dataset.shuffle(len(labels), seed=seed, reshuffle_each_iteration=True)
+    dataset = dataset.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
   dataset = dataset.repeat(num_epochs).batch(batch_size).enumerate()
   return dataset.map(batch_of, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
