@@ -157,3 +157,24 @@ def test_training_without_the_cached_ids_says_which_input_to_feed(tmp_path):
     layer = tf.keras.layers.DenseFeatures([column])
     with pytest.raises(ValueError, match="feature .text_ngram_ids_0. .*--nocache_tokens"):
       layer({"text": tf.constant(["play some jazz"])}, training=True)
+
+
+def test_training_on_cached_ids_trains_the_model_training_on_text_trains(tmp_path):
+  """The same seed, the same batches, the same token dropout: the same weights."""
+  from trainer import pipeline
+
+  def trained(name, cache_tokens):
+    config = small_config(tmp_path / name, train_steps=30, save_checkpoints_steps=30,
+                          cache_tokens=cache_tokens)
+    train, evaluation = pipeline.load_data(config)
+    pipeline.train(config, train, evaluation)
+    reader = tf.train.load_checkpoint(str(tmp_path / name))
+    return {n: reader.get_tensor(n) for n in reader.get_variable_to_shape_map()
+            if n.startswith(("dnn/hiddenlayer_0/kernel", "module/"))
+            and n.endswith(("kernel", "embeddings"))}
+
+  on_ids, on_text = trained("ids", True), trained("text", False)
+  assert sorted(on_ids) == sorted(on_text) and len(on_ids) == 3
+  for name in on_ids:
+    np.testing.assert_allclose(on_ids[name], on_text[name], rtol=1e-4, atol=1e-6,
+                               err_msg=name)
