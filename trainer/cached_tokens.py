@@ -6,15 +6,15 @@ two vocabulary lookups) ran on every example in every one of the epochs, inside 
 the most expensive part of a Banking77 step after the dense and sparse updates.
 
 Here the training input does that work with the module's own functions and vocabulary
-files, on the input pipeline's threads. When its iterator is initialized it tokenizes every
-text once and keeps, per whitespace token, the token's normalized words and the ids of
-their character n-grams (those of a word do not depend on its neighbours). Each batch
-gathers its rows from that, applies token dropout to whole
-tokens with the very draw `inputs.drop_words` makes, builds the word n-grams of the words
-kept and looks them up: the ids are exactly those the module would compute from the
-dropped-out text. The feature column (`text_feature_column`) embeds those ids with the
-module's own embedding variables when training, and runs the module on text otherwise, so
-evaluation, prediction and the export see the text contract and nothing of this.
+files, on the input pipeline's threads. It tokenizes every text once, before the first
+batch, and keeps, per whitespace token, the token's normalized words and the ids of their
+character n-grams (those of a word do not depend on its neighbours). Each batch gathers its
+rows from that, applies token dropout to whole tokens with the very draw
+`inputs.drop_words` makes, builds the word n-grams of the words kept and looks them up: the
+ids are exactly those the module would compute from the dropped-out text. The feature
+column (`text_feature_column`) embeds those ids with the module's own embedding variables
+when training, and runs the module on text otherwise, so evaluation, prediction and the
+export see the text contract and nothing of this.
 
 IDF-weighted modules keep tokenizing in the step: their weights exist only inside the
 module's graph.
@@ -26,7 +26,8 @@ import tensorflow as tf
 import tensorflow_hub as hub
 # The hub text column is public only through its factory; subclassing it keeps its module
 # loading, naming and variable scope, so checkpoints and exports are those of hub's column.
-from tensorflow_hub.feature_column import _TextEmbeddingColumn
+# Its module is kept under hub's resource name.
+from tensorflow_hub.feature_column import _MODULE_RESOURCE_STRING, _TextEmbeddingColumn
 
 from trainer import text_module
 from trainer.text_module import TextModuleConfig
@@ -35,8 +36,6 @@ from trainer.text_module import TextModuleConfig
 # the ids of their character n-grams.
 _TOKEN_WORDS = "cached_token_words"
 _TOKEN_CHAR_IDS = "cached_token_char_ids"
-# hub's feature column keeps its module under this resource name.
-_HUB_MODULE_RESOURCE = "module"
 
 
 def supported(config: TextModuleConfig) -> bool:
@@ -101,9 +100,8 @@ class Tokenizer:
       groups.append(tf.ragged.map_flat_values(self._lookups[0], grams))
     if char_ids is not None:
       groups.append(char_ids)
-    if self._config.embedding_tables == text_module.SHARED:
-      groups = [tf.concat(groups, axis=1)] if len(groups) > 1 else groups
-    return {ids_feature(self._key, table): ids.to_sparse() for table, ids in enumerate(groups)}
+    return {ids_feature(self._key, table): ids.to_sparse()
+            for table, ids in enumerate(text_module.per_table(groups, self._config))}
 
 
 def _kept_tokens(per_token: tf.RaggedTensor, kept: tf.Tensor, text_of_token: tf.Tensor
@@ -136,7 +134,7 @@ class _CachedIdsColumn(_TextEmbeddingColumn):
     # phase tensor) is not training on cached ids.
     if training is not True:
       return super().get_dense_tensor(transformation_cache, state_manager)
-    variables = state_manager.get_resource(self, _HUB_MODULE_RESOURCE).variable_map
+    variables = state_manager.get_resource(self, _MODULE_RESOURCE_STRING).variable_map
     embedded = []
     for table, name in enumerate(text_module.embedding_names(self.module_config)):
       feature = ids_feature(self.key, table)

@@ -125,7 +125,13 @@ def ngram_groups(texts: tf.Tensor, config: TextModuleConfig) -> List[tf.RaggedTe
 
 def table_tokens(texts: tf.Tensor, config: TextModuleConfig) -> List[tf.RaggedTensor]:
   """The tokens each embedding table looks up: all n-grams in one table, or one group each."""
-  groups = ngram_groups(texts, config)
+  return per_table(ngram_groups(texts, config), config)
+
+
+def per_table(groups: List[tf.RaggedTensor], config: TextModuleConfig
+              ) -> List[tf.RaggedTensor]:
+  """Ragged `[n, (items)]` per n-gram group (`ngram_groups` order) to one per embedding
+  table: the groups themselves, or all of them concatenated in one shared table."""
   if config.embedding_tables == SEPARATE or len(groups) == 1:
     return groups
   return [tf.concat(groups, axis=1)]
